@@ -1,0 +1,127 @@
+"""The freeze monitor: when have the activation patterns settled?
+
+At each ``check()`` the model's patterns on a fixed probe batch are compared with those of the previous check;
+the flip rate is the fraction of pattern bits (structural units x probe rows) that changed. The model is frozen
+when the rate stays under ``threshold`` for ``patience`` checks in a row, or at ``max_checks`` checks.
+
+Under ``torch.distributed`` the flipped and total bit counts are summed over the ranks before the rate is taken,
+so every rank sees the same rate and freezes at the same check, whatever probe each rank holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from glai_kernels import unpack_patterns
+
+from .nn import GLAIMLP, PhaseError
+
+
+class FreezeMonitor:
+    """Watch the flip rate of ``model``'s patterns on ``probe`` and freeze it when the rule fires.
+
+    Args:
+        model: a :class:`GLAIMLP` in the structural phase.
+        probe: a fixed input batch ``(*, in_features)``; its first ``check()`` only records patterns.
+        threshold: freeze once the flip rate is below this for ``patience`` consecutive checks.
+        patience: consecutive calm checks needed.
+        max_checks: freeze at this many checks regardless (``None``: no budget).
+        on_freeze: called with the model right after it is frozen (e.g. to build a new optimizer).
+        process_group: the group to all-reduce over when ``torch.distributed`` is initialised.
+    """
+
+    def __init__(
+        self,
+        model: GLAIMLP,
+        probe: torch.Tensor,
+        *,
+        threshold: float = 0.01,
+        patience: int = 2,
+        max_checks: int | None = None,
+        on_freeze: Callable[[GLAIMLP], None] | None = None,
+        process_group=None,
+    ):
+        if not isinstance(model, GLAIMLP):
+            raise TypeError(f"FreezeMonitor expects a GLAIMLP, got {type(model).__name__}")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold is a fraction of flipped bits in [0, 1], got {threshold}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        if max_checks is not None and (isinstance(max_checks, bool) or not isinstance(max_checks, int) or max_checks < 1):
+            raise ValueError(f"max_checks must be None or an int >= 1, got {max_checks!r}")
+        model.patterns(probe)  # validates the probe against the model now, not at the first check
+        self.model, self.probe = model, probe
+        self.threshold, self.patience, self.max_checks = float(threshold), patience, max_checks
+        self.on_freeze, self.process_group = on_freeze, process_group
+        self.history: list[float] = []  # flip rate of every check after the first
+        self.checks = 0
+        self.calm = 0
+        self.frozen_at: int | None = None  # the check at which the model was frozen
+        self.reason: str | None = None
+        self._last: list[torch.Tensor] | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_at is not None
+
+    def _flip_rate(self, now: list[torch.Tensor]) -> float:
+        counts = torch.zeros(2, dtype=torch.float64, device=now[0].device)
+        for old, new, n in zip(self._last, now, self.model.structural_widths):
+            counts[0] += unpack_patterns(old ^ new, n).sum()
+            counts[1] += new[..., 0].numel() * n
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.process_group)
+        return (counts[0] / counts[1].clamp_min(1)).item()
+
+    def check(self) -> float | None:
+        """Measure the flip rate since the last check and freeze if the rule fires.
+
+        Returns the rate, or ``None`` at the first check (nothing to compare with yet).
+        """
+        if self.frozen or self.model.phase != "structural":
+            raise PhaseError("the monitor's model is already frozen; stop calling check()")
+        now = self.model.patterns(self.probe)
+        rate = None if self._last is None else self._flip_rate(now)
+        self._last = now
+        self.checks += 1
+        if rate is not None:
+            self.history.append(rate)
+            self.calm = self.calm + 1 if rate < self.threshold else 0
+        if self.calm >= self.patience:
+            self._freeze(f"flip rate under {self.threshold:g} for {self.patience} checks")
+        elif self.max_checks is not None and self.checks >= self.max_checks:
+            self._freeze(f"budget of {self.max_checks} checks reached")
+        return rate
+
+    def _freeze(self, reason: str) -> None:
+        self.model.freeze()
+        self.frozen_at, self.reason = self.checks, reason
+        if self.on_freeze is not None:
+            self.on_freeze(self.model)
+
+    def state_dict(self) -> dict:
+        return {
+            "history": list(self.history),
+            "checks": self.checks,
+            "calm": self.calm,
+            "frozen_at": self.frozen_at,
+            "reason": self.reason,
+            "last": None if self._last is None else [p.cpu() for p in self._last],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [float(r) for r in state["history"]]
+        self.checks, self.calm = int(state["checks"]), int(state["calm"])
+        self.frozen_at, self.reason = state["frozen_at"], state["reason"]
+        last = state["last"]
+        self._last = None if last is None else [p.to(self.probe.device) for p in last]
+
+    def __repr__(self) -> str:
+        rates = ", ".join(f"{r:.4f}" for r in self.history[-5:])
+        return (
+            f"FreezeMonitor(threshold={self.threshold:g}, patience={self.patience}, max_checks={self.max_checks}, "
+            f"checks={self.checks}, frozen_at={self.frozen_at}, recent=[{rates}])"
+        )

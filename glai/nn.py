@@ -1,0 +1,237 @@
+"""``GLAIMLP``: a drop-in replacement for a ReLU MLP that trains in two phases.
+
+Structural phase: the block *is* a ReLU MLP ``S`` (hidden widths ``n_l / r``). ``freeze()`` copies the hidden
+layers of ``S`` into frozen buffers that from then on only produce activation patterns, and the trainable layers
+become the quantitative network ``Q``:
+
+    h_l = p_l(x) * (W_l h_{l-1} + b_l),    y = W_L h_{L-1} + b_L
+
+With ``reduction=1``, ``Q`` *is* ``S``'s parameters (the same ``Parameter`` objects keep training, so an optimizer
+built before the freeze stays valid) and the function is unchanged at the freeze, since ``relu(z) = 1[z > 0] z``.
+With ``reduction=r > 1``, ``Q`` is a new, full-width network with its own initialisation: build the optimizer
+again after ``freeze()`` (``FreezeMonitor(on_freeze=...)`` is the hook for that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from glai_kernels import glai_mlp, structural_patterns, words_for
+from glai_kernels.backend import check_backend_name
+from glai_kernels.checks import check_input, check_reduction, match_dtypes
+
+PHASES = ("structural", "quantitative")
+
+
+class PhaseError(RuntimeError, ValueError):
+    """An operation that the model's current phase does not allow (e.g. ``freeze()`` twice)."""
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _hidden_widths(hidden_features, depth) -> tuple[int, ...]:
+    if isinstance(hidden_features, Sequence) and not isinstance(hidden_features, str):
+        if depth is not None and depth != len(hidden_features):
+            raise ValueError(f"depth={depth} disagrees with the {len(hidden_features)} widths in hidden_features")
+        if len(hidden_features) == 0:
+            raise ValueError("hidden_features must name at least one hidden layer (depth >= 1), got an empty sequence")
+        return tuple(_positive_int(n, f"hidden_features[{i}]") for i, n in enumerate(hidden_features))
+    width = _positive_int(hidden_features, "hidden_features")
+    return (width,) * _positive_int(1 if depth is None else depth, "depth")
+
+
+class FrozenStructure(nn.Module):
+    """The hidden layers of the structural net after the freeze, as buffers: they get no gradient and are
+    no parameters, but they move with ``.to()`` and live in the ``state_dict``."""
+
+    def __init__(self, widths: Sequence[int], bias: bool, device=None, dtype=None):
+        super().__init__()
+        self.widths = tuple(widths)
+        for i, (n_in, n_out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
+            self.register_buffer(f"weight{i}", torch.empty(n_out, n_in, device=device, dtype=dtype))
+            self.register_buffer(f"bias{i}", torch.empty(n_out, device=device, dtype=dtype) if bias else None)
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return [getattr(self, f"weight{i}") for i in range(len(self.widths) - 1)]
+
+    @property
+    def biases(self) -> list[torch.Tensor | None]:
+        return [getattr(self, f"bias{i}") for i in range(len(self.widths) - 1)]
+
+    def extra_repr(self) -> str:
+        return f"widths={list(self.widths)}"
+
+
+class GLAIMLP(nn.Module):
+    """A GLAI block: ``in_features -> hidden_features -> out_features`` with ReLU patterns that freeze.
+
+    Args:
+        in_features: size of each input sample.
+        hidden_features: hidden widths, a sequence, or one int repeated ``depth`` times.
+        out_features: size of each output sample.
+        depth: number of hidden layers when ``hidden_features`` is an int (default 1).
+        reduction: the structural net has hidden widths ``n_l / reduction``; structural unit ``j`` gates
+            quantitative units ``j*r .. j*r + r - 1``. Must divide every hidden width.
+        bias: whether every layer has a bias.
+        backend: ``"auto"`` (Triton on CUDA when available, else PyTorch), ``"torch"`` or ``"triton"``.
+
+    Shape: input ``(*, in_features)``, output ``(*, out_features)``; patterns ``(*, ceil(n_l / r / 32))`` int32.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | Sequence[int],
+        out_features: int,
+        *,
+        depth: int | None = None,
+        reduction: int = 1,
+        bias: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features")
+        self.hidden_features = _hidden_widths(hidden_features, depth)
+        self.out_features = _positive_int(out_features, "out_features")
+        check_reduction(reduction, self.hidden_features)
+        self.reduction = reduction
+        self.bias = bool(bias)
+        self.backend = check_backend_name(backend)
+        self._phase = "structural"
+        self.layers = self._make_layers(self.structural_widths, device=device, dtype=dtype)
+        self.register_module("structure", None)
+
+    # ----------------------------------------------------------------- shape bookkeeping
+    @property
+    def phase(self) -> str:
+        """``"structural"`` or ``"quantitative"``."""
+        return self._phase
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden_features)
+
+    @property
+    def structural_widths(self) -> tuple[int, ...]:
+        """Hidden widths of the structural net, ``n_l / reduction``: the number of pattern bits per layer."""
+        return tuple(n // self.reduction for n in self.hidden_features)
+
+    @property
+    def pattern_words(self) -> tuple[int, ...]:
+        """int32 words per sample of each layer's packed pattern."""
+        return tuple(words_for(n) for n in self.structural_widths)
+
+    def _make_layers(self, hidden: Sequence[int], device=None, dtype=None) -> nn.ModuleList:
+        widths = (self.in_features, *hidden, self.out_features)
+        return nn.ModuleList(
+            nn.Linear(a, b, bias=self.bias, device=device, dtype=dtype) for a, b in zip(widths[:-1], widths[1:])
+        )
+
+    def _factory(self) -> dict:
+        w = self.layers[0].weight
+        return {"device": w.device, "dtype": w.dtype}
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the trainable layers (``S`` before the freeze, ``Q`` after) as ``nn.Linear`` does."""
+        for layer in self.layers:
+            layer.reset_parameters()
+
+    # ----------------------------------------------------------------- phases
+    def freeze(self) -> GLAIMLP:
+        """End the structural phase: keep ``S``'s hidden layers as the frozen structure, train ``Q`` from now on."""
+        if self._phase == "quantitative":
+            raise PhaseError("freeze() was already called: the model is in the quantitative phase")
+        hidden = list(self.layers[:-1])
+        self._become_quantitative()
+        with torch.no_grad():
+            for w, b, layer in zip(self.structure.weights, self.structure.biases, hidden):
+                w.copy_(layer.weight)
+                if b is not None:
+                    b.copy_(layer.bias)
+        return self
+
+    def _become_quantitative(self) -> None:
+        factory = self._factory()
+        self.structure = FrozenStructure((self.in_features, *self.structural_widths), self.bias, **factory)
+        if self.reduction > 1:
+            self.layers = self._make_layers(self.hidden_features, **factory)
+        self._phase = "quantitative"
+
+    def _become_structural(self) -> None:
+        if self.reduction > 1:
+            self.layers = self._make_layers(self.structural_widths, **self._factory())
+        self.structure = None
+        self._phase = "structural"
+
+    def get_extra_state(self) -> dict:
+        return {"phase": self._phase}
+
+    def set_extra_state(self, state) -> None:
+        # Called before the children load, so reshaping here lets the checkpoint's tensors land in place.
+        phase = state.get("phase") if isinstance(state, dict) else None
+        if phase not in PHASES:
+            raise ValueError(f"GLAIMLP state must name a phase in {PHASES}, got {state!r}")
+        if phase == "quantitative" and self._phase == "structural":
+            self._become_quantitative()
+        elif phase == "structural" and self._phase == "quantitative":
+            self._become_structural()
+
+    # ----------------------------------------------------------------- compute
+    @torch.no_grad()
+    def patterns(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Packed activation patterns of every hidden layer for ``x``: ``(*, ceil(n_l / r / 32))`` int32.
+
+        From the trainable ``S`` in the structural phase, from the frozen structure afterwards.
+        """
+        check_input(x, self.in_features)
+        if self._phase == "structural":
+            hidden = self.layers[:-1]
+            weights, biases = [m.weight for m in hidden], [m.bias for m in hidden]
+        else:
+            weights, biases = self.structure.weights, self.structure.biases
+        return structural_patterns(x, weights, biases, backend=self.backend)
+
+    def forward(self, x: torch.Tensor, patterns: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        check_input(x, self.in_features)
+        weights = [m.weight for m in self.layers]
+        biases = [m.bias for m in self.layers]
+        if self._phase == "structural":
+            if patterns is not None:
+                raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
+            match_dtypes(x, weights, biases)
+            h = x
+            for layer in self.layers[:-1]:
+                h = torch.relu(layer(h))
+            return self.layers[-1](h)
+        if patterns is None:
+            patterns = self.patterns(x)
+        return glai_mlp(x, weights, biases, patterns, reduction=self.reduction, backend=self.backend)
+
+    def structure_digest(self) -> str:
+        """A short hash of the frozen structure: patterns cached under one digest are valid only for it."""
+        if self._phase != "quantitative":
+            raise PhaseError("the structure is only fixed after freeze(); it has no digest in the structural phase")
+        h = hashlib.sha256(repr((self.in_features, self.structural_widths, self.reduction)).encode())
+        for t in self.structure.weights + [b for b in self.structure.biases if b is not None]:
+            h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, hidden_features={list(self.hidden_features)}, "
+            f"out_features={self.out_features}, reduction={self.reduction}, bias={self.bias}, "
+            f"phase={self._phase}, backend={self.backend}"
+        )

@@ -1,0 +1,23 @@
+"""GLAI ops: bit-packed patterns, the quantitative stack as one autograd Function, the structural gate.
+
+No ``nn.Module`` lives here (see ``glai.nn``). Importing never needs a GPU or Triton.
+"""
+
+from .backend import BACKENDS, interpreting, resolve_backend, triton_available
+from .function import GLAIStackFunction, glai_mlp, structural_patterns
+from .layout import WORD_BITS, pack_patterns, unit_mask, unpack_patterns, words_for
+
+__all__ = [
+    "BACKENDS",
+    "GLAIStackFunction",
+    "WORD_BITS",
+    "glai_mlp",
+    "interpreting",
+    "pack_patterns",
+    "resolve_backend",
+    "structural_patterns",
+    "triton_available",
+    "unit_mask",
+    "unpack_patterns",
+    "words_for",
+]

@@ -1,0 +1,68 @@
+"""Backend choice, in one function.
+
+``"torch"`` is the PyTorch reference (any device, any float dtype). ``"triton"`` runs the fused kernels on CUDA
+tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``). ``"auto"`` takes Triton for CUDA
+tensors when its kernels import, and the reference otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+from . import reference
+
+BACKENDS = ("auto", "torch", "triton")
+
+_triton_ops: ModuleType | None = None
+_triton_error: str | None = None
+
+
+def check_backend_name(backend) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def interpreting() -> bool:
+    """True when Triton's CPU interpreter is switched on for this process."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_ops() -> ModuleType | None:
+    """The Triton ops module, or None when Triton or its kernels cannot be imported here."""
+    global _triton_ops, _triton_error
+    if _triton_ops is None and _triton_error is None:
+        try:
+            _triton_ops = importlib.import_module("glai_kernels.triton_ops")
+        except Exception as exc:  # no Triton, a Triton without a driver, no kernels yet: fall back
+            _triton_error = f"{type(exc).__name__}: {exc}"
+    return _triton_ops
+
+
+def triton_available() -> bool:
+    return triton_ops() is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend (``"torch"`` or ``"triton"``) for tensors on ``device``."""
+    check_backend_name(backend)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if triton_ops() is None:
+            raise RuntimeError(f"backend='triton' was requested but the Triton kernels are unavailable ({_triton_error})")
+        if device.type != "cuda" and not interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter), "
+                f"got tensors on {device}; use backend='torch' or 'auto' on this device"
+            )
+    return backend
+
+
+def ops_for(backend: str, device: torch.device) -> ModuleType:
+    """The module holding ``gate``, ``masked_forward``, ``backward_data`` and ``backward_weights``."""
+    return triton_ops() if resolve_backend(backend, device) == "triton" else reference

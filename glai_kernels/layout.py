@@ -1,0 +1,67 @@
+"""The bit layout of activation patterns, defined once.
+
+One layer's patterns for a batch are an ``int32`` tensor ``[..., ceil(n / 32)]``. Unit ``j`` is bit ``j % 32``
+(least significant first) of word ``j // 32``; padding bits past ``n`` are 0. With a reduction ``r`` the
+patterns stay at structural width ``n / r`` and quantitative unit ``j`` reads structural bit ``j // r``.
+
+Every producer and consumer, PyTorch or Triton, goes through the constants and helpers of this module.
+"""
+
+from __future__ import annotations
+
+import torch
+
+WORD_BITS = 32
+PATTERN_DTYPE = torch.int32
+
+# Bit k of a word as an int32 (bit 31 is the sign bit, so its weight is -2**31 in two's complement).
+_BIT_WEIGHTS = torch.tensor([1 << k for k in range(WORD_BITS - 1)] + [-(1 << (WORD_BITS - 1))], dtype=torch.int64)
+
+
+def words_for(n: int) -> int:
+    """Number of int32 words holding ``n`` pattern bits."""
+    return (n + WORD_BITS - 1) // WORD_BITS
+
+
+def pack_patterns(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a boolean pattern ``[..., n]`` into int32 words ``[..., ceil(n / 32)]``.
+
+    Any tensor whose nonzero entries mean "the unit fires" is accepted (bool, or integer/float 0/1).
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"pack_patterns expected a torch.Tensor, got {type(mask).__name__}")
+    if mask.dim() == 0:
+        raise ValueError("pack_patterns expected a tensor of shape [..., n] with at least one dimension, got a 0-d tensor")
+    n = mask.shape[-1]
+    words = words_for(n)
+    bits = mask.ne(0)
+    pad = words * WORD_BITS - n
+    if pad:
+        bits = torch.nn.functional.pad(bits, (0, pad))
+    bits = bits.reshape(*mask.shape[:-1], words, WORD_BITS).to(torch.int64)
+    # Bits of one word are distinct powers of two, so their sum is their OR; the int64 sum of the signed
+    # weights lands in int32 range exactly.
+    packed = (bits * _BIT_WEIGHTS.to(bits.device)).sum(dim=-1)
+    return packed.to(PATTERN_DTYPE)
+
+
+def unpack_patterns(words: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_patterns`: int32 ``[..., ceil(n / 32)]`` to bool ``[..., n]``."""
+    if not isinstance(words, torch.Tensor):
+        raise TypeError(f"unpack_patterns expected a torch.Tensor, got {type(words).__name__}")
+    if words.dtype != PATTERN_DTYPE:
+        raise TypeError(f"unpack_patterns expected int32 words, got {words.dtype}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"unpack_patterns expected a non-negative int n, got {n!r}")
+    if words.dim() == 0 or words.shape[-1] != words_for(n):
+        got = "a 0-d tensor" if words.dim() == 0 else f"{words.shape[-1]} words"
+        raise ValueError(f"unpack_patterns expected {words_for(n)} words for n={n}, got {got}")
+    shifts = torch.arange(WORD_BITS, device=words.device, dtype=PATTERN_DTYPE)
+    bits = (words.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*words.shape[:-1], -1)[..., :n].bool()
+
+
+def unit_mask(words: torch.Tensor, n: int, reduction: int = 1) -> torch.Tensor:
+    """The gate of each of ``n`` quantitative units as a bool ``[..., n]``: unit ``j`` reads bit ``j // reduction``."""
+    structural = unpack_patterns(words, n // reduction)
+    return structural.repeat_interleave(reduction, dim=-1) if reduction > 1 else structural

@@ -1,0 +1,42 @@
+"""The PyTorch reference of every GLAI op: the ``"torch"`` backend and the ground truth of the kernel tests.
+
+Each function is one kernel of DESIGN section 4 with the same signature as its Triton twin, so the autograd
+Function runs over either. Gates multiply (``p * z``) rather than select, so a NaN or inf entering a closed
+unit still propagates, exactly as the formula and ``nn.Linear`` + ReLU do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .layout import pack_patterns, unit_mask
+
+
+def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """One structural layer: ``relu(a W^T + b)`` and the packed pattern of the units that fire."""
+    z = F.linear(a, weight, bias)
+    return torch.relu(z), pack_patterns(z > 0)
+
+
+def masked_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, words, reduction: int):
+    """``p * (h W^T + b)``; ``words=None`` means an ungated (output) layer."""
+    z = F.linear(h, weight, bias)
+    if words is None:
+        return z
+    return z * unit_mask(words, weight.shape[0], reduction).to(z.dtype)
+
+
+def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int):
+    """``(g W) * p_prev``: the gradient reaching the previous layer's output; ``words=None`` for ``dx``."""
+    d = g @ weight
+    if words is None:
+        return d
+    return d * unit_mask(words, weight.shape[1], reduction).to(d.dtype)
+
+
+def backward_weights(g: torch.Tensor, h: torch.Tensor, need_bias: bool):
+    """``dW = g^T h`` and ``db = sum_rows g`` (``None`` when no bias)."""
+    dw = g.t() @ h
+    db = g.sum(dim=0) if need_bias else None
+    return dw, db
