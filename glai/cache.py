@@ -66,7 +66,9 @@ class PatternCache:
             words = np.empty(shape, dtype=np.int32)
         else:
             Path(path).mkdir(parents=True, exist_ok=True)
-            words = np.lib.format.open_memmap(Path(path) / "patterns.npy", mode="w+", dtype=np.int32, shape=shape)
+            words = np.lib.format.open_memmap(
+                Path(path) / "patterns.npy", mode="w+", dtype=np.int32, shape=shape
+            )
         device = device if device is not None else model.layers[0].weight.device
         row = 0
         for xb in _batches(data, batch_size):
@@ -128,7 +130,9 @@ class PatternCache:
             raise ValueError(f"{folder}/meta.json is not a {FORMAT} version {VERSION} header")
         words = np.load(folder / "patterns.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         if words.shape[0] != meta["rows"]:
-            raise ValueError(f"{folder}: header says {meta['rows']} rows, patterns.npy holds {words.shape[0]}")
+            raise ValueError(
+                f"{folder}: header says {meta['rows']} rows, patterns.npy holds {words.shape[0]}"
+            )
         cache = cls(words, meta["widths"], meta["reduction"], meta["digest"])
         if model is not None:
             cache.check(model)

@@ -50,7 +50,9 @@ class FreezeMonitor:
             raise ValueError(f"threshold is a fraction of flipped bits in [0, 1], got {threshold}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience must be an int >= 1, got {patience!r}")
-        if max_checks is not None and (isinstance(max_checks, bool) or not isinstance(max_checks, int) or max_checks < 1):
+        if max_checks is not None and (
+            isinstance(max_checks, bool) or not isinstance(max_checks, int) or max_checks < 1
+        ):
             raise ValueError(f"max_checks must be None or an int >= 1, got {max_checks!r}")
         model.patterns(probe)  # validates the probe against the model now, not at the first check
         self.model, self.probe = model, probe

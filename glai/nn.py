@@ -42,9 +42,13 @@ def _positive_int(value, name: str) -> int:
 def _hidden_widths(hidden_features, depth) -> tuple[int, ...]:
     if isinstance(hidden_features, Sequence) and not isinstance(hidden_features, str):
         if depth is not None and depth != len(hidden_features):
-            raise ValueError(f"depth={depth} disagrees with the {len(hidden_features)} widths in hidden_features")
+            raise ValueError(
+                f"depth={depth} disagrees with the {len(hidden_features)} widths in hidden_features"
+            )
         if len(hidden_features) == 0:
-            raise ValueError("hidden_features must name at least one hidden layer (depth >= 1), got an empty sequence")
+            raise ValueError(
+                "hidden_features must name at least one hidden layer (depth >= 1), got an empty sequence"
+            )
         return tuple(_positive_int(n, f"hidden_features[{i}]") for i, n in enumerate(hidden_features))
     width = _positive_int(hidden_features, "hidden_features")
     return (width,) * _positive_int(1 if depth is None else depth, "depth")
@@ -137,7 +141,8 @@ class GLAIMLP(nn.Module):
     def _make_layers(self, hidden: Sequence[int], device=None, dtype=None) -> nn.ModuleList:
         widths = (self.in_features, *hidden, self.out_features)
         return nn.ModuleList(
-            nn.Linear(a, b, bias=self.bias, device=device, dtype=dtype) for a, b in zip(widths[:-1], widths[1:])
+            nn.Linear(a, b, bias=self.bias, device=device, dtype=dtype)
+            for a, b in zip(widths[:-1], widths[1:])
         )
 
     def _factory(self) -> dict:
@@ -158,6 +163,26 @@ class GLAIMLP(nn.Module):
         self._become_quantitative()
         with torch.no_grad():
             for w, b, layer in zip(self.structure.weights, self.structure.biases, hidden):
+                w.copy_(layer.weight)
+                if b is not None:
+                    b.copy_(layer.bias)
+        return self
+
+    def refreeze(self) -> GLAIMLP:
+        """Take the frozen structure again from the current quantitative hidden weights (``reduction=1`` only).
+
+        Patterns then follow what ``Q`` has learnt since the freeze; the function is unchanged at the refresh,
+        as at the freeze. Caches built before it no longer match ``structure_digest()`` and must be rebuilt.
+        """
+        if self._phase != "quantitative":
+            raise PhaseError("refreeze() needs a frozen model: call freeze() first")
+        if self.reduction != 1:
+            raise PhaseError(
+                f"refreeze() needs reduction 1: with reduction={self.reduction} the quantitative layers are "
+                "wider than the structure they would replace"
+            )
+        with torch.no_grad():
+            for w, b, layer in zip(self.structure.weights, self.structure.biases, self.layers[:-1]):
                 w.copy_(layer.weight)
                 if b is not None:
                     b.copy_(layer.bias)
@@ -223,7 +248,9 @@ class GLAIMLP(nn.Module):
     def structure_digest(self) -> str:
         """A short hash of the frozen structure: patterns cached under one digest are valid only for it."""
         if self._phase != "quantitative":
-            raise PhaseError("the structure is only fixed after freeze(); it has no digest in the structural phase")
+            raise PhaseError(
+                "the structure is only fixed after freeze(); it has no digest in the structural phase"
+            )
         h = hashlib.sha256(repr((self.in_features, self.structural_widths, self.reduction)).encode())
         for t in self.structure.weights + [b for b in self.structure.biases if b is not None]:
             h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())

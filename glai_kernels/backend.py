@@ -54,7 +54,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "triton":
         if triton_ops() is None:
-            raise RuntimeError(f"backend='triton' was requested but the Triton kernels are unavailable ({_triton_error})")
+            raise RuntimeError(
+                f"backend='triton' was requested but the Triton kernels are unavailable ({_triton_error})"
+            )
         if device.type != "cuda" and not interpreting():
             raise ValueError(
                 f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter), "

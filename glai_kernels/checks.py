@@ -15,7 +15,9 @@ def check_input(x, in_features: int, what: str = "input") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{what} must be a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
+        raise TypeError(
+            f"{what} must be a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}"
+        )
     if x.dim() == 0:
         raise ValueError(f"{what} must have shape (*, {in_features}), got a 0-d tensor")
     if x.shape[-1] != in_features:
@@ -57,13 +59,17 @@ def check_reduction(reduction, widths: Sequence[int]) -> None:
         raise ValueError(f"reduction must be a positive int, got {reduction!r}")
     for i, n in enumerate(widths):
         if n % reduction:
-            raise ValueError(f"reduction={reduction} must divide every hidden width, got width {n} at layer {i}")
+            raise ValueError(
+                f"reduction={reduction} must divide every hidden width, got width {n} at layer {i}"
+            )
 
 
 def check_patterns(patterns, widths: Sequence[int], reduction: int, lead: tuple[int, ...], device) -> list:
     """Patterns of every hidden layer: int32 ``lead + (ceil(n_l / r / 32),)``."""
     if isinstance(patterns, torch.Tensor) or not isinstance(patterns, Sequence):
-        raise TypeError(f"patterns must be a sequence of int32 tensors, one per hidden layer, got {type(patterns).__name__}")
+        raise TypeError(
+            f"patterns must be a sequence of int32 tensors, one per hidden layer, got {type(patterns).__name__}"
+        )
     if len(patterns) != len(widths):
         raise ValueError(f"expected patterns for {len(widths)} hidden layers, got {len(patterns)}")
     for i, (p, n) in enumerate(zip(patterns, widths)):
@@ -85,7 +91,9 @@ def check_patterns(patterns, widths: Sequence[int], reduction: int, lead: tuple[
 def check_devices(x: torch.Tensor, weights, biases) -> None:
     for t in weights + [b for b in biases if b is not None]:
         if t.device != x.device:
-            raise ValueError(f"weights and biases must be on {x.device} like the input, got a tensor on {t.device}")
+            raise ValueError(
+                f"weights and biases must be on {x.device} like the input, got a tensor on {t.device}"
+            )
 
 
 def match_dtypes(x: torch.Tensor, weights, biases):

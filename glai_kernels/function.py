@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
 from . import reference
-from .checks import match_dtypes, check_devices, check_input, check_patterns, check_reduction, check_stack
+from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
 
 
 def _ops(name: str):
@@ -30,7 +30,11 @@ class GLAIStackFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, backend: str, reduction: int, n_layers: int, *tensors):
         ops = _ops(backend)
-        weights, biases, patterns = tensors[:n_layers], tensors[n_layers : 2 * n_layers], tensors[2 * n_layers :]
+        weights, biases, patterns = (
+            tensors[:n_layers],
+            tensors[n_layers : 2 * n_layers],
+            tensors[2 * n_layers :],
+        )
         inputs = [x]
         h = x
         for i in range(n_layers):
@@ -93,7 +97,7 @@ def glai_mlp(x, weights, biases, patterns, *, reduction: int = 1, backend: str =
     flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
     with torch.autocast(x.device.type, enabled=False):
         y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)
-    return y.reshape(*lead, y.shape[-1])
+    return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
 
 
 @torch.no_grad()

@@ -15,7 +15,9 @@ WORD_BITS = 32
 PATTERN_DTYPE = torch.int32
 
 # Bit k of a word as an int32 (bit 31 is the sign bit, so its weight is -2**31 in two's complement).
-_BIT_WEIGHTS = torch.tensor([1 << k for k in range(WORD_BITS - 1)] + [-(1 << (WORD_BITS - 1))], dtype=torch.int64)
+_BIT_WEIGHTS = torch.tensor(
+    [1 << k for k in range(WORD_BITS - 1)] + [-(1 << (WORD_BITS - 1))], dtype=torch.int64
+)
 
 
 def words_for(n: int) -> int:
@@ -31,7 +33,9 @@ def pack_patterns(mask: torch.Tensor) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"pack_patterns expected a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() == 0:
-        raise ValueError("pack_patterns expected a tensor of shape [..., n] with at least one dimension, got a 0-d tensor")
+        raise ValueError(
+            "pack_patterns expected a tensor of shape [..., n] with at least one dimension, got a 0-d tensor"
+        )
     n = mask.shape[-1]
     words = words_for(n)
     bits = mask.ne(0)
@@ -58,7 +62,7 @@ def unpack_patterns(words: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"unpack_patterns expected {words_for(n)} words for n={n}, got {got}")
     shifts = torch.arange(WORD_BITS, device=words.device, dtype=PATTERN_DTYPE)
     bits = (words.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(*words.shape[:-1], -1)[..., :n].bool()
+    return bits.reshape(*words.shape[:-1], words.shape[-1] * WORD_BITS)[..., :n].bool()
 
 
 def unit_mask(words: torch.Tensor, n: int, reduction: int = 1) -> torch.Tensor:

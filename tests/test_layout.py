@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from glai_kernels import pack_patterns, unit_mask, unpack_patterns, words_for
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 100])
+def test_round_trip_and_zero_padding(n):
+    g = torch.Generator().manual_seed(n)
+    mask = torch.rand(5, 3, n, generator=g) > 0.5
+    words = pack_patterns(mask)
+    assert words.dtype == torch.int32 and words.shape == (5, 3, words_for(n))
+    assert torch.equal(unpack_patterns(words, n), mask)
+    # Every padding bit past n is zero, even with every unit firing.
+    full = pack_patterns(torch.ones(n, dtype=torch.bool))
+    tail = n % 32
+    if tail:
+        assert int(full[-1]) == (1 << tail) - 1
+    assert all(int(w) == -1 for w in full[: n // 32])  # a full word is all ones, sign bit included
+
+
+def test_bit_order_by_hand():
+    # Units 0, 2 and 31 of word 0; unit 32 is bit 0 of word 1; unit 35 is bit 3 of word 1.
+    mask = torch.zeros(40, dtype=torch.bool)
+    mask[[0, 2, 31, 32, 35]] = True
+    words = pack_patterns(mask)
+    assert words.tolist() == [1 + 4 - 2**31, 1 + 8]
+
+
+def test_unpack_rejects_wrong_word_count_and_dtype():
+    with pytest.raises(ValueError, match="expected 2 words for n=33, got 1 words"):
+        unpack_patterns(torch.zeros(4, 1, dtype=torch.int32), 33)
+    with pytest.raises(TypeError, match="int32"):
+        unpack_patterns(torch.zeros(4, 2, dtype=torch.int64), 33)
+    with pytest.raises(ValueError, match="0-d"):
+        pack_patterns(torch.tensor(True))
+
+
+@pytest.mark.parametrize("r", [1, 2, 4])
+def test_unit_j_reads_structural_bit_j_div_r(r):
+    structural = torch.rand(7, 9) > 0.5
+    gates = unit_mask(pack_patterns(structural), 9 * r, r)
+    for j in range(9 * r):
+        assert torch.equal(gates[:, j], structural[:, j // r])
