@@ -1,0 +1,264 @@
+"""The autotuning cache and ``config_for``: read, write, merge, key mismatch, corruption, and the CLI on CPU.
+
+A fake GPU identity stands in for the device, so every path runs on a machine without one.
+"""
+
+import json
+import subprocess
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+
+from glai_kernels import autotune, reference, tuning
+from glai_kernels import tuning_cache as cache
+
+FAKE = cache.Identity("Fake GPU 80GB", "3.6.0", "0123456789abcdef")
+FAST = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 2, "num_stages": 5}
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """An empty cache folder, a fake GPU identity, and config_for out of interpreter mode."""
+    monkeypatch.setenv(cache.ENV_DIR, str(tmp_path))
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    monkeypatch.setattr(tuning, "_current_identity", lambda: FAKE)
+    tuning.reload()
+    yield cache.cache_path(FAKE.gpu, FAKE.triton)
+    tuning.reload()
+
+
+def entry(kernel="gate", dtype="float32", bucket=(1, 1, 1), config=FAST):
+    return {"kernel": kernel, "dtype": dtype, "bucket": list(bucket), "config": dict(config), "ms": 0.5}
+
+
+def valid_file(**override) -> dict:
+    data = {"format": cache.FORMAT, "version": cache.VERSION, **FAKE._asdict(), "entries": [entry()]}
+    data.update(override)
+    return data
+
+
+def default(kernel="gate", M=100, N=300, K=300, dtype=torch.float32):
+    return tuning.default_config(kernel, M, N, K, dtype)
+
+
+def test_buckets_split_at_the_edges():
+    assert tuning.bucket_of(64, 256, 256) == (0, 0, 0)
+    assert tuning.bucket_of(65, 257, 4097) == (1, 1, 3)
+    assert tuning.bucket_of(100_000, 1, 1024) == (3, 0, 1)
+    assert all(tuning.bucket_of(*tuning.representative(b)) == b for b in tuning.all_buckets())
+    assert tuning.bucket_label((0, 3, 1)) == "M<=64 N>4096 256<K<=1024"
+
+
+def test_interpreter_and_unknown_kernel():
+    assert (
+        tuning.config_for("gate", 5, 7, 9, torch.float32)["BLOCK_M"] == 16
+    )  # conftest turns the interpreter on
+    with pytest.raises(ValueError, match="unknown kernel"):
+        tuning.config_for("gemm", 5, 7, 9, torch.float32)
+
+
+def test_no_gpu_gives_the_default(monkeypatch):
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    monkeypatch.setattr(tuning, "_current_identity", lambda: None)
+    tuning.reload()
+    assert tuning.config_for("masked_forward", 32, 300, 300, torch.float32) == default(M=32)
+    assert default(M=32)["BLOCK_M"] == 64 and default(M=4096)["BLOCK_M"] == 128
+    tuning.reload()
+
+
+def test_write_then_config_for_returns_the_cached_config(fake_gpu):
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()  # nothing cached yet
+    path = cache.save(FAKE, [entry()])
+    assert path == fake_gpu and path.parent.name == "autotune"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the temporary file was renamed away
+    data = json.loads(path.read_text())
+    assert (data["gpu"], data["triton"], data["kernel_source"]) == tuple(FAKE)
+    tuning.reload()
+    cfg = tuning.config_for("gate", 100, 300, 300, torch.float32)
+    assert cfg == FAST
+    cfg["BLOCK_M"] = 1  # callers get a copy: the memo is not theirs to change
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+    # Another kernel has nothing tuned: its default, not gate's configuration.
+    assert tuning.config_for("backward_data", 100, 300, 300, torch.float32) == default("backward_data")
+
+
+def test_nearest_bucket_and_same_size_dtype(fake_gpu):
+    far = dict(FAST, num_stages=2)
+    cache.save(FAKE, [entry(dtype="bfloat16"), entry(dtype="bfloat16", bucket=(3, 3, 3), config=far)])
+    tuning.reload()
+    assert tuning.config_for("gate", 100, 300, 300, torch.bfloat16) == FAST  # its own bucket
+    assert tuning.config_for("gate", 8000, 8000, 8000, torch.bfloat16) == far
+    assert tuning.config_for("gate", 600, 300, 300, torch.bfloat16) == FAST  # (2,1,1): nearest is (1,1,1)
+    assert tuning.config_for("gate", 100, 300, 300, torch.float16) == FAST  # fp16 tiles as bf16 does
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()  # fp32 does not
+
+
+def test_save_merges_and_replaces(fake_gpu):
+    cache.save(FAKE, [entry(), entry(kernel="backward_weights")])
+    newer = dict(FAST, num_warps=4)
+    cache.save(FAKE, [entry(config=newer)])
+    entries = json.loads(fake_gpu.read_text())["entries"]
+    assert len(entries) == 2
+    assert {e["kernel"]: e["config"]["num_warps"] for e in entries} == {"gate": 4, "backward_weights": 2}
+
+
+def _config_twice_warns_once(dtype=torch.float32):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = tuning.config_for("gate", 100, 300, 300, dtype)
+        second = tuning.config_for("backward_data", 100, 300, 300, dtype)
+    mine = [w for w in caught if issubclass(w.category, cache.TuningCacheWarning)]
+    assert len(mine) == 1, [str(w.message) for w in caught]
+    assert first == default() and second == default("backward_data")
+    return str(mine[0].message)
+
+
+def _truncated() -> bytes:
+    text = json.dumps(valid_file()).encode()
+    return text[: len(text) // 2]
+
+
+BAD_FILES = {
+    "garbage bytes": b"\x00\xff\xfe garbage \x9c" * 10,
+    "empty": b"",
+    "truncated": _truncated(),
+    "a list": b"[1, 2, 3]",
+    "other format": json.dumps(valid_file(format="something-else")).encode(),
+    "newer schema": json.dumps(valid_file(version=99)).encode(),
+    "no gpu field": json.dumps({k: v for k, v in valid_file().items() if k != "gpu"}).encode(),
+    "entries not a list": json.dumps(valid_file(entries={"gate": 1})).encode(),
+    "entry not a dict": json.dumps(valid_file(entries=["gate"])).encode(),
+    "missing config key": json.dumps(valid_file(entries=[entry(config={"BLOCK_M": 64})])).encode(),
+    "zero tile": json.dumps(valid_file(entries=[entry(config=dict(FAST, BLOCK_N=0))])).encode(),
+    "odd tile": json.dumps(valid_file(entries=[entry(config=dict(FAST, BLOCK_K=48))])).encode(),
+    "string warps": json.dumps(valid_file(entries=[entry(config=dict(FAST, num_warps="4"))])).encode(),
+    "bad bucket": json.dumps(valid_file(entries=[entry(bucket=(1, 1))])).encode(),
+    "unknown kernel": json.dumps(valid_file(entries=[entry(kernel="conv")])).encode(),
+    "unknown dtype": json.dumps(valid_file(entries=[entry(dtype="float99")])).encode(),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_corrupt_file_gives_one_warning_and_defaults(fake_gpu, name):
+    fake_gpu.parent.mkdir(parents=True)
+    fake_gpu.write_bytes(BAD_FILES[name])
+    message = _config_twice_warns_once()
+    assert str(fake_gpu) in message and "default" in message
+
+
+@pytest.mark.parametrize("field", ["gpu", "triton", "kernel_source"])
+def test_foreign_file_is_ignored(fake_gpu, field):
+    fake_gpu.parent.mkdir(parents=True)
+    fake_gpu.write_text(json.dumps(valid_file(**{field: "something else"})))
+    assert "something else" in _config_twice_warns_once()
+    # The same file with the right identity is used: the mismatch alone made the difference.
+    fake_gpu.write_text(json.dumps(valid_file()))
+    tuning.reload()
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+
+
+def test_save_over_a_corrupt_or_stale_file_drops_it(fake_gpu):
+    fake_gpu.parent.mkdir(parents=True)
+    fake_gpu.write_text(
+        json.dumps(valid_file(kernel_source="old", entries=[entry(kernel="backward_weights")]))
+    )
+    cache.save(FAKE, [entry()])
+    data = json.loads(fake_gpu.read_text())
+    assert data["kernel_source"] == FAKE.kernel_source and [e["kernel"] for e in data["entries"]] == ["gate"]
+    fake_gpu.write_bytes(b"{not json")
+    cache.save(FAKE, [entry()])
+    assert cache.read(fake_gpu, FAKE)[1] is None
+
+
+def test_kernel_source_hash_follows_the_text(tmp_path):
+    a, b = tmp_path / "triton_ops.py", tmp_path / "k.py"
+    a.write_text("def gate(): pass\n")
+    b.write_text("x = 1\n")
+    before = cache.kernel_source_hash([a, b])
+    assert cache.kernel_source_hash([a, b]) == before
+    b.write_text("x = 2\n")
+    assert cache.kernel_source_hash([a, b]) != before
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv(cache.ENV_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_root() == tmp_path / "xdg" / "glai"
+    monkeypatch.setenv(cache.ENV_DIR, str(tmp_path / "mine"))
+    assert cache.cache_root() == tmp_path / "mine"
+    monkeypatch.delenv(cache.ENV_DIR)
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_root() == tmp_path / "home" / ".cache" / "glai"
+    name = cache.cache_path("NVIDIA H200 / MIG 1g.18gb", "3.6.0+git").name
+    assert name == "nvidia-h200-mig-1g.18gb--triton-3.6.0-git.json"
+
+
+def test_check_config():
+    assert tuning.check_config(dict(FAST)) == FAST
+    for bad in (
+        {},
+        dict(FAST, extra=1),
+        dict(FAST, BLOCK_M=True),
+        dict(FAST, num_stages=9),
+        dict(FAST, BLOCK_M=8),
+    ):
+        with pytest.raises(ValueError):
+            tuning.check_config(bad)
+
+
+def test_list_exits_zero_and_prints_buckets(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.ENV_DIR, str(tmp_path))
+    (tmp_path / "autotune").mkdir()
+    (tmp_path / "autotune" / "broken.json").write_text("{")
+    assert autotune.main(["--list", "--kernels", "gate"]) == 0
+    out = capsys.readouterr().out
+    assert "M<=64" in out and "N>4096" in out and "backward_weights" in out
+    assert "64 per kernel" in out and "broken.json: unusable" in out and str(tmp_path / "autotune") in out
+
+
+def test_list_as_a_module_in_a_fresh_process(tmp_path):
+    env = {"GLAI_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "glai_kernels.autotune", "--list"], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert "shape buckets" in run.stdout and "128x128x32 group 8 warps 8 stages 3" in run.stdout
+
+
+def test_without_gpu_tuning_refuses_clearly(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert autotune.main(["--quick"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert autotune.main(["--list", "--dtypes", "float64"]) == 2
+
+
+def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):
+    """The tuning loop with the reference standing in for the kernels, on CPU: a candidate that computes a wrong
+    result or fails to compile is never chosen, however fast it claims to be."""
+    space = tuning.SEARCH_SPACE["gate"]
+    wrong, broken, best = space[-1], space[-2], space[3]
+    last = {}
+
+    def gate(a, weight, bias, *, config):
+        last["config"] = config
+        if config == broken:
+            raise RuntimeError("out of resources: shared memory")
+        out, words = reference.gate(a, weight, bias)
+        return (out + 1.0, words) if config == wrong else (out, words)
+
+    def timer(fn):
+        fn()
+        return {str(wrong): 0.1, str(broken): 0.1, str(best): 0.5}.get(str(last["config"]), 1.0)
+
+    ops = types.SimpleNamespace(gate=gate)
+    shapes = [(40, 48, 24), (2000, 48, 24)]
+    entries = autotune.tune("gate", shapes, torch.float32, ops=ops, timer=timer, quiet=True, device="cpu")
+    assert [e["bucket"] for e in entries] == [[0, 0, 0], [2, 0, 0]]
+    assert all(e["config"] == best and e["ms"] == 0.5 and e["default_ms"] == 1.0 for e in entries)
+    cache.save(FAKE, entries)
+    tuning.reload()
+    assert tuning.config_for("gate", 40, 48, 24, torch.float32) == best
