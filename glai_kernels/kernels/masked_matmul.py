@@ -1,0 +1,64 @@
+"""The masked GEMM: ``out = p * (A B + b)`` with the pattern ``p`` read as bits in the epilogue.
+
+One kernel serves two ops of DESIGN section 4, which differ only in how ``B`` is addressed:
+
+- masked forward, ``h_l = p_l * (h_{l-1} W_l^T + b_l)``: ``B = W^T`` (strides of ``W`` swapped), with a bias;
+- backward data, ``g_{l-1} = (g_l W_l) * p_{l-1}``: ``B = W``, no bias.
+
+The gate multiplies (``p * z``, with ``p`` in {0, 1}) rather than selects, so a NaN or inf in a closed unit
+still propagates, exactly as the formula and the PyTorch reference do.
+"""
+
+import triton
+import triton.language as tl
+
+from .bits import unit_bits
+from .tiles import grouped_tile, tile_dot
+
+
+@triton.jit
+def masked_matmul_kernel(
+    a_ptr,
+    b_ptr,
+    bias_ptr,
+    words_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_bias,
+    stride_pm,
+    stride_pw,
+    stride_om,
+    stride_on,
+    HAS_BIAS: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    WORD_BITS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``out[M, N] = p * (A[M, K] B[K, N] + bias)``; unit (column) ``n`` of row ``m`` reads bit ``n // REDUCTION``."""
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_m % M
+    cols = offs_n % N
+    z, _ = tile_dot(
+        a_ptr, b_ptr, rows, cols, K, stride_am, stride_ak, stride_bk, stride_bn,
+        BLOCK_M, BLOCK_N, BLOCK_K, False, UPCAST, PRECISION,
+    )  # fmt: skip
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
+    if HAS_GATE:
+        z = z * unit_bits(words_ptr, rows, cols, stride_pm, stride_pw, REDUCTION, WORD_BITS).to(tl.float32)
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, z.to(out_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])

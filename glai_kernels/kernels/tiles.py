@@ -1,0 +1,80 @@
+"""Tile order and the GEMM main loop shared by every kernel.
+
+Every kernel computes an output tile ``C[rows, cols] = A[rows, :] @ B[:, cols]`` (fp32 accumulation) and then
+runs its own epilogue. Operands are addressed through explicit strides, so a transposed weight (``W^T`` in
+the forward) or a transposed gradient (``g^T`` in the weight gradient) is read in place, without a copy.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """The (row tile, column tile) that program ``pid`` of a 1-d grid computes.
+
+    Row-major order (all column tiles of row tile 0, then row tile 1, ...) streams the whole of ``B`` once per
+    row tile, so ``B`` falls out of L2 before it is reused. Grouped order walks ``GROUP_M`` row tiles down one
+    column tile before moving right: consecutive programs share their ``B`` tile and, within a group, their
+    ``A`` tiles too, which raises the L2 hit rate for the same amount of work. The last group may hold fewer
+    than ``GROUP_M`` row tiles when the number of row tiles is not a multiple of it.
+    """
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    group = pid // per_group
+    first_m = group * GROUP_M
+    group_size = tl.minimum(num_m - first_m, GROUP_M)
+    in_group = pid % per_group
+    pid_m = first_m + in_group % group_size
+    pid_n = in_group // group_size
+    return pid_m, pid_n
+
+
+@triton.jit
+def tile_dot(
+    a_ptr,
+    b_ptr,
+    rows,
+    cols,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ROW_SUM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``acc = A[rows, :K] @ B[:K, cols]`` in fp32, and ``sum_k A[rows, k]`` when ``ROW_SUM`` (else zeros).
+
+    ``rows`` and ``cols`` must be valid indices (callers wrap the tile past the matrix edge back into it with a
+    modulo, which keeps the loads unmasked along M and N; the wrapped rows and columns are never stored).
+    Only the K tail is masked, with zeros, which add nothing to the dot or the sum.
+
+    ``UPCAST`` converts the operands to fp32 before ``tl.dot`` (exact for fp16 and bf16; the interpreter's
+    low-precision dot is wrong). ``PRECISION`` is ``tl.dot``'s ``input_precision`` ("ieee" or "tf32"), which only
+    matters for fp32 operands.
+    """
+    offs_k = tl.arange(0, BLOCK_K)
+    # 64-bit row and column offsets: rows * stride exceeds 2**31 elements for large operands.
+    a_ptrs = a_ptr + rows.to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols.to(tl.int64)[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if ROW_SUM:
+            row_sum += tl.sum(a.to(tl.float32), axis=1)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc, row_sum
