@@ -32,14 +32,23 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def triton_ops() -> ModuleType | None:
-    """The Triton ops module, or None when Triton or its kernels cannot be imported here."""
+@torch.compiler.assume_constant_result
+def _load_triton_ops() -> bool:
+    """Import the Triton ops once. Under ``torch.compile`` this runs eagerly at trace time (Dynamo cannot trace
+    an import) and only its result enters the graph, so a model compiled before its first eager call still
+    compiles to one graph."""
     global _triton_ops, _triton_error
     if _triton_ops is None and _triton_error is None:
         try:
             _triton_ops = importlib.import_module("glai_kernels.triton_ops")
         except Exception as exc:  # no Triton, a Triton without a driver, no kernels yet: fall back
             _triton_error = f"{type(exc).__name__}: {exc}"
+    return _triton_ops is not None
+
+
+def triton_ops() -> ModuleType | None:
+    """The Triton ops module, or None when Triton or its kernels cannot be imported here."""
+    _load_triton_ops()
     return _triton_ops
 
 
