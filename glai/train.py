@@ -38,6 +38,11 @@ def plain_mlp(in_features: int, hidden: tuple[int, ...], out_features: int) -> n
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters; for a :class:`GLAIMLP` those of its quantitative network, which is what it is
+    matched on (with ``reduction > 1`` the structural phase trains fewer)."""
+    if isinstance(model, GLAIMLP):
+        widths = (model.in_features, *model.hidden_features, model.out_features)
+        return sum(a * b + (b if model.bias else 0) for a, b in zip(widths[:-1], widths[1:]))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -132,7 +137,9 @@ class RunResult:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out.update(best_acc=self.best_acc, best_epoch=self.best_epoch, total_time=self.total_time)
+        out.update(
+            best_acc=self.best_acc, best_epoch=self.best_epoch, total_time=self.total_time, epochs=self.epochs
+        )
         return out
 
 

@@ -1,0 +1,105 @@
+"""``glai-experiment``: the time-to-accuracy study of MLP vs GLAI heads over four offline settings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import backbone, fewshot, scratch, simclr
+from .common import PRESETS, environment
+from .report import write_all
+from .stats import summarize
+
+SETTINGS = ("scratch", "backbone", "simclr", "few-shot")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="glai-experiment", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the quick preset (a few minutes on 2 CPU cores)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="sizes (default: full, or quick)")
+    p.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}"
+    )
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1) instead of the preset's")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... or auto")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (small heads gain little from more)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default bench/results/experiments/<preset>)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    args.preset = args.preset or ("quick" if args.quick else "full")
+    args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = sorted(set(args.settings) - set(SETTINGS))
+    if unknown:
+        p.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    if args.device == "auto" and device.type != "cuda":
+        device = torch.device("cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    preset = PRESETS[args.preset]
+    if args.seeds is not None:
+        preset = replace(preset, seeds=tuple(range(args.seeds)))
+    out = args.out or Path("bench/results/experiments") / preset.name
+    started = time.perf_counter()
+
+    total = 0
+    counts = {
+        "scratch": scratch.count,
+        "backbone": backbone.count,
+        "simclr": simclr.count,
+        "few-shot": fewshot.count,
+    }
+    for name in args.settings:
+        total += counts[name](preset)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="runs", disable=args.no_progress, file=sys.stderr)
+    records, info, phase_seconds = [], {}, {}
+    encoder = None
+    for name in args.settings:
+        bar.set_postfix(setting=name)
+        t0 = time.perf_counter()
+        if name in ("backbone", "few-shot") and encoder is None:
+            encoder, info = backbone.train_backbone(preset, device)
+        if name == "scratch":
+            records += scratch.run(preset, device, tick=bar.update)
+        elif name == "backbone":
+            records += backbone.run(preset, device, encoder, info, tick=bar.update)
+        elif name == "few-shot":
+            records += fewshot.run(preset, device, encoder, info, tick=bar.update)
+        else:
+            records += simclr.run(preset, device, tick=bar.update)
+        phase_seconds[name] = time.perf_counter() - t0
+    bar.close()
+
+    summary = summarize(records)
+    meta = {
+        "command": "glai-experiment " + " ".join(sys.argv[1:] if argv is None else argv),
+        "preset": preset.to_dict(),
+        "settings": args.settings,
+        "environment": environment(device),
+        "backbone": info,
+        "setting_seconds": phase_seconds,
+        "study_seconds": time.perf_counter() - started,
+    }
+    files = write_all(out, meta, records, summary)
+    print((out / "RESULTS.md").read_text())
+    print(f"study wall time {meta['study_seconds']:.0f}s; files:")
+    for path in files.values():
+        print(f"  {path}")
+    return 0

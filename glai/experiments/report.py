@@ -1,0 +1,138 @@
+"""Files of a study: ``results.json`` (everything, curves included), ``summary.csv``, ``runs.csv``, one PNG per
+setting and ``RESULTS.md``, the Markdown tables the README includes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .common import MLP, Record
+from .stats import TOLERANCE
+
+RUN_COLUMNS = ("setting", "variant", "seed", "best_acc", "best_epoch", "total_time", "epochs", "freeze_epoch")
+
+
+def _num(value, fmt: str = ".2f", none: str = "-") -> str:
+    if value is None:
+        return none
+    if isinstance(value, float) and value != value:  # NaN
+        return none
+    return format(value, fmt)
+
+
+def write_json(path: Path, meta: dict, records: list[Record], summary: list[dict]) -> None:
+    payload = {"meta": meta, "summary": summary, "runs": [r.to_dict() for r in records]}
+    path.write_text(json.dumps(payload, indent=1, default=str))
+
+
+def write_csv(folder: Path, records: list[Record], summary: list[dict]) -> None:
+    if summary:
+        with open(folder / "summary.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(summary[0]))
+            writer.writeheader()
+            writer.writerows(summary)
+    with open(folder / "runs.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*RUN_COLUMNS, "time_structural", "time_cache", "time_quantitative", "extra"])
+        for rec in records:
+            d = rec.to_dict()
+            cost = rec.result.cost
+            writer.writerow(
+                [d[c] for c in RUN_COLUMNS]
+                + [f"{cost['structural']:.4f}", f"{cost['cache']:.4f}", f"{cost['quantitative']:.4f}"]
+                + [json.dumps(rec.extra)]
+            )
+
+
+def markdown(meta: dict, summary: list[dict]) -> str:
+    """Per setting: accuracy, time to the MLP's best minus 0.5 point, speedup, paired tests, cost split."""
+    env = meta["environment"]
+    lines = [
+        f"Preset `{meta['preset']['name']}`, seeds {list(meta['preset']['seeds'])}, device {env['device']} "
+        f"({env['device_name']}, {env['torch_threads']} torch thread(s)), torch {env['versions']['torch']}, "
+        f"{env['date']}. Times are training seconds with evaluation excluded; the target is each seed's MLP best "
+        f"minus {TOLERANCE} point. Speedup = MLP time to target / GLAI time to target (median over seeds, 0 when "
+        "GLAI never reached it). Sign test on who reached the target first; Wilcoxon on the accuracy difference.",
+        "",
+    ]
+    settings = []
+    for row in summary:
+        if row["setting"] not in settings:
+            settings.append(row["setting"])
+    head = (
+        "| variant | best acc % (mean ± std) | Δ acc vs MLP | reached target | time to target (s, median) | "
+        "speedup | GLAI first (W/L) | sign p | Wilcoxon p (acc) | total time (s) | epochs | freeze epoch "
+        "(mean) | cost S / cache / Q (s) |"
+    )
+    for setting in settings:
+        rows = [r for r in summary if r["setting"] == setting]
+        lines += [f"#### {setting}", "", head, "|" + " --- |" * 13]
+        for r in rows:
+            glai = r["variant"] != MLP
+            freeze = _num(r["freeze_epoch_mean"], ".1f")
+            if glai and r["never_froze"]:
+                freeze += f" ({r['never_froze']} never)"
+            cost = "-"
+            if glai:
+                cost = " / ".join(_num(r[f"cost_{p}_mean"]) for p in ("structural", "cache", "quantitative"))
+            lines.append(
+                f"| {r['variant']} | {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f} | "
+                f"{_num(r['acc_diff_mean'], '+.2f') if glai else '-'} | {r['reached']}/{r['paired']} | "
+                f"{_num(r['time_to_target_median'], '.2f', 'never')} | "
+                f"{_num(r['speedup_median'], '.2f') if glai else '1'} | "
+                f"{str(r['wins']) + '/' + str(r['losses']) if glai else '-'} | {_num(r['sign_p'], '.3f')} | "
+                f"{_num(r['wilcoxon_acc_p'], '.3f')} | {r['total_time_mean']:.2f} | {r['epochs']} | {freeze} | "
+                f"{cost} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_setting(path: Path, setting: str, records: list[Record], max_variants: int = 7) -> None:
+    """Test accuracy against training time of the first seed: the MLP and up to ``max_variants`` GLAI variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in records if r.setting == setting]
+    if not mine:
+        return
+    first = min(r.seed for r in mine)
+    runs = [r for r in mine if r.seed == first][: max_variants + 1]
+    mlp = next((r for r in runs if r.variant == MLP), None)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in runs:
+        res = r.result
+        (line,) = ax.plot(res.time, res.test_acc, lw=1.2, label=f"{r.variant} (best {res.best_acc:.1f})")
+        if res.freeze_epoch is not None:
+            i = res.freeze_epoch - 1
+            ax.plot([res.time[i]], [res.test_acc[i]], "*", ms=11, color=line.get_color())
+    if mlp is not None:
+        ax.axhline(mlp.result.best_acc - TOLERANCE, color="grey", ls="--", lw=1, label="MLP best - 0.5")
+    ax.set_title(f"{setting}, seed {first} (star: freeze)")
+    ax.set_xlabel("training wall time (s, evaluation excluded)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(folder: Path, meta: dict, records: list[Record], summary: list[dict]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "results.json", meta, records, summary)
+    write_csv(folder, records, summary)
+    (folder / "RESULTS.md").write_text(markdown(meta, summary))
+    files = {
+        "json": folder / "results.json",
+        "markdown": folder / "RESULTS.md",
+        "csv": folder / "summary.csv",
+    }
+    for setting in dict.fromkeys(r.setting for r in records):
+        png = folder / f"accuracy_vs_time_{setting.replace(' ', '_').replace('=', '')}.png"
+        plot_setting(png, setting, records)
+        files[f"plot:{setting}"] = png
+    return files

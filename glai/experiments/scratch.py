@@ -1,0 +1,22 @@
+"""Setting 1, MNIST-1D from scratch: the head is the whole model, trained on the raw 40-sample signals.
+
+The inputs never change, so after the freeze GLAI's training patterns come from a pattern cache. This setting
+also carries the full freeze-policy study (flip-rate rules, fixed budgets, reduction, refresh, no cache).
+"""
+
+from __future__ import annotations
+
+from ..data import mnist1d
+from .common import Preset, Record, policy_variants, run_heads
+
+NAME = "scratch"
+
+
+def count(preset: Preset) -> int:
+    return len(preset.seeds) * len(policy_variants(preset.policy_grid, preset.scratch_epochs))
+
+
+def run(preset: Preset, device, data_seed: int = 42, tick=None) -> list[Record]:
+    data = mnist1d(preset.samples, seed=data_seed).to(device)
+    variants = policy_variants(preset.policy_grid, preset.scratch_epochs)
+    return run_heads(NAME, data, variants, preset=preset, epochs=preset.scratch_epochs, tick=tick)

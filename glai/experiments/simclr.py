@@ -1,0 +1,146 @@
+"""Setting 3, self-supervised projection head: a SimCLR-style model on MNIST-1D.
+
+A 1D CNN encoder and a projection head (MLP vs GLAI, same widths) train together with the NT-Xent loss on two
+augmented views of each signal (circular shift, amplitude scaling, additive noise). What counts is the encoder,
+so accuracy is that of a linear probe on its frozen features: a ridge classifier solved in closed form after each
+epoch (evaluation, not counted in the training time). The head's inputs move with the encoder and the views are
+random, so there is no pattern cache here: GLAI computes its patterns from the frozen structure at every step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..data import NUM_CLASSES, Split, mnist1d
+from ..nn import GLAIMLP
+from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_optimizer, plain_mlp
+from .backbone import ConvEncoder, features
+from .common import MLP, Preset, Record
+
+NAME = "simclr"
+PROJECTION = 64
+TEMPERATURE = 0.5
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    b, n = x.shape
+    shift = torch.randint(-4, 5, (b, 1), generator=gen)
+    index = ((torch.arange(n)[None, :] - shift) % n).to(x.device)
+    scale = (1.0 + 0.2 * (2 * torch.rand(b, 1, generator=gen) - 1)).to(x.device)
+    noise = (0.1 * torch.randn(b, n, generator=gen)).to(x.device)
+    return x.gather(1, index) * scale + noise
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = TEMPERATURE) -> torch.Tensor:
+    """SimCLR's loss: each view must pick its partner among the other ``2B - 1`` views of the batch."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = (z @ z.t() / tau).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+@torch.no_grad()
+def linear_probe(encoder, data: Split, ridge: float = 1.0) -> float:
+    """Test accuracy (%) of a ridge classifier on standardised frozen features, one-hot targets."""
+    f, ft = features(encoder, data.x), features(encoder, data.x_test)
+    mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
+    f, ft = (f - mean) / std, (ft - mean) / std
+    f = torch.cat([f, torch.ones(f.shape[0], 1, device=f.device)], 1).double()
+    ft = torch.cat([ft, torch.ones(ft.shape[0], 1, device=ft.device)], 1).double()
+    y = F.one_hot(data.y, NUM_CLASSES).double()
+    w = torch.linalg.solve(
+        f.t() @ f + ridge * torch.eye(f.shape[1], dtype=f.dtype, device=f.device), f.t() @ y
+    )
+    return 100.0 * (ft @ w).argmax(-1).eq(data.y_test).double().mean().item()
+
+
+def variants(epochs: int) -> dict:
+    early = max(1, round(epochs * 0.1))
+    return {
+        MLP: None,
+        "GLAI default": FreezePolicy(cache=False),
+        f"freeze@{early}": FreezePolicy(kind="epoch", epoch=early, cache=False),
+        "r=2": FreezePolicy(reduction=2, cache=False),
+    }
+
+
+def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, device) -> RunResult:
+    torch.manual_seed(seed)
+    encoder = ConvEncoder().to(device)
+    width = encoder.out_features
+    if policy is None:
+        head = plain_mlp(width, preset.hidden, PROJECTION).to(device)
+    else:
+        head = GLAIMLP(width, list(preset.hidden), PROJECTION, reduction=policy.reduction, device=device)
+    result = RunResult(name=name, params=count_parameters(head))
+    opts = {
+        "encoder": make_optimizer(encoder.parameters(), preset.lr),
+        "head": make_optimizer(head.parameters(), preset.lr),
+    }
+    probe_x = data.x[:512]
+    monitor = None
+    if policy is not None:
+
+        def rebuild(m: GLAIMLP) -> None:
+            if m.reduction > 1:  # new quantitative Parameters need a new optimizer
+                opts["head"] = make_optimizer(m.parameters(), preset.lr)
+
+        monitor = policy.monitor(head, features(encoder, probe_x), on_freeze=rebuild)
+        monitor.check()
+    gen = torch.Generator().manual_seed(seed)
+    n, batch, clock = data.x.shape[0], preset.simclr_batch, 0.0
+    for epoch in range(preset.simclr_epochs):
+        for opt in opts.values():
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(preset.lr, epoch, preset.simclr_epochs)
+        structural = monitor is not None and head.phase == "structural"
+        order = torch.randperm(n, generator=gen).to(device)
+        start = time.perf_counter()
+        encoder.train()
+        total = 0.0
+        for i in range(0, n - 1, batch):
+            xb = data.x[order[i : i + batch]]
+            h = encoder(torch.cat([augment(xb, gen), augment(xb, gen)]))
+            z = head(h)
+            loss = nt_xent(z[: xb.shape[0]], z[xb.shape[0] :])
+            for opt in opts.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts.values():
+                opt.step()
+            total += loss.item() * xb.shape[0]
+        if structural:
+            # The encoder moved: the probe's head inputs are recomputed so flips include that drift.
+            monitor.probe = features(encoder, probe_x)
+            monitor.check()
+            result.cost["structural"] += time.perf_counter() - start
+            if monitor.frozen:
+                result.freeze_epoch, result.freeze_reason = epoch + 1, monitor.reason
+        elif monitor is not None:
+            result.cost["quantitative"] += time.perf_counter() - start
+        clock += time.perf_counter() - start
+        result.time.append(clock)
+        result.train_loss.append(total / n)
+        result.test_acc.append(linear_probe(encoder, data))
+    if monitor is not None:
+        result.flip_history = list(monitor.history)
+    return result
+
+
+def count(preset: Preset) -> int:
+    return len(preset.seeds) * len(variants(preset.simclr_epochs))
+
+
+def run(preset: Preset, device, data_seed: int = 42, tick=None) -> list[Record]:
+    data = mnist1d(preset.simclr_samples, seed=data_seed).to(device)
+    records = []
+    for seed in preset.seeds:
+        for name, policy in variants(preset.simclr_epochs).items():
+            records.append(Record(NAME, name, seed, train_simclr(name, policy, data, preset, seed, device)))
+            if tick is not None:
+                tick()
+    return records

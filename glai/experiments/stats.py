@@ -1,0 +1,111 @@
+"""Summaries across seeds and the paired tests of GLAI against the MLP.
+
+Pairing is by seed: a GLAI run is compared with the MLP run of the same seed (same data order, same initial
+weights). Its time target is that MLP run's best test accuracy minus 0.5 point (DESIGN section 6).
+
+Time to target is often "never" for GLAI, so the time comparison uses the exact sign test: a seed is a GLAI win
+when GLAI reached the target sooner than the MLP did, a loss when later or never; ties do not count. Accuracy
+differences are compared with the Wilcoxon signed-rank test (exact for these sample sizes). With five seeds the
+smallest two-sided p either test can give is 0.0625, so no result here is "significant" at 5 %: the p-values
+say how one-sided the seeds were, nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+from .common import MLP, Record
+
+TOLERANCE = 0.5  # accuracy points under the MLP's best that count as "reached"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial p-value of ``wins`` against ``losses`` under p = 1/2 (1.0 with no decisions)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(wins, n, 0.5).pvalue)
+
+
+def wilcoxon_p(diffs: list[float]) -> float | None:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences; ``None`` when all are zero or too few."""
+    nonzero = [d for d in diffs if abs(d) > 1e-12]
+    if len(nonzero) < 2:
+        return None
+    from scipy.stats import wilcoxon
+
+    return float(wilcoxon(nonzero).pvalue)
+
+
+def summarize(records: list[Record]) -> list[dict]:
+    """One row per (setting, variant) with the measures of the study, in the order the variants were run."""
+    by_key: dict[tuple[str, str], dict[int, Record]] = defaultdict(dict)
+    for rec in records:
+        by_key[(rec.setting, rec.variant)][rec.seed] = rec
+    rows = []
+    for (setting, variant), runs in by_key.items():
+        mlp_runs = by_key.get((setting, MLP), {})
+        seeds = sorted(runs)
+        acc = [runs[s].result.best_acc for s in seeds]
+        total = [runs[s].result.total_time for s in seeds]
+        row = {
+            "setting": setting,
+            "variant": variant,
+            "seeds": len(seeds),
+            "params": runs[seeds[0]].result.params,
+            "best_acc_mean": _mean_std(acc)[0],
+            "best_acc_std": _mean_std(acc)[1],
+            "total_time_mean": _mean_std(total)[0],
+            "total_time_std": _mean_std(total)[1],
+            "epochs": runs[seeds[0]].result.epochs,
+        }
+        for part in ("structural", "cache", "quantitative"):
+            row[f"cost_{part}_mean"] = _mean_std([runs[s].result.cost[part] for s in seeds])[0]
+        freezes = [runs[s].result.freeze_epoch for s in seeds]
+        frozen = [f for f in freezes if f is not None]
+        row["freeze_epoch_mean"] = statistics.fmean(frozen) if frozen else None
+        row["never_froze"] = sum(f is None for f in freezes if variant != MLP)
+        times, speedups, diffs, wins, losses, reached = [], [], [], 0, 0, 0
+        for s in seeds:
+            mlp = mlp_runs.get(s)
+            if mlp is None:
+                continue
+            target = mlp.result.best_acc - TOLERANCE
+            t_mlp, t = mlp.result.time_to(target), runs[s].result.time_to(target)
+            diffs.append(runs[s].result.best_acc - mlp.result.best_acc)
+            if t is not None:
+                reached += 1
+                times.append(t)
+                speedups.append(t_mlp / t if t > 0 else math.inf)
+            else:
+                speedups.append(0.0)  # never reached: no speedup at all
+            if variant == MLP:
+                continue
+            if t is not None and t < t_mlp:
+                wins += 1
+            elif t is None or t > t_mlp:
+                losses += 1
+        paired = len(diffs)
+        row.update(
+            acc_diff_mean=_mean_std(diffs)[0] if diffs else None,
+            reached=reached,
+            paired=paired,
+            time_to_target_median=statistics.median(times) if times else None,
+            speedup_median=statistics.median(speedups) if speedups else None,
+            wins=wins,
+            losses=losses,
+            sign_p=sign_test(wins, losses) if variant != MLP else None,
+            wilcoxon_acc_p=wilcoxon_p(diffs) if variant != MLP else None,
+        )
+        rows.append(row)
+    return rows

@@ -1,0 +1,97 @@
+"""The experiment command at a toy size: every setting runs, and the files have the structure the README uses.
+
+The statistics get their own small hand-made cases, since a toy run cannot tell a right p-value from a wrong one.
+"""
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("mnist1d")
+pytest.importorskip("scipy")
+pytest.importorskip("matplotlib")
+
+from glai.experiments import main  # noqa: E402
+from glai.experiments.common import MLP, Record  # noqa: E402
+from glai.experiments.stats import sign_test, summarize  # noqa: E402
+from glai.train import RunResult  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    assert main(["--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_study_writes_every_file(tiny_study):
+    names = {p.name for p in tiny_study.iterdir()}
+    assert {"results.json", "summary.csv", "runs.csv", "RESULTS.md"} <= names
+    for setting in ("scratch", "backbone", "simclr", "few-shot_k1", "few-shot_k5"):
+        png = tiny_study / f"accuracy_vs_time_{setting}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", setting
+
+
+def test_results_json_structure(tiny_study):
+    data = json.loads((tiny_study / "results.json").read_text())
+    meta = data["meta"]
+    assert meta["preset"]["name"] == "tiny" and meta["preset"]["seeds"] == [0, 1]
+    env = meta["environment"]
+    assert env["device"] == "cpu" and env["versions"]["torch"] and env["date"]
+    assert meta["backbone"]["backbone_test_acc"] >= 0
+    settings = {r["setting"] for r in data["runs"]}
+    assert settings == {"scratch", "backbone", "simclr", "few-shot k=1", "few-shot k=5"}
+    for run in data["runs"]:
+        assert len(run["test_acc"]) == len(run["time"]) == run["epochs"] > 0
+        assert run["seed"] in (0, 1)
+        if run["variant"] == MLP:
+            assert run["freeze_epoch"] is None and run["cost"]["quantitative"] == 0
+    # Every variant is paired with an MLP of the same seed and has the same trainable parameter count.
+    for setting in settings:
+        runs = [r for r in data["runs"] if r["setting"] == setting]
+        assert {r["params"] for r in runs} == {runs[0]["params"]}
+        assert sum(r["variant"] == MLP for r in runs) == 2
+    # Fixed-budget policies freeze exactly where they say, and the refresh variant keeps a cache cost.
+    scratch = [r for r in data["runs"] if r["setting"] == "scratch"]
+    assert all(r["freeze_epoch"] == 1 for r in scratch if r["variant"].startswith("freeze@1"))
+    assert all(r["cost"]["cache"] > 0 for r in scratch if r["variant"] == "freeze@1 refresh/1")
+
+
+def test_summary_and_markdown(tiny_study):
+    with open(tiny_study / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"setting", "variant", "best_acc_mean", "best_acc_std", "time_to_target_median", "sign_p"} <= set(
+        rows[0]
+    )
+    assert len(rows) == len({(r["setting"], r["variant"]) for r in rows})
+    md = (tiny_study / "RESULTS.md").read_text()
+    assert md.count("#### ") == 5
+    assert "| variant | best acc % (mean ± std) |" in md and "| GLAI default |" in md
+
+
+def _run(acc, times):
+    return RunResult(name="x", params=1, test_acc=list(acc), time=list(times))
+
+
+def test_summarize_pairs_by_seed_and_counts_never_as_a_loss():
+    records = []
+    for seed in range(5):
+        records.append(Record("s", MLP, seed, _run([50, 60, 70], [1, 2, 3])))
+        # GLAI reaches 69.5 at t=1.5 on seeds 0-3 (a win each) and never on seed 4 (a loss).
+        glai = [60, 69.6, 69.6] if seed < 4 else [60, 65, 66]
+        records.append(Record("s", "GLAI", seed, _run(glai, [1, 1.5, 2.5])))
+    rows = {r["variant"]: r for r in summarize(records)}
+    g = rows["GLAI"]
+    assert (g["wins"], g["losses"], g["reached"], g["paired"]) == (4, 1, 4, 5)
+    assert g["time_to_target_median"] == 1.5
+    assert g["speedup_median"] == pytest.approx(2.0)
+    assert g["sign_p"] == pytest.approx(0.375)
+    assert g["acc_diff_mean"] == pytest.approx((4 * -0.4 - 4) / 5)
+    assert rows[MLP]["reached"] == 5 and rows[MLP]["sign_p"] is None
+
+
+def test_sign_test_exact_values():
+    assert sign_test(5, 0) == pytest.approx(0.0625)
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(3, 2) == pytest.approx(1.0)
