@@ -67,7 +67,7 @@ def test_summary_and_markdown(tiny_study):
     assert len(rows) == len({(r["setting"], r["variant"]) for r in rows})
     md = (tiny_study / "RESULTS.md").read_text()
     assert md.count("#### ") == 5
-    assert "| variant | best acc % (mean ± std) |" in md and "| GLAI default |" in md
+    assert "| variant | best acc % (mean ± std) |" in md and "| flip<0.01/p2 |" in md
 
 
 def _run(acc, times):

@@ -11,7 +11,7 @@ from torch import nn
 from ..data import Split, few_shot_indices, mnist1d
 from ..train import FreezePolicy
 from .backbone import feature_split
-from .common import MLP, Preset, Record, run_heads
+from .common import BASE, BASE_RULE, MLP, Preset, Record, run_heads
 
 NAME = "few-shot"
 
@@ -20,7 +20,7 @@ def variants(epochs: int) -> dict:
     early = max(1, round(epochs * 0.1))
     return {
         MLP: None,
-        "GLAI default": FreezePolicy(),
+        BASE: FreezePolicy(**BASE_RULE),
         f"freeze@{early}": FreezePolicy(kind="epoch", epoch=early),
     }
 

@@ -18,7 +18,7 @@ from ..data import NUM_CLASSES, Split, mnist1d
 from ..nn import GLAIMLP
 from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_optimizer, plain_mlp
 from .backbone import ConvEncoder, features
-from .common import MLP, Preset, Record
+from .common import BASE, BASE_RULE, MLP, Preset, Record
 
 NAME = "simclr"
 PROJECTION = 64
@@ -62,9 +62,9 @@ def variants(epochs: int) -> dict:
     early = max(1, round(epochs * 0.1))
     return {
         MLP: None,
-        "GLAI default": FreezePolicy(cache=False),
+        BASE: FreezePolicy(**BASE_RULE, cache=False),
         f"freeze@{early}": FreezePolicy(kind="epoch", epoch=early, cache=False),
-        "r=2": FreezePolicy(reduction=2, cache=False),
+        "r=2": FreezePolicy(**BASE_RULE, reduction=2, cache=False),
     }
 
 
