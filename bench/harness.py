@@ -144,11 +144,11 @@ def record(
     if unit == "ms":
         flops = costs.op_flops(op, batch, in_f, out_f, r)
         if flops:
-            row["tflops"] = f"{flops / (med * 1e-3) / 1e12:.4g}"
+            row["tflops"] = f"{flops / (med * 1e-3) / 1e12:.6g}"
         if op in costs.MEMORY_OPS:
             itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
             nbytes = costs.op_bytes(op, batch, in_f, out_f, r, itemsize)
-            row["gbps"] = f"{nbytes / (med * 1e-3) / 1e9:.4g}"
+            row["gbps"] = f"{nbytes / (med * 1e-3) / 1e9:.6g}"
     _rows.append((file, row))
     return row
 

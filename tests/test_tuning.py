@@ -262,3 +262,13 @@ def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):
     cache.save(FAKE, entries)
     tuning.reload()
     assert tuning.config_for("gate", 40, 48, 24, torch.float32) == best
+
+
+def test_rel_error_counts_flipped_bits_and_nan():
+    words = torch.tensor([[0b1011, -1]], dtype=torch.int32)
+    flipped = words ^ torch.tensor([[0b0100, 0]], dtype=torch.int32)
+    assert autotune.rel_error(flipped, words) == pytest.approx(1 / 64)
+    ref = torch.randn(5, 7)
+    assert autotune.rel_error(ref.clone(), ref) == 0.0
+    assert autotune.rel_error(ref * 1.5, ref) == pytest.approx(0.5)
+    assert autotune.rel_error(torch.full_like(ref, float("nan")), ref) == float("inf")
