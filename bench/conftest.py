@@ -58,22 +58,13 @@ def pytest_generate_tests(metafunc):
             params.append(pytest.param(case, id=case.id, marks=marks))
         metafunc.parametrize("case", params)
     if "memory_case" in metafunc.fixturenames:
-        grid = _grid(metafunc.config)
-        params = []
-        for dtype in grid["dtypes"]:
-            for batch, in_f, out_f in grid["shapes"]:
-                for r in grid["r"]:
-                    for provider in ("glai", "glai_cached", "baseline"):
-                        if provider == "baseline" and r != 1:
-                            continue
-                        case = providers.Case("train_step", provider, batch, in_f, out_f, r, dtype)
-                        marks = (
-                            []
-                            if device.type == "cuda"
-                            else [pytest.mark.skip(reason="peak device memory is measured on CUDA only")]
-                        )
-                        params.append(pytest.param(case, id=case.id, marks=marks))
-        metafunc.parametrize("memory_case", params)
+        skip = (
+            []
+            if device.type == "cuda"
+            else [pytest.mark.skip(reason="device memory is measured on CUDA only")]
+        )
+        cases = providers.memory_cases(_grid(metafunc.config))
+        metafunc.parametrize("memory_case", [pytest.param(c, id=c.id, marks=skip) for c in cases])
 
 
 @pytest.fixture(scope="session")

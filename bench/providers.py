@@ -66,6 +66,17 @@ def cases(grid: dict) -> list[Case]:
     return out
 
 
+def memory_cases(grid: dict) -> list[Case]:
+    """Training steps whose device memory is measured: GLAI (patterns from the structure, or cached) and the MLP."""
+    out = []
+    for dtype in grid["dtypes"]:
+        for batch, in_f, out_f in grid["shapes"]:
+            for r in grid["r"]:
+                for provider in ("glai", "glai_cached") + (("baseline",) if r == 1 else ()):
+                    out.append(Case("train_step", provider, batch, in_f, out_f, r, dtype))
+    return out
+
+
 def skip_reason(case: Case, device: torch.device) -> str | None:
     if case.provider.startswith("triton"):
         if device.type != "cuda":
@@ -189,3 +200,46 @@ def _train_step(case: Case, device: torch.device, dtype: torch.dtype):
         y.backward(dy)
 
     return step, make
+
+
+def step_memory(case: Case, device: torch.device):
+    """``(provider, saved_mib, peak_mib, step)`` of one training step of a :func:`memory_cases` case on CUDA.
+
+    ``saved``: what the forward leaves allocated for the backward (the output included); ``peak``: the high-water
+    mark of forward + backward. Both are above the parameters and their gradients, allocated beforehand.
+    """
+    dtype = getattr(torch, case.dtype)
+    widths = costs.mlp_widths(case.in_f, case.out_f)
+    if case.provider == "baseline":
+        model, name = plain_mlp(widths, device, dtype), "baseline"
+    else:
+        model = glai_model(widths, case.r, "auto", device, dtype)
+        name = backend.resolve_backend("auto", device) + (
+            "_cached" if case.provider.endswith("_cached") else ""
+        )
+    params = list(model.parameters())
+    x = torch.randn(case.batch, widths[0], device=device, dtype=dtype)
+    dy = torch.randn(case.batch, widths[-1], device=device, dtype=dtype)
+    extra = (model.patterns(x),) if case.provider.endswith("_cached") else ()
+
+    def step():
+        for p in params:
+            p.grad = None
+        model(x, *extra).backward(dy)
+        torch.cuda.synchronize()
+
+    step()  # allocator pools, kernel compilation
+    for p in params:
+        p.grad = torch.zeros_like(
+            p
+        )  # gradients accumulate into these: only the step's own memory is measured
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y = model(x, *extra)
+    saved = (torch.cuda.memory_allocated() - base) / float(1 << 20)
+    y.backward(dy)
+    del y
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / float(1 << 20)
+    return name, saved, peak, step

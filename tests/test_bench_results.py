@@ -86,3 +86,13 @@ def test_plot_writes_pngs(tmp_path):
     assert len(pngs) == 2 and pngs[0].startswith("cpu-") and pngs[0].endswith("-float32-rate.png")
     assert all((tmp_path / "png" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert plot.main(["--results", str(tmp_path / "nothing")]) == 1
+
+
+def test_runner_without_pytest_benchmark(tmp_path, capsys):
+    from bench import run
+
+    assert run.main(["--grid", "cpu", "-k", "gemm-torch-B256xI256", "--results", str(tmp_path)]) == 0
+    rows = harness.read_csv(tmp_path / harness.OPS_CSV)
+    assert [(r["op"], r["provider"], r["shape"]) for r in rows] == [("gemm", "torch", "B256xI256xO256r1")]
+    assert float(rows[0]["p20"]) <= float(rows[0]["median"]) <= float(rows[0]["p80"])
+    assert "results:" in capsys.readouterr().out
