@@ -64,8 +64,8 @@ def gate_kernel(
     # Columns past N (wrapped copies of real ones) must be padding bits, which are 0.
     fire = ((z > 0) & in_n[None, :]).to(tl.int32)
     packed = pack_bits(fire, BLOCK_M, BLOCK_N, WORD_BITS)
-    BLOCK_W: tl.constexpr = BLOCK_N // WORD_BITS
-    offs_w = pid_n * BLOCK_W + tl.arange(0, BLOCK_W)
+    # The tile's first column is a multiple of BLOCK_N, hence of WORD_BITS: its words start at that column / 32.
+    offs_w = pid_n * (BLOCK_N // WORD_BITS) + tl.arange(0, BLOCK_N // WORD_BITS)
     n_words = tl.cdiv(N, WORD_BITS)
     words_ptrs = words_ptr + offs_m.to(tl.int64)[:, None] * stride_pm + offs_w[None, :] * stride_pw
     tl.store(words_ptrs, packed, mask=in_m[:, None] & (offs_w < n_words)[None, :])
