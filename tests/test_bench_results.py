@@ -76,6 +76,7 @@ def test_results_merge_by_key_and_percentages(tmp_path):
 
 
 def test_plot_writes_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
     cpu = torch.device("cpu")
     for batch in (32, 64):
         for op, provider in (("gemm", "torch"), ("gate", "torch"), ("gate", "baseline"), ("copy", "torch")):
