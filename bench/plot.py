@@ -107,9 +107,10 @@ def plot_ops(rows, device: str, dtype: str, metric: str, out: Path) -> Path:
     for ax in list(axes.flat)[len(ops) :]:
         ax.axis("off")
     versions = {(r["torch"], r["triton"]) for r in rows}
-    fig.suptitle(
-        f"{device}, {dtype}: {'rate' if metric == 'rate' else 'time'} per op (torch/triton {sorted(versions)})"
-    )
+    cpu = device.startswith("CPU")
+    note = "\nCPU figures: the PyTorch providers only; the Triton kernels are timed on CUDA" if cpu else ""
+    what = "rate" if metric == "rate" else "time"
+    fig.suptitle(f"{device}, {dtype}: {what} per op (torch/triton {sorted(versions)}){note}")
     fig.tight_layout()
     path = out / f"{slug(device)}-{dtype}-{metric}.png"
     fig.savefig(path, dpi=110)
