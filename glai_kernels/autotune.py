@@ -157,12 +157,13 @@ def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet:
     return list(entries.values())
 
 
-def _ops_or_exit():
+def kernel_ops():
+    """The Triton ops module, or a RuntimeError saying why it cannot be imported."""
     from . import backend
 
     ops = backend.triton_ops()
     if ops is None:
-        raise SystemExit(f"glai-autotune: the Triton kernels cannot be imported ({backend._triton_error})")
+        raise RuntimeError(f"the Triton kernels cannot be imported ({backend._triton_error})")
     return ops
 
 
@@ -171,7 +172,7 @@ def tune_and_save(kernel, shapes, dtype, *, quiet=False, rep_ms: float = 40.0):
     ident = cache.identity(torch.cuda.current_device())
     if ident is None:
         raise RuntimeError("autotuning needs Triton")
-    entries = tune(kernel, shapes, dtype, ops=_ops_or_exit(), rep_ms=rep_ms, quiet=quiet)
+    entries = tune(kernel, shapes, dtype, ops=kernel_ops(), rep_ms=rep_ms, quiet=quiet)
     if entries:
         cache.save(ident, entries)
         tuning.reload()
@@ -284,7 +285,11 @@ def main(argv=None) -> int:
     if ident is None:
         print("glai-autotune: Triton is not installed; there is nothing to tune.", file=sys.stderr)
         return 2
-    ops = _ops_or_exit()
+    try:
+        ops = kernel_ops()
+    except RuntimeError as exc:
+        print(f"glai-autotune: {exc}", file=sys.stderr)
+        return 2
     print(f"tuning on {ident.gpu}, Triton {ident.triton}, kernel source {ident.kernel_source[:12]}")
     saved = 0
     for d in dtypes:

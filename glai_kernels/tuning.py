@@ -162,7 +162,10 @@ def _tune_on_miss() -> bool:
     if os.environ.get("GLAI_AUTOTUNE", "0") in ("", "0"):
         return False
     # Timing launches kernels and synchronizes: never inside a CUDA graph being captured.
-    return not torch.cuda.is_current_stream_capturing()
+    try:
+        return not torch.cuda.is_current_stream_capturing()
+    except RuntimeError:  # a build of torch without CUDA captures nothing
+        return True
 
 
 def config_for(kernel: str, M: int, N: int, K: int, dtype: torch.dtype) -> dict:

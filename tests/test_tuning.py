@@ -272,3 +272,32 @@ def test_rel_error_counts_flipped_bits_and_nan():
     assert autotune.rel_error(ref.clone(), ref) == 0.0
     assert autotune.rel_error(ref * 1.5, ref) == pytest.approx(0.5)
     assert autotune.rel_error(torch.full_like(ref, float("nan")), ref) == float("inf")
+
+
+def test_tuning_inside_a_step_only_when_asked(fake_gpu, monkeypatch):
+    calls = []
+
+    def fake_tune(kernel, shapes, dtype, quiet=False):
+        calls.append((kernel, tuple(shapes), dtype))
+        (M, N, K) = shapes[0]
+        cache.save(FAKE, [entry(kernel=kernel, bucket=tuning.bucket_of(M, N, K))])
+
+    monkeypatch.setattr(autotune, "tune_and_save", fake_tune)
+    monkeypatch.delenv("GLAI_AUTOTUNE", raising=False)
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()
+    assert calls == []  # never unless asked
+    monkeypatch.setenv("GLAI_AUTOTUNE", "1")
+    tuning.reload()
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+    assert (
+        tuning.config_for("gate", 120, 290, 310, torch.float32) == FAST
+    )  # same bucket: memoised, not re-tuned
+    assert calls == [("gate", ((100, 300, 300),), torch.float32)]
+
+    def failing_tune(*args, **kwargs):
+        raise RuntimeError("no kernels")
+
+    monkeypatch.setattr(autotune, "tune_and_save", failing_tune)
+    with pytest.warns(cache.TuningCacheWarning, match="no kernels"):
+        got = tuning.config_for("backward_data", 100, 300, 300, torch.float32)
+    assert got == default("backward_data")
