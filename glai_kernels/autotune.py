@@ -4,7 +4,7 @@ the autotuning cache that ``config_for`` reads.
 
     glai-autotune --list                 the search space, shape buckets, grid and cache file; no GPU needed
     glai-autotune                        tune every kernel in bfloat16 and float32 over the default grid
-    glai-autotune --quick                a 2 x 2 grid, a few minutes
+    glai-autotune --quick                a 2 x 2 grid in bfloat16, about two minutes
     glai-autotune --kernels gate --dtypes float16 --batch 256,8192 --width 512
 
 Each candidate is first checked against the PyTorch reference on the same inputs; one that fails to compile
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 
 import torch
@@ -26,6 +27,7 @@ from . import tuning_cache as cache
 from .layout import pack_patterns
 
 DEFAULT_DTYPES = ("bfloat16", "float32")
+QUICK_DTYPES = ("bfloat16",)
 GRID_BATCH = (64, 512, 4096, 16384)
 GRID_WIDTH = (256, 1024, 4096)
 QUICK_BATCH = (512, 8192)
@@ -103,34 +105,43 @@ def _do_bench(fn, rep_ms: float) -> float:
 
 
 def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet: bool = False, device="cuda"):
-    """Tune ``kernel`` at each GEMM shape; returns one cache entry per shape bucket (the fastest shape wins when
-    two shapes share a bucket). ``timer(fn) -> ms`` defaults to ``triton.testing.do_bench``'s median."""
+    """Tune ``kernel`` at each GEMM shape; returns one cache entry per shape bucket (of two shapes in one bucket,
+    the one nearer the bucket's representative). ``timer(fn) -> ms`` defaults to ``do_bench``'s median."""
     timer = timer or (lambda fn: _do_bench(fn, rep_ms))
     fn = getattr(ops, kernel)
     tol = TOLERANCE[torch.empty((), dtype=dtype).element_size()]
-    entries = {}
+    say = (lambda *a: None) if quiet else print
+    entries, distance = {}, {}
+    # Tiles are compile-time constants: a candidate that does not compile (too much shared memory for this GPU)
+    # fails at every shape, so it is tried once per kernel and dtype.
+    broken: set[str] = set()
     for M, N, K in shapes:
         bucket = tuning.bucket_of(M, N, K)
         default = tuning.default_config(kernel, M, N, K, dtype)
         candidates = [default] + [c for c in tuning.SEARCH_SPACE[kernel] if c != default]
-        first = make_inputs(kernel, M, N, K, dtype, device)
-        set_bytes = sum(a.numel() * a.element_size() for a in first if torch.is_tensor(a))
-        extra = min(3, _ROTATION_BYTES // max(set_bytes, 1))
-        sets = [first] + [make_inputs(kernel, M, N, K, dtype, device) for _ in range(extra)]
-        ref = _reference(kernel, first)
+        try:
+            first = make_inputs(kernel, M, N, K, dtype, device)
+            set_bytes = sum(a.numel() * a.element_size() for a in first if torch.is_tensor(a))
+            extra = min(3, _ROTATION_BYTES // max(set_bytes, 1))
+            sets = [first] + [make_inputs(kernel, M, N, K, dtype, device) for _ in range(extra)]
+            ref = _reference(kernel, first)
+        except torch.cuda.OutOfMemoryError:
+            say(f"  {kernel} {M}x{N}x{K}: skipped, its inputs do not fit in device memory")
+            continue
         results = []
         for cfg in candidates:
+            if describe(cfg) in broken:
+                continue
             try:
                 err = rel_error(fn(*first, config=dict(cfg)), ref)
                 if not err <= tol:
-                    raise ValueError(f"relative error {err:.2e} above {tol:.0e}")
+                    raise ValueError(f"relative error {err:.2e} above {tol:.0e}: a wrong result")
                 rotation = itertools.cycle(sets)
                 ms = timer(lambda cfg=cfg: fn(*next(rotation), config=dict(cfg)))
-            except Exception as exc:  # out of shared memory, a compile error, a wrong result: not a candidate
-                if not quiet:
-                    print(
-                        f"  {kernel} {M}x{N}x{K} {describe(cfg)}: skipped ({type(exc).__name__}: {exc})"[:200]
-                    )
+            except Exception as exc:  # out of resources, a compile error, a wrong result: not a candidate
+                if type(exc).__name__ in ("OutOfResources", "CompilationError"):
+                    broken.add(describe(cfg))
+                say(f"  {kernel} {M}x{N}x{K} {describe(cfg)}: skipped ({type(exc).__name__}: {exc})"[:240])
                 continue
             results.append((ms, cfg))
         del sets, first, ref
@@ -139,12 +150,14 @@ def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet:
         ms, best = min(results, key=lambda t: t[0])
         default_ms = next((t for t, c in results if c == default), float("nan"))
         tflops = costs.gemm_flops(M, N, K) / (ms * 1e-3) / 1e12
-        if not quiet:
-            print(
-                f"{kernel:17s} {cache.dtype_name(dtype):9s} {tuning.bucket_label(bucket):34s} {M}x{N}x{K}: "
-                f"{describe(best)}  {ms:.4f} ms  {tflops:.1f} TFLOP/s  ({default_ms / ms:.2f}x the default)"
-            )
-        if bucket not in entries or ms < entries[bucket]["ms"]:
+        say(
+            f"{kernel:17s} {cache.dtype_name(dtype):9s} {tuning.bucket_label(bucket):34s} {M}x{N}x{K}: "
+            f"{describe(best)}  {ms:.4f} ms  {tflops:.1f} TFLOP/s  ({default_ms / ms:.2f}x the default)"
+        )
+        rep = tuning.representative(bucket)
+        d = sum(abs(math.log2(x / y)) for x, y in zip((M, N, K), rep))
+        if bucket not in entries or d < distance[bucket]:
+            distance[bucket] = d
             entries[bucket] = {
                 "kernel": kernel,
                 "dtype": cache.dtype_name(dtype),
@@ -231,9 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--kernels", default=",".join(tuning.KERNELS), help="comma-separated kernels to tune")
     ap.add_argument(
-        "--dtypes", default=",".join(DEFAULT_DTYPES), help="comma-separated: float16, bfloat16, float32"
+        "--dtypes",
+        help=f"comma-separated: float16, bfloat16, float32 (default {','.join(DEFAULT_DTYPES)}; --quick: bfloat16)",
     )
-    ap.add_argument("--quick", action="store_true", help=f"grid batch {QUICK_BATCH} x width {QUICK_WIDTH}")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"grid batch {QUICK_BATCH} x width {QUICK_WIDTH}, bfloat16 only"
+    )
     ap.add_argument("--batch", type=_ints, help="comma-separated batch sizes of the grid")
     ap.add_argument("--width", type=_ints, help="comma-separated layer widths of the grid")
     ap.add_argument(
@@ -256,7 +272,11 @@ def main(argv=None) -> int:
     batches = args.batch or (QUICK_BATCH if args.quick else GRID_BATCH)
     widths = args.width or (QUICK_WIDTH if args.quick else GRID_WIDTH)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    dtypes = [
+        d.strip()
+        for d in (args.dtypes or ",".join(QUICK_DTYPES if args.quick else DEFAULT_DTYPES)).split(",")
+    ]
+    dtypes = [d for d in dtypes if d]
     for k in kernels:
         if k not in tuning.KERNELS:
             print(
