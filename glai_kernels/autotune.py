@@ -28,6 +28,7 @@ from .layout import pack_patterns
 
 DEFAULT_DTYPES = ("bfloat16", "float32")
 QUICK_DTYPES = ("bfloat16",)
+DEVICE = "cuda"  # the current CUDA device
 GRID_BATCH = (64, 512, 4096, 16384)
 GRID_WIDTH = (256, 1024, 4096)
 QUICK_BATCH = (512, 8192)
@@ -104,10 +105,11 @@ def _do_bench(fn, rep_ms: float) -> float:
     return float(do_bench(fn, warmup=max(5, int(rep_ms // 4)), rep=rep_ms, quantiles=[0.5])[0])
 
 
-def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet: bool = False, device="cuda"):
+def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet: bool = False, device=None):
     """Tune ``kernel`` at each GEMM shape; returns one cache entry per shape bucket (of two shapes in one bucket,
     the one nearer the bucket's representative). ``timer(fn) -> ms`` defaults to ``do_bench``'s median."""
     timer = timer or (lambda fn: _do_bench(fn, rep_ms))
+    device = device or DEVICE
     fn = getattr(ops, kernel)
     tol = TOLERANCE[torch.empty((), dtype=dtype).element_size()]
     say = (lambda *a: None) if quiet else print
@@ -152,7 +154,12 @@ def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet:
         tflops = costs.gemm_flops(M, N, K) / (ms * 1e-3) / 1e12
         say(
             f"{kernel:17s} {cache.dtype_name(dtype):9s} {tuning.bucket_label(bucket):34s} {M}x{N}x{K}: "
-            f"{describe(best)}  {ms:.4f} ms  {tflops:.1f} TFLOP/s  ({default_ms / ms:.2f}x the default)"
+            f"{describe(best)}  {ms:.4f} ms  {tflops:.1f} TFLOP/s  "
+            + (
+                f"({default_ms / ms:.2f}x the default)"
+                if default_ms == default_ms
+                else "(the default failed)"
+            )
         )
         rep = tuning.representative(bucket)
         d = sum(abs(math.log2(x / y)) for x, y in zip((M, N, K), rep))
@@ -165,7 +172,9 @@ def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet:
                 "shape": [M, N, K],
                 "config": dict(best),
                 "ms": round(ms, 6),
-                "default_ms": round(default_ms, 6),
+                "default_ms": round(default_ms, 6)
+                if default_ms == default_ms
+                else None,  # NaN: default failed
             }
     return list(entries.values())
 
@@ -316,7 +325,13 @@ def main(argv=None) -> int:
         for k in kernels:
             entries = tune(k, grid_shapes(k, batches, widths), getattr(torch, d), ops=ops, rep_ms=args.rep)
             if entries and not args.dry_run:
-                path = cache.save(ident, entries)
+                try:
+                    path = cache.save(ident, entries)
+                except OSError as exc:
+                    print(
+                        f"glai-autotune: cannot write the cache ({exc}); set {cache.ENV_DIR}", file=sys.stderr
+                    )
+                    return 1
                 saved += len(entries)
             torch.cuda.empty_cache()
     tuning.reload()

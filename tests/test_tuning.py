@@ -308,3 +308,33 @@ def test_tuning_inside_a_step_only_when_asked(fake_gpu, monkeypatch):
     with pytest.warns(cache.TuningCacheWarning, match="no kernels"):
         got = tuning.config_for("backward_data", 100, 300, 300, torch.float32)
     assert got == default("backward_data")
+
+
+def test_cli_tunes_prints_and_persists(fake_gpu, monkeypatch, capsys):
+    """``glai-autotune`` end to end, with the reference ops standing in for the kernels and a CPU 'GPU'."""
+    space = tuning.SEARCH_SPACE["masked_forward"]
+
+    def with_config(op):
+        def run(*args, config):
+            return op(*args)
+
+        return run
+
+    ops = types.SimpleNamespace(**{k: with_config(getattr(reference, k)) for k in tuning.KERNELS})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(cache, "identity", lambda index: FAKE)
+    monkeypatch.setattr(autotune, "kernel_ops", lambda: ops)
+    monkeypatch.setattr(autotune, "DEVICE", "cpu")
+    # 14 candidates at M = 48: the small-batch default first, then the 13 of the space. The fifth is fastest.
+    assert (
+        tuning.default_config("masked_forward", 48, 40, 40, torch.float32) not in space and len(space) == 13
+    )
+    timings = iter(range(10_000))
+    monkeypatch.setattr(autotune, "_do_bench", lambda fn, rep: 0.5 if next(timings) % 14 == 4 else 2.0)
+    args = ["--kernels", "masked_forward", "--dtypes", "float32", "--batch", "48", "--width", "40"]
+    assert autotune.main(args) == 0
+    out = capsys.readouterr().out
+    assert "masked_forward" in out and "4.00x the default" in out and str(fake_gpu) in out
+    assert tuning.config_for("masked_forward", 48, 40, 40, torch.float32) == space[3]
+    assert autotune.main([*args, "--dry-run"]) == 0 and "nothing written" in capsys.readouterr().out
