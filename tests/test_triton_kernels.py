@@ -203,6 +203,33 @@ def test_masked_forward_gate_multiplies():
     assert out[:, 5].isnan().any() and out[2].isnan().all()
 
 
+@pytest.mark.parametrize(
+    "block_n,r,units",
+    [(16, 1, 100), (16, 3, 33), (32, 1, 100), (64, 2, 100), (64, 4, 100), (128, 4, 100)],
+    ids=["in-word-r1", "gather-r3", "words-r1", "words-r2", "in-word-r4", "words-r4"],
+)
+def test_gate_reading_per_tile_shape(block_n, r, units):
+    """The epilogue reads the pattern three ways, by how a tile of BLOCK_N units meets the 32 * r units of a
+    word: whole words per tile, a tile inside one word, or a per-element gather (r not a power of two). Both
+    kernels that read patterns are checked in each way, with widths that end inside a word and inside a tile."""
+    M, K = 33, 31
+    g = gen(block_n * 10 + r)
+    cfg = dict(OTHER_CONFIG, BLOCK_N=block_n)
+    h, w, b = (
+        randn(M, K, dtype=torch.float32, g=g),
+        randn(units, K, dtype=torch.float32, g=g),
+        randn(units, dtype=torch.float32, g=g),
+    )
+    words = rand_words(M, units // r, g)
+    out = triton_ops.masked_forward(h, w, b, words, r, config=cfg, out=poison(M, units, dtype=torch.float32))
+    assert_close_rel(
+        out, ref.masked_forward(f64(h), f64(w), f64(b), words, r), torch.float32, "masked_forward"
+    )
+    grad, w2 = randn(M, K, dtype=torch.float32, g=g), randn(K, units, dtype=torch.float32, g=g)
+    out = triton_ops.backward_data(grad, w2, words, r, config=cfg, out=poison(M, units, dtype=torch.float32))
+    assert_close_rel(out, ref.backward_data(f64(grad), f64(w2), words, r), torch.float32, "backward_data")
+
+
 # ----------------------------------------------------------------------------- backward data
 DATA_CASES = [  # (batch, layer in = gated width, layer out, reduction, gated)
     (1, 100, 33, 2, True),

@@ -13,14 +13,61 @@ import triton.language as tl
 def unit_bits(words_ptr, rows, cols, stride_wm, stride_ww, REDUCTION: tl.constexpr, WORD_BITS: tl.constexpr):
     """The 0/1 gate (int32 ``[len(rows), len(cols)]``) of quantitative units ``cols`` for samples ``rows``.
 
-    ``rows`` and ``cols`` must be valid indices. Every column of a tile reads its own word, a gather; lanes of a
-    warp that hit the same word are served by one transaction, so this costs about one load per 32/r columns.
+    ``rows`` and ``cols`` must be valid indices. The general form: every element loads its own word (a gather
+    over the whole tile). Lanes that hit the same word share a transaction, but every element holds a 64-bit
+    address, which costs registers in the epilogue; :func:`tile_bits` avoids that where the tile allows.
     """
     unit = cols // REDUCTION
     word_ptrs = words_ptr + rows.to(tl.int64)[:, None] * stride_wm + (unit // WORD_BITS)[None, :] * stride_ww
     words = tl.load(word_ptrs)
     # Arithmetic shift of a signed word: bit 31 smears into the high bits, which the & 1 discards.
     return (words >> (unit % WORD_BITS)[None, :]) & 1
+
+
+@triton.jit
+def tile_bits(
+    words_ptr,
+    rows,
+    n0,
+    N,
+    stride_wm,
+    stride_ww,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    WORD_BITS: tl.constexpr,
+):
+    """The 0/1 gate (int32 ``[BLOCK_M, BLOCK_N]``) of units ``n0 .. n0 + BLOCK_N - 1`` for samples ``rows``.
+
+    ``n0`` is a multiple of ``BLOCK_N``; ``rows`` are valid; columns past ``N`` read 0 (they are never stored).
+    One word covers ``WORD_BITS * REDUCTION`` quantitative units (``SPAN``). Since tiles start at multiples of
+    ``BLOCK_N``, two cases need no per-element gather:
+
+    - ``BLOCK_N`` a multiple of ``SPAN``: the tile holds ``BLOCK_N / SPAN`` whole words per row. Load that small
+      ``[BLOCK_M, words]`` block, then expand each word to its ``SPAN`` columns (column ``c`` of a word reads
+      bit ``c // REDUCTION``) and flatten: word ``w`` lands on columns ``w * SPAN ..``, in order.
+    - ``SPAN`` a multiple of ``BLOCK_N``: the tile lies inside one word per row: load one word per row and
+      shift it by the tile's offset into that word.
+
+    Both hold for every power-of-two ``REDUCTION``; any other falls back to :func:`unit_bits`.
+    """
+    if BLOCK_N % (WORD_BITS * REDUCTION) == 0:
+        offs_w = n0 // (WORD_BITS * REDUCTION) + tl.arange(0, BLOCK_N // (WORD_BITS * REDUCTION))
+        n_words = tl.cdiv(N // REDUCTION, WORD_BITS)
+        word_ptrs = words_ptr + rows.to(tl.int64)[:, None] * stride_wm + offs_w[None, :] * stride_ww
+        words = tl.load(word_ptrs, mask=(offs_w < n_words)[None, :], other=0)
+        shift = tl.arange(0, WORD_BITS * REDUCTION) // REDUCTION
+        bits = (words[:, :, None] >> shift[None, None, :]) & 1
+        return tl.reshape(bits, (BLOCK_M, BLOCK_N))
+    elif (WORD_BITS * REDUCTION) % BLOCK_N == 0:
+        # The tile starts below N (every launched tile does), so its word exists: no mask.
+        word = n0 // (WORD_BITS * REDUCTION)
+        words = tl.load(words_ptr + rows.to(tl.int64) * stride_wm + word * stride_ww)
+        shift = (n0 % (WORD_BITS * REDUCTION) + tl.arange(0, BLOCK_N)) // REDUCTION
+        return (words[:, None] >> shift[None, :]) & 1
+    else:
+        cols = (n0 + tl.arange(0, BLOCK_N)) % N
+        return unit_bits(words_ptr, rows, cols, stride_wm, stride_ww, REDUCTION, WORD_BITS)
 
 
 @triton.jit

@@ -12,7 +12,7 @@ still propagates, exactly as the formula and the PyTorch reference do.
 import triton
 import triton.language as tl
 
-from .bits import unit_bits
+from .bits import tile_bits
 from .tiles import grouped_tile, tile_dot
 
 
@@ -59,6 +59,9 @@ def masked_matmul_kernel(
     if HAS_BIAS:
         z += tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
     if HAS_GATE:
-        z = z * unit_bits(words_ptr, rows, cols, stride_pm, stride_pw, REDUCTION, WORD_BITS).to(tl.float32)
+        p = tile_bits(
+            words_ptr, rows, pid_n * BLOCK_N, N, stride_pm, stride_pw, BLOCK_M, BLOCK_N, REDUCTION, WORD_BITS
+        )
+        z = z * p.to(tl.float32)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
     tl.store(out_ptrs, z.to(out_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
