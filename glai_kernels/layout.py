@@ -14,11 +14,6 @@ import torch
 WORD_BITS = 32
 PATTERN_DTYPE = torch.int32
 
-# Bit k of a word as an int32 (bit 31 is the sign bit, so its weight is -2**31 in two's complement).
-_BIT_WEIGHTS = torch.tensor(
-    [1 << k for k in range(WORD_BITS - 1)] + [-(1 << (WORD_BITS - 1))], dtype=torch.int64
-)
-
 
 def words_for(n: int) -> int:
     """Number of int32 words holding ``n`` pattern bits."""
@@ -42,11 +37,11 @@ def pack_patterns(mask: torch.Tensor) -> torch.Tensor:
     pad = words * WORD_BITS - n
     if pad:
         bits = torch.nn.functional.pad(bits, (0, pad))
-    bits = bits.reshape(*mask.shape[:-1], words, WORD_BITS).to(torch.int64)
-    # Bits of one word are distinct powers of two, so their sum is their OR; the int64 sum of the signed
-    # weights lands in int32 range exactly.
-    packed = (bits * _BIT_WEIGHTS.to(bits.device)).sum(dim=-1)
-    return packed.to(PATTERN_DTYPE)
+    bits = bits.reshape(*mask.shape[:-1], words, WORD_BITS).to(PATTERN_DTYPE)
+    shifts = torch.arange(WORD_BITS, device=bits.device, dtype=PATTERN_DTYPE)
+    # Bits of one word are distinct powers of two, so their sum is their OR: an int32 sum never carries
+    # (bit 31 is -2**31, and every partial sum stays in range).
+    return (bits << shifts).sum(dim=-1, dtype=PATTERN_DTYPE)
 
 
 def unpack_patterns(words: torch.Tensor, n: int) -> torch.Tensor:
