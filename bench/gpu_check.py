@@ -2,17 +2,17 @@
 
     python bench/gpu_check.py            # from the repository root; nothing is built or installed
 
-1. correctness on CUDA at realistic sizes in fp32, fp16 and bf16: every kernel against the PyTorch reference run
-   in float64 (relative error ``||out - ref|| / ||ref||``), outputs filled with NaN before each launch; fp32
-   once more with TF32 allowed;
+1. correctness on CUDA at realistic sizes in fp32, fp16 and bf16: every kernel against the PyTorch
+   reference run in float64 (relative error ``||out - ref|| / ||ref||``), outputs filled with NaN before each
+   launch; fp32 once more with TF32 allowed;
 2. determinism: every kernel, and a whole training step's gradients, bit-identical over two runs;
 3. ``torch.compile`` (Inductor) of a model holding a frozen GLAIMLP on the Triton backend against eager;
 4. timings with ``triton.testing.do_bench`` (medians): each kernel against what cuBLAS does for the same
    shapes (``F.linear`` for the masked forward, incl. 8192x4096x4096 bf16), and a full training step of a GLAI
    stack against a plain PyTorch MLP step, eager and ``torch.compile``d, at batch 8192, widths 1024 and 4096.
 
-It prints a short table last and writes a JSON (GPU name, torch / Triton / CUDA versions, date, every check and
-timing) to ``bench/results/``. Exit status: 0 when every check passed, 1 when one failed, 2 without CUDA.
+It prints a short table last and writes a JSON (GPU name, torch / Triton / CUDA versions, date, every check
+and timing) to ``bench/results/``. Exit status: 0 when every check passed, 1 when one failed, 2 without CUDA.
 The performance targets (masked forward >= 90% of cuBLAS at 8192x4096x4096 bf16, GLAI step >= 1.25x the eager
 MLP step) are reported, not enforced. Sections that fail are recorded and the run goes on, so one bad kernel
 does not cost the whole run; timings are skipped once ``--budget-s`` is spent.
@@ -42,8 +42,8 @@ STEP_WIDTHS = (1024, 4096)
 STEP_BATCH = 8192
 TARGET_CUBLAS_PCT = 90.0
 TARGET_STEP_SPEEDUP = 1.25
-# Where everything runs. Only the CI smoke test of this script changes it (to "cpu", under Triton's interpreter,
-# with tiny shapes) to keep the script's own logic tested on machines without a GPU.
+# Where everything runs. Only the CI smoke test of this script changes it (to "cpu", under Triton's
+# interpreter, with tiny shapes) to keep the script's own logic tested on machines without a GPU.
 DEVICE = "cuda"
 
 
@@ -68,13 +68,15 @@ def parse_args(argv=None):
 def no_cuda_reason() -> str | None:
     """Why this machine cannot run the check, or None."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return "TRITON_INTERPRET is set: the kernels would run in Triton's CPU interpreter; unset it for this script"
+        return (
+            "TRITON_INTERPRET is set: the kernels would run in Triton's CPU interpreter; unset it to run this"
+        )
     import torch
 
     if not torch.cuda.is_available():
         return (
-            "no CUDA device is available (torch.cuda.is_available() is False). This script checks and times the "
-            "Triton kernels on a GPU; without one, run the interpreter tests instead: pytest tests/"
+            "no CUDA device is available (torch.cuda.is_available() is False). This script checks and times "
+            "the Triton kernels on a GPU; without one, run the interpreter tests instead: pytest tests/"
         )
     return None
 
@@ -438,9 +440,8 @@ def time_steps(run: Run, compile_mlp: bool) -> None:
 def table(run: Run) -> str:
     lines = []
     if run.kernel_times:
-        lines.append(
-            f"{'kernel (bf16)':<18} {'M x K x N':<16} {'ms':>8} {'TFLOP/s':>8} {'cuBLAS ms':>10} {'% cuBLAS':>9}"
-        )
+        head = ("kernel (bf16)", "M x K x N", "ms", "TFLOP/s", "cuBLAS ms", "% cuBLAS")
+        lines.append("{:<18} {:<16} {:>8} {:>8} {:>10} {:>9}".format(*head))
         for r in run.kernel_times:
             lines.append(
                 f"{r['kernel']:<18} {r['shape']:<16} {r['ms']:>8.3f} {r['tflops']:>8.0f} "
@@ -448,9 +449,8 @@ def table(run: Run) -> str:
             )
     if run.step_times:
         lines.append("")
-        lines.append(
-            f"{'training step (bf16, batch ' + str(STEP_BATCH) + ')':<34} {'width':>6} {'ms':>8} {'vs MLP eager':>13}"
-        )
+        head = (f"training step (bf16, batch {STEP_BATCH})", "width", "ms", "vs MLP eager")
+        lines.append("{:<34} {:>6} {:>8} {:>13}".format(*head))
         for r in run.step_times:
             lines.append(
                 f"{r['variant']:<34} {r['width']:>6} {r['ms']:>8.3f} {r['speedup_vs_mlp_eager']:>12.2f}x"

@@ -34,9 +34,9 @@ def interpreting() -> bool:
 
 @torch.compiler.assume_constant_result
 def _load_triton_ops() -> bool:
-    """Import the Triton ops once. Under ``torch.compile`` this runs eagerly at trace time (Dynamo cannot trace
-    an import) and only its result enters the graph, so a model compiled before its first eager call still
-    compiles to one graph."""
+    """Import the Triton ops once. Under ``torch.compile`` this runs eagerly at trace time (Dynamo cannot
+    trace an import) and only its result enters the graph, so a model compiled before its first eager call
+    still compiles to one graph."""
     global _triton_ops, _triton_error
     if _triton_ops is None and _triton_error is None:
         try:

@@ -8,8 +8,8 @@ their twins in ``glai_kernels.reference`` (read their docstrings), plus two keyw
 - ``out``: preallocated outputs to write into (a tensor, or a tuple for the two-output ops), as with
   ``torch``'s ``out=``. Tests fill them with NaN first, so an element a kernel forgets to write fails.
 
-Each kernel is a GEMM with output ``M x N`` and reduction ``K``; ``config_for(kernel, M, N, K, dtype)`` is asked
-with these sizes:
+Each kernel is a GEMM with output ``M x N`` and reduction ``K``; ``config_for(kernel, M, N, K, dtype)`` is
+asked with these sizes:
 
 ==================  ==========================  ===========  ===========  ==========
 kernel              computes                    M            N            K
@@ -131,8 +131,8 @@ def _check_operands(op: str, tensors: dict) -> torch.Tensor:
         raise TypeError(f"{op}: operands must be float32, float16, bfloat16 (or float64), got {first.dtype}")
     if first.device.type != "cuda" and not INTERPRETED and first.device.type != "meta":
         raise ValueError(
-            f"{op}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before import for Triton's "
-            f"CPU interpreter), got tensors on {first.device}; use the 'torch' backend on this device"
+            f"{op}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1, set before import, for "
+            f"Triton's CPU interpreter), got tensors on {first.device}; use the 'torch' backend there"
         )
     return first
 

@@ -1,9 +1,11 @@
-"""Compile every kernel for a GPU target without a GPU, as a GPU run would (``python tests/_lower_kernels.py``).
+"""Compile every kernel for a GPU target without a GPU, as a GPU run would.
+
+    python tests/_lower_kernels.py
 
 Triton lowers a kernel to TTIR, TTGIR, LLVM IR, PTX and a cubin (with the ``ptxas`` its wheel ships) without a
 driver, given the target. The interpreter tests run the kernels' Python semantics; this runs the GPU compiler
-over them, so an API or a construct the compiler rejects (a layout conversion it cannot do, a constexpr it cannot
-fold, a Triton version without some feature) fails on a CPU-only machine, too.
+over them, so an API or a construct the compiler rejects (a layout conversion it cannot do, a constexpr it
+cannot fold, a Triton version without some feature) fails on a CPU-only machine, too.
 
 Signatures follow what the JIT specialises for contiguous operands: strides equal to 1 become constants, other
 integers and pointers are marked divisible by 16. Prints one JSON line per case; exits 1 if any failed.
@@ -73,7 +75,8 @@ def cases():
     def gate(dt, prec, cap=90):
         p = dict(a_ptr=dt, w_ptr=dt, bias_ptr=dt, out_ptr=dt, words_ptr="i32")
         ints = dict(M=BATCH, N=N_OUT, K=N_IN, stride_am=N_IN, stride_ak=1, stride_wn=N_IN, stride_wk=1,
-                    stride_bias=1, stride_om=N_OUT, stride_on=1, stride_pm=N_OUT // WORD_BITS, stride_pw=1)  # fmt: skip
+                    stride_bias=1, stride_om=N_OUT, stride_on=1, stride_pm=N_OUT // WORD_BITS,
+                    stride_pw=1)  # fmt: skip
         c = dict(HAS_BIAS=True, WORD_BITS=WORD_BITS, UPCAST=False, PRECISION=prec, **tile())
         return f"gate {dt} {prec} sm{cap}", lambda: lower(gate_kernel, dt, p, ints, c, capability=cap)
 
@@ -102,7 +105,8 @@ def cases():
         ints = dict(N=N_OUT, K=N_IN, M=BATCH, stride_gm=N_OUT, stride_gn=1, stride_hm=N_IN, stride_hk=1,
                     stride_dwn=N_IN, stride_dwk=1, stride_db=1)  # fmt: skip
         c = dict(HAS_BIAS=bias, UPCAST=False, PRECISION=prec, **tile())
-        return f"backward_weights {dt} {prec} bias={bias} sm90", lambda: lower(weight_grad_kernel, dt, p, ints, c)
+        name = f"backward_weights {dt} {prec} bias={bias} sm90"
+        return name, lambda: lower(weight_grad_kernel, dt, p, ints, c)
 
     return [
         gate("bf16", "tf32"),

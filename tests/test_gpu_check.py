@@ -78,7 +78,8 @@ def test_script_logic_end_to_end(gpu_check, tmp_path):
 
 
 def test_script_reports_a_wrong_kernel(gpu_check, tmp_path, monkeypatch):
-    """A kernel that writes a wrong value makes the script fail (exit 1) and name it, without stopping the run."""
+    """A kernel that writes a wrong value makes the script fail (exit 1) and name it, without stopping the
+    run."""
     from glai_kernels import backend
 
     ops = backend.triton_ops()

@@ -1,8 +1,8 @@
 """The Triton kernels against the float64 PyTorch reference.
 
 On a machine without CUDA these run under Triton's interpreter (conftest sets ``TRITON_INTERPRET=1`` before
-anything imports the kernels), so shapes stay small and odd: batch {1, 33, 77}, widths {1, 31, 33, 100}, none a
-multiple of a tile or of a pattern word. Outputs are preallocated and filled with NaN (int32 words with a
+anything imports the kernels), so shapes stay small and odd: batch {1, 33, 77}, widths {1, 31, 33, 100}, none
+a multiple of a tile or of a pattern word. Outputs are preallocated and filled with NaN (int32 words with a
 garbage pattern) before each launch, so an element a kernel forgets to write fails the comparison.
 """
 
@@ -116,7 +116,8 @@ def test_gate(M, K, N, dtype):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_gate_keeps_nan_and_inf():
-    """relu as torch.relu: NaN stays NaN (its bit is 0, since NaN > 0 is false), +inf stays, -inf becomes 0."""
+    """relu as torch.relu: NaN stays NaN (its bit is 0, since NaN > 0 is false), +inf stays, -inf becomes
+    0."""
     M, K, N = 33, 31, 33
     g = gen(5)
     a, w, b = (
@@ -185,8 +186,8 @@ def test_masked_forward_strided_operands():
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_masked_forward_gate_multiplies():
-    """A NaN or inf reaching a closed unit propagates (0 * inf = NaN), as in the formula; an open unit with inf
-    keeps it."""
+    """A NaN or inf reaching a closed unit propagates (0 * inf = NaN), as in the formula; an open unit with
+    inf keeps it."""
     M, K, N = 33, 31, 33
     g = gen(3)
     h, w, b = (
@@ -211,7 +212,8 @@ def test_masked_forward_gate_multiplies():
 def test_gate_reading_per_tile_shape(block_n, r, units):
     """The epilogue reads the pattern three ways, by how a tile of BLOCK_N units meets the 32 * r units of a
     word: whole words per tile, a tile inside one word, or a per-element gather (r not a power of two). Both
-    kernels that read patterns are checked in each way, with widths that end inside a word and inside a tile."""
+    kernels that read patterns are checked in each way, with widths that end inside a word and inside a
+    tile."""
     M, K = 33, 31
     g = gen(block_n * 10 + r)
     cfg = dict(OTHER_CONFIG, BLOCK_N=block_n)
@@ -302,7 +304,8 @@ def test_backward_weights_strided_operands():
 
 # ----------------------------------------------------------------------------- all ops together
 def _run_all(seed, dtype=torch.float32, config=None, use_out=True):
-    """Every op once on fresh inputs, with NaN-filled outputs unless ``use_out=False`` (the registered ops)."""
+    """Every op once on fresh inputs, with NaN-filled outputs unless ``use_out=False`` (the registered
+    ops)."""
     M, K, N, r = 33, 31, 100, 2
     g_ = gen(seed)
     x, w, b = randn(M, K, dtype=dtype, g=g_), randn(N, K, dtype=dtype, g=g_), randn(N, dtype=dtype, g=g_)
@@ -395,7 +398,8 @@ def test_float64_goes_to_reference():
 
 
 def test_opcheck_registered_ops():
-    """Schemas, fake (meta) implementations and dispatch of the custom ops, as torch.compile relies on them."""
+    """Schemas, fake (meta) implementations and dispatch of the custom ops, as torch.compile relies on
+    them."""
     g_ = gen(37)
     x, w, b = (
         randn(5, 7, dtype=torch.float32, g=g_),

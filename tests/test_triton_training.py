@@ -1,6 +1,6 @@
 """Whole-model checks of the Triton backend: training steps equal the torch backend's, autocast works, and
-``torch.compile`` of a model holding a GLAIMLP matches eager (with the torch backend, and with Triton through its
-registered custom ops). Without CUDA the kernels run under Triton's interpreter (see conftest)."""
+``torch.compile`` of a model holding a GLAIMLP matches eager (with the torch backend, and with Triton through
+its registered custom ops). Without CUDA the kernels run under Triton's interpreter (see conftest)."""
 
 import copy
 
@@ -107,8 +107,8 @@ def test_compiled_model_matches_eager_torch_backend():
 
 
 def test_compiled_model_matches_eager_triton_backend():
-    """The Triton ops are opaque custom ops to torch.compile, in one graph (fullgraph) with the rest. Under the
-    interpreter the graph runs through AOTAutograd without Inductor codegen (the cheap half of the check; the
-    GPU script compiles with Inductor)."""
+    """The Triton ops are opaque custom ops to torch.compile, in one graph (fullgraph) with the rest. Under
+    the interpreter the graph runs through AOTAutograd without Inductor codegen (the cheap half of the check;
+    the GPU script compiles with Inductor)."""
     _, twin = _pair([100, 36], 2, True, seed=9)
     _compiled_matches_eager(twin, "inductor" if CUDA else "aot_eager")

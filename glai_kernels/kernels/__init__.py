@@ -1,6 +1,7 @@
 """Triton kernels of the GLAI ops, one concept per module.
 
-``tiles``: grouped tile order and the shared GEMM main loop. ``bits``: the pattern layout as seen from a kernel.
-``gate``, ``masked_matmul`` and ``weight_grad``: the kernels of DESIGN section 4. Host code that picks launch
-configurations and allocates outputs lives in ``glai_kernels.triton_ops``; importing this package needs Triton.
+``tiles``: grouped tile order and the shared GEMM main loop. ``bits``: the pattern layout as seen from a
+kernel. ``gate``, ``masked_matmul`` and ``weight_grad``: the kernels of DESIGN section 4. Host code that picks
+launch configurations and allocates outputs lives in ``glai_kernels.triton_ops``; importing this package needs
+Triton.
 """

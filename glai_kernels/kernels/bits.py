@@ -1,8 +1,9 @@
 """The pattern layout of ``glai_kernels.layout`` as seen from inside a kernel.
 
-Unit ``j`` is bit ``j % WORD_BITS`` (least significant first) of int32 word ``j // WORD_BITS``; with a reduction
-``r`` quantitative unit ``j`` reads structural bit ``j // r``. ``WORD_BITS`` and ``r`` arrive as ``tl.constexpr``
-from the host, which takes them from ``layout.py``: the layout is not redefined here, only read and written.
+Unit ``j`` is bit ``j % WORD_BITS`` (least significant first) of int32 word ``j // WORD_BITS``; with a
+reduction ``r`` quantitative unit ``j`` reads structural bit ``j // r``. ``WORD_BITS`` and ``r`` arrive as
+``tl.constexpr`` from the host, which takes them from ``layout.py``: the layout is not redefined here, only
+read and written.
 """
 
 import triton
@@ -39,13 +40,13 @@ def tile_bits(
 ):
     """The 0/1 gate (int32 ``[BLOCK_M, BLOCK_N]``) of units ``n0 .. n0 + BLOCK_N - 1`` for samples ``rows``.
 
-    ``n0`` is a multiple of ``BLOCK_N``; ``rows`` are valid; columns past ``N`` read 0 (they are never stored).
-    One word covers ``WORD_BITS * REDUCTION`` quantitative units (``SPAN``). Since tiles start at multiples of
-    ``BLOCK_N``, two cases need no per-element gather:
+    ``n0`` is a multiple of ``BLOCK_N``; ``rows`` are valid; columns past ``N`` read 0 (they are never
+    stored). One word covers ``WORD_BITS * REDUCTION`` quantitative units (``SPAN``). Since tiles start at
+    multiples of ``BLOCK_N``, two cases need no per-element gather:
 
-    - ``BLOCK_N`` a multiple of ``SPAN``: the tile holds ``BLOCK_N / SPAN`` whole words per row. Load that small
-      ``[BLOCK_M, words]`` block, then expand each word to its ``SPAN`` columns (column ``c`` of a word reads
-      bit ``c // REDUCTION``) and flatten: word ``w`` lands on columns ``w * SPAN ..``, in order.
+    - ``BLOCK_N`` a multiple of ``SPAN``: the tile holds ``BLOCK_N / SPAN`` whole words per row. Load that
+      small ``[BLOCK_M, words]`` block, then expand each word to its ``SPAN`` columns (column ``c`` of a word
+      reads bit ``c // REDUCTION``) and flatten: word ``w`` lands on columns ``w * SPAN ..``, in order.
     - ``SPAN`` a multiple of ``BLOCK_N``: the tile lies inside one word per row: load one word per row and
       shift it by the tile's offset into that word.
 
@@ -74,10 +75,11 @@ def tile_bits(
 def pack_bits(fire, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WORD_BITS: tl.constexpr):
     """Pack a 0/1 int32 tile ``[BLOCK_M, BLOCK_N]`` into words ``[BLOCK_M, BLOCK_N // WORD_BITS]``.
 
-    The tile must start on a word boundary (``BLOCK_N`` a multiple of ``WORD_BITS``), so column ``c`` of the tile
-    is bit ``c % WORD_BITS`` of the tile's word ``c // WORD_BITS``. Shifting each bit into place and summing each
-    group of ``WORD_BITS`` columns gives the word: the bits of one word are distinct powers of two, so their sum
-    is their OR and never carries (bit 31 is -2**31 in int32, and every partial sum stays in range).
+    The tile must start on a word boundary (``BLOCK_N`` a multiple of ``WORD_BITS``), so column ``c`` of the
+    tile is bit ``c % WORD_BITS`` of the tile's word ``c // WORD_BITS``. Shifting each bit into place and
+    summing each group of ``WORD_BITS`` columns gives the word: the bits of one word are distinct powers of
+    two, so their sum is their OR and never carries (bit 31 is -2**31 in int32, and every partial sum stays in
+    range).
     """
     shift = tl.arange(0, BLOCK_N) % WORD_BITS
     placed = fire << shift[None, :]

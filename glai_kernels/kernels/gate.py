@@ -39,7 +39,9 @@ def gate_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``out = relu(a W^T + b)`` ``[M, N]`` and ``words`` ``[M, ceil(N / WORD_BITS)]``; ``BLOCK_N % WORD_BITS == 0``."""
+    """``out = relu(a W^T + b)`` ``[M, N]`` and ``words`` ``[M, ceil(N / WORD_BITS)]``.
+
+    ``BLOCK_N`` must be a multiple of ``WORD_BITS`` (a tile packs whole words)."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -55,8 +57,8 @@ def gate_kernel(
 
     in_m = offs_m < M
     in_n = offs_n < N
-    # torch.relu keeps NaN (NaN > 0 is false, so a plain select would turn it into 0); the pattern bit of a NaN
-    # unit is 0, as `z > 0` gives in the reference.
+    # torch.relu keeps NaN (NaN > 0 is false, so a plain select would turn it into 0); the pattern bit of a
+    # NaN unit is 0, as `z > 0` gives in the reference.
     relu = tl.where((z > 0) | (z != z), z, 0.0)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
     tl.store(out_ptrs, relu.to(out_ptr.dtype.element_ty), mask=in_m[:, None] & in_n[None, :])
@@ -64,7 +66,8 @@ def gate_kernel(
     # Columns past N (wrapped copies of real ones) must be padding bits, which are 0.
     fire = ((z > 0) & in_n[None, :]).to(tl.int32)
     packed = pack_bits(fire, BLOCK_M, BLOCK_N, WORD_BITS)
-    # The tile's first column is a multiple of BLOCK_N, hence of WORD_BITS: its words start at that column / 32.
+    # The tile's first column is a multiple of BLOCK_N, hence of WORD_BITS: its first word is that column
+    # divided by WORD_BITS.
     offs_w = pid_n * (BLOCK_N // WORD_BITS) + tl.arange(0, BLOCK_N // WORD_BITS)
     n_words = tl.cdiv(N, WORD_BITS)
     words_ptrs = words_ptr + offs_m.to(tl.int64)[:, None] * stride_pm + offs_w[None, :] * stride_pw

@@ -46,7 +46,8 @@ def masked_matmul_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``out[M, N] = p * (A[M, K] B[K, N] + bias)``; unit (column) ``n`` of row ``m`` reads bit ``n // REDUCTION``."""
+    """``out[M, N] = p * (A[M, K] B[K, N] + bias)``; unit (column) ``n`` reads structural bit
+    ``n // REDUCTION`` of its row's pattern."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -51,13 +51,13 @@ def tile_dot(
 ):
     """``acc = A[rows, :K] @ B[:K, cols]`` in fp32, and ``sum_k A[rows, k]`` when ``ROW_SUM`` (else zeros).
 
-    ``rows`` and ``cols`` must be valid indices (callers wrap the tile past the matrix edge back into it with a
-    modulo, which keeps the loads unmasked along M and N; the wrapped rows and columns are never stored).
+    ``rows`` and ``cols`` must be valid indices (callers wrap the tile past the matrix edge back into it with
+    a modulo, which keeps the loads unmasked along M and N; the wrapped rows and columns are never stored).
     Only the K tail is masked, with zeros, which add nothing to the dot or the sum.
 
     ``UPCAST`` converts the operands to fp32 before ``tl.dot`` (exact for fp16 and bf16; the interpreter's
-    low-precision dot is wrong). ``PRECISION`` is ``tl.dot``'s ``input_precision`` ("ieee" or "tf32"), which only
-    matters for fp32 operands.
+    low-precision dot is wrong). ``PRECISION`` is ``tl.dot``'s ``input_precision`` ("ieee" or "tf32"), which
+    only matters for fp32 operands.
     """
     offs_k = tl.arange(0, BLOCK_K)
     # 64-bit row and column offsets: rows * stride exceeds 2**31 elements for large operands.

@@ -1,4 +1,5 @@
-"""The weight gradient of one layer: ``dW = g^T h`` ``[N, K]`` and ``db = sum_rows g`` ``[N]`` in the same pass.
+"""The weight gradient of one layer: ``dW = g^T h`` ``[N, K]`` and ``db = sum_rows g`` ``[N]``, in one
+pass.
 
 The GEMM reduces over the batch. Each program owns one ``dW`` tile and runs the whole batch itself (no split
 of the reduction, no atomics), so the result is bit-identical run to run. ``db`` is the row sum of the ``g^T``
@@ -36,8 +37,8 @@ def weight_grad_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``g`` ``[M, N]``, ``h`` ``[M, K]``. Tile rows run over ``N`` (BLOCK_M), tile columns over ``K`` (BLOCK_N),
-    the reduction over the batch ``M`` (BLOCK_K): the GEMM's own (M, N, K) are (N, K, M) here."""
+    """``g`` ``[M, N]``, ``h`` ``[M, K]``. Tile rows run over ``N`` (BLOCK_M), tile columns over ``K``
+    (BLOCK_N), the reduction over the batch ``M`` (BLOCK_K): the GEMM's own (M, N, K) are (N, K, M) here."""
     pid_r, pid_c = grouped_tile(tl.program_id(0), N, K, BLOCK_M, BLOCK_N, GROUP_M)
     offs_r = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)
