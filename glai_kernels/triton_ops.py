@@ -105,11 +105,16 @@ def _launch(kernel, M: int, N: int, cfg: dict, device: torch.device, *args, **co
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     meta = {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
     launch = kernel[grid]
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            launch(*args, **constexprs, **meta, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    else:  # the interpreter
+    if device.type != "cuda":  # the interpreter
         launch(*args, **constexprs, **meta)
+        return
+    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    # Triton launches on the current device: switch only when the operands live on another one.
+    if device.index is None or device.index == torch.cuda.current_device():
+        launch(*args, **constexprs, **meta, **options)
+    else:
+        with torch.cuda.device(device):
+            launch(*args, **constexprs, **meta, **options)
 
 
 # ----------------------------------------------------------------------------- argument checks
