@@ -95,3 +95,10 @@ def test_sign_test_exact_values():
     assert sign_test(5, 0) == pytest.approx(0.0625)
     assert sign_test(0, 0) == 1.0
     assert sign_test(3, 2) == pytest.approx(1.0)
+
+
+def test_report_again_from_json(tiny_study, tmp_path):
+    # Summaries and plots can be rebuilt from results.json alone, to the same table.
+    assert main(["--from-json", str(tiny_study / "results.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "RESULTS.md").read_text() == (tiny_study / "RESULTS.md").read_text()
+    assert (tmp_path / "accuracy_vs_time_scratch.png").exists()

@@ -12,7 +12,7 @@ import torch
 
 from . import backbone, fewshot, scratch, simclr
 from .common import PRESETS, environment
-from .report import write_all
+from .report import load_records, write_all
 from .stats import summarize
 
 SETTINGS = ("scratch", "backbone", "simclr", "few-shot")
@@ -34,6 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--out", type=Path, default=None, help="output folder (default bench/results/experiments/<preset>)"
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="summarise and plot a saved results.json again, no training",
+    )
     args = p.parse_args(argv)
     args.preset = args.preset or ("quick" if args.quick else "full")
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -43,8 +49,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _finish(out: Path, meta: dict, records: list) -> None:
+    files = write_all(out, meta, records, summarize(records))
+    print((out / "RESULTS.md").read_text())
+    print(f"study wall time {meta['study_seconds']:.0f}s; files:")
+    for path in files.values():
+        print(f"  {path}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        meta, records = load_records(args.from_json)
+        _finish(args.out or args.from_json.parent, meta, records)
+        return 0
     torch.set_num_threads(max(1, args.threads))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
     if args.device == "auto" and device.type != "cuda":
@@ -87,7 +105,6 @@ def main(argv=None) -> int:
         phase_seconds[name] = time.perf_counter() - t0
     bar.close()
 
-    summary = summarize(records)
     meta = {
         "command": "glai-experiment " + " ".join(sys.argv[1:] if argv is None else argv),
         "preset": preset.to_dict(),
@@ -97,9 +114,5 @@ def main(argv=None) -> int:
         "setting_seconds": phase_seconds,
         "study_seconds": time.perf_counter() - started,
     }
-    files = write_all(out, meta, records, summary)
-    print((out / "RESULTS.md").read_text())
-    print(f"study wall time {meta['study_seconds']:.0f}s; files:")
-    for path in files.values():
-        print(f"  {path}")
+    _finish(out, meta, records)
     return 0

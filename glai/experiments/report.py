@@ -4,12 +4,15 @@ setting and ``RESULTS.md``, the Markdown tables the README includes."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
+from ..train import RunResult
 from .common import MLP, Record
 from .stats import TOLERANCE
 
+DERIVED = ("setting", "variant", "seed", "best_acc", "best_epoch", "total_time", "epochs")
 RUN_COLUMNS = ("setting", "variant", "seed", "best_acc", "best_epoch", "total_time", "epochs", "freeze_epoch")
 
 
@@ -53,7 +56,8 @@ def markdown(meta: dict, summary: list[dict]) -> str:
         f"({env['device_name']}, {env['torch_threads']} torch thread(s)), torch {env['versions']['torch']}, "
         f"{env['date']}. Times are training seconds with evaluation excluded; the target is each seed's MLP best "
         f"minus {TOLERANCE} point. Speedup = MLP time to target / GLAI time to target (median over seeds, 0 when "
-        "GLAI never reached it). Sign test on who reached the target first; Wilcoxon on the accuracy difference.",
+        "GLAI never reached it). Sign test on who reached the target first; Wilcoxon on the accuracy difference. "
+        "'best after freeze': best test accuracy of the quantitative phase alone (seeds that froze).",
         "",
     ]
     settings = []
@@ -61,13 +65,13 @@ def markdown(meta: dict, summary: list[dict]) -> str:
         if row["setting"] not in settings:
             settings.append(row["setting"])
     head = (
-        "| variant | best acc % (mean ± std) | Δ acc vs MLP | reached target | time to target (s, median) | "
+        "| variant | best acc % (mean ± std) | Δ acc vs MLP | best after freeze | final acc | reached target | time to target (s, median) | "
         "speedup | GLAI first (W/L) | sign p | Wilcoxon p (acc) | total time (s) | epochs | freeze epoch "
         "(mean) | cost S / cache / Q (s) |"
     )
     for setting in settings:
         rows = [r for r in summary if r["setting"] == setting]
-        lines += [f"#### {setting}", "", head, "|" + " --- |" * 13]
+        lines += [f"#### {setting}", "", head, "|" + " --- |" * 15]
         for r in rows:
             glai = r["variant"] != MLP
             freeze = _num(r["freeze_epoch_mean"], ".1f")
@@ -78,7 +82,8 @@ def markdown(meta: dict, summary: list[dict]) -> str:
                 cost = " / ".join(_num(r[f"cost_{p}_mean"]) for p in ("structural", "cache", "quantitative"))
             lines.append(
                 f"| {r['variant']} | {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f} | "
-                f"{_num(r['acc_diff_mean'], '+.2f') if glai else '-'} | {r['reached']}/{r['paired']} | "
+                f"{_num(r['acc_diff_mean'], '+.2f') if glai else '-'} | {_num(r['after_freeze_best_mean'])} | "
+                f"{r['final_acc_mean']:.2f} | {r['reached']}/{r['paired']} | "
                 f"{_num(r['time_to_target_median'], '.2f', 'never')} | "
                 f"{_num(r['speedup_median'], '.2f') if glai else '1'} | "
                 f"{str(r['wins']) + '/' + str(r['losses']) if glai else '-'} | {_num(r['sign_p'], '.3f')} | "
@@ -119,6 +124,18 @@ def plot_setting(path: Path, setting: str, records: list[Record], max_variants: 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def load_records(path: Path) -> tuple[dict, list[Record]]:
+    """The metadata and runs of a ``results.json``, to summarise and plot again without training."""
+    payload = json.loads(Path(path).read_text())
+    fields = {f.name for f in dataclasses.fields(RunResult)}
+    records = []
+    for run in payload["runs"]:
+        result = RunResult(**{k: v for k, v in run.items() if k in fields})
+        extra = {k: v for k, v in run.items() if k not in fields and k not in DERIVED}
+        records.append(Record(run["setting"], run["variant"], run["seed"], result, extra))
+    return payload["meta"], records
 
 
 def write_all(folder: Path, meta: dict, records: list[Record], summary: list[dict]) -> dict[str, Path]:

@@ -73,6 +73,15 @@ def summarize(records: list[Record]) -> list[dict]:
             row[f"cost_{part}_mean"] = _mean_std([runs[s].result.cost[part] for s in seeds])[0]
         freezes = [runs[s].result.freeze_epoch for s in seeds]
         frozen = [f for f in freezes if f is not None]
+        # What the quantitative phase itself reached: with reduction > 1 the best accuracy may belong to the
+        # narrower structural net, whose weights are dropped at the freeze.
+        after = [
+            max(runs[s].result.test_acc[f:])
+            for s, f in zip(seeds, freezes)
+            if f is not None and f < len(runs[s].result.test_acc)
+        ]
+        row["after_freeze_best_mean"] = statistics.fmean(after) if after else None
+        row["final_acc_mean"] = _mean_std([runs[s].result.test_acc[-1] for s in seeds])[0]
         row["freeze_epoch_mean"] = statistics.fmean(frozen) if frozen else None
         row["never_froze"] = sum(f is None for f in freezes if variant != MLP)
         times, speedups, diffs, wins, losses, reached = [], [], [], 0, 0, 0
