@@ -102,3 +102,16 @@ def test_report_again_from_json(tiny_study, tmp_path):
     assert main(["--from-json", str(tiny_study / "results.json"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "RESULTS.md").read_text() == (tiny_study / "RESULTS.md").read_text()
     assert (tmp_path / "accuracy_vs_time_scratch.png").exists()
+
+
+def test_variant_filter_keeps_the_paired_mlp(tmp_path):
+    argv = ["--preset", "tiny", "--settings", "scratch", "--variants", "freeze@1", "--seeds", "1"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert sorted(r["variant"] for r in runs) == [MLP, "freeze@1"]
+    assert {r["seed"] for r in runs} == {0}
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(SystemExit):
+        main(["--settings", "imagenet"])

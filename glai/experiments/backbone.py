@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data import NUM_CLASSES, Split, mnist1d
 from ..train import cosine_lr
-from .common import Preset, Record, policy_variants, run_heads
+from .common import Preset, Record, policy_variants, run_heads, select
 
 NAME = "backbone"
 
@@ -85,13 +85,13 @@ def feature_split(encoder: nn.Module, data: Split) -> Split:
     return Split(features(encoder, data.x), data.y, features(encoder, data.x_test), data.y_test)
 
 
-def count(preset: Preset) -> int:
-    return len(preset.seeds) * len(policy_variants(preset.backbone_grid, preset.head_epochs))
+def count(preset: Preset, only=None) -> int:
+    return len(preset.seeds) * len(select(policy_variants(preset.backbone_grid, preset.head_epochs), only))
 
 
 def run(
-    preset: Preset, device, encoder: nn.Module, info: dict, data_seed: int = 42, tick=None
+    preset: Preset, device, encoder: nn.Module, info: dict, data_seed: int = 42, tick=None, only=None
 ) -> list[Record]:
     data = feature_split(encoder, mnist1d(preset.samples, seed=data_seed).to(device))
-    variants = policy_variants(preset.backbone_grid, preset.head_epochs)
+    variants = select(policy_variants(preset.backbone_grid, preset.head_epochs), only)
     return run_heads(NAME, data, variants, preset=preset, epochs=preset.head_epochs, extra=info, tick=tick)

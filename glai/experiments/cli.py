@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}"
     )
+    p.add_argument(
+        "--variants", default=None, help="comma-separated variant names to run (with the MLP); default: all"
+    )
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1) instead of the preset's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... or auto")
     p.add_argument(
@@ -42,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.preset = args.preset or ("quick" if args.quick else "full")
+    args.variants = (
+        None if args.variants is None else {v.strip() for v in args.variants.split(",") if v.strip()}
+    )
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = sorted(set(args.settings) - set(SETTINGS))
     if unknown:
@@ -83,7 +89,7 @@ def main(argv=None) -> int:
         "few-shot": fewshot.count,
     }
     for name in args.settings:
-        total += counts[name](preset)
+        total += counts[name](preset, args.variants)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc="runs", disable=args.no_progress, file=sys.stderr)
@@ -95,13 +101,13 @@ def main(argv=None) -> int:
         if name in ("backbone", "few-shot") and encoder is None:
             encoder, info = backbone.train_backbone(preset, device)
         if name == "scratch":
-            records += scratch.run(preset, device, tick=bar.update)
+            records += scratch.run(preset, device, tick=bar.update, only=args.variants)
         elif name == "backbone":
-            records += backbone.run(preset, device, encoder, info, tick=bar.update)
+            records += backbone.run(preset, device, encoder, info, tick=bar.update, only=args.variants)
         elif name == "few-shot":
-            records += fewshot.run(preset, device, encoder, info, tick=bar.update)
+            records += fewshot.run(preset, device, encoder, info, tick=bar.update, only=args.variants)
         else:
-            records += simclr.run(preset, device, tick=bar.update)
+            records += simclr.run(preset, device, tick=bar.update, only=args.variants)
         phase_seconds[name] = time.perf_counter() - t0
     bar.close()
 

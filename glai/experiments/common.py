@@ -195,6 +195,13 @@ def run_heads(
     return records
 
 
+def select(variants: dict, only: set[str] | None) -> dict:
+    """The variants named in ``only`` (all when ``None``), always with the MLP they are paired with."""
+    if only is None:
+        return variants
+    return {k: v for k, v in variants.items() if k == MLP or k in only}
+
+
 def policy_variants(grid: str, epochs: int) -> dict[str, FreezePolicy | None]:
     """The MLP and the freeze policies compared: flip-rate rules, fixed budgets, reduction, refresh, no cache."""
 
@@ -208,6 +215,10 @@ def policy_variants(grid: str, epochs: int) -> dict[str, FreezePolicy | None]:
     variants[f"freeze@{early} refresh/1"] = FreezePolicy(kind="epoch", epoch=early, refresh_every=1)
     if grid == "small":
         return variants
+    # Reduction pays off only if the full-width network has time to learn from its own initialisation after the
+    # freeze: an early fixed freeze is the fair test of it, not the late freeze a flip-rate rule picks.
+    for r in (2, 4):
+        variants[f"freeze@{early} r={r}"] = FreezePolicy(kind="epoch", epoch=early, reduction=r)
     rules = ((0.05, 2), (0.02, 2), (0.005, 2), (0.01, 4), (0.002, 3))
     if grid == "medium":
         for thr, pat in rules[1:3]:

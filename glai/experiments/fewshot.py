@@ -11,7 +11,7 @@ from torch import nn
 from ..data import Split, few_shot_indices, mnist1d
 from ..train import FreezePolicy
 from .backbone import feature_split
-from .common import BASE, BASE_RULE, MLP, Preset, Record, run_heads
+from .common import BASE, BASE_RULE, MLP, Preset, Record, run_heads, select
 
 NAME = "few-shot"
 
@@ -25,12 +25,12 @@ def variants(epochs: int) -> dict:
     }
 
 
-def count(preset: Preset) -> int:
-    return len(preset.fewshot_ks) * len(preset.seeds) * len(variants(preset.fewshot_epochs))
+def count(preset: Preset, only=None) -> int:
+    return len(preset.fewshot_ks) * len(preset.seeds) * len(select(variants(preset.fewshot_epochs), only))
 
 
 def run(
-    preset: Preset, device, encoder: nn.Module, info: dict, data_seed: int = 42, tick=None
+    preset: Preset, device, encoder: nn.Module, info: dict, data_seed: int = 42, tick=None, only=None
 ) -> list[Record]:
     full = feature_split(encoder, mnist1d(preset.samples, seed=data_seed).to(device))
     records = []
@@ -42,7 +42,7 @@ def run(
             records += run_heads(
                 f"{NAME} k={k}",
                 data,
-                variants(preset.fewshot_epochs),
+                select(variants(preset.fewshot_epochs), only),
                 preset=one,
                 epochs=preset.fewshot_epochs,
                 batch_size=len(idx),

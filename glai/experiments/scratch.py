@@ -7,16 +7,16 @@ also carries the full freeze-policy study (flip-rate rules, fixed budgets, reduc
 from __future__ import annotations
 
 from ..data import mnist1d
-from .common import Preset, Record, policy_variants, run_heads
+from .common import Preset, Record, policy_variants, run_heads, select
 
 NAME = "scratch"
 
 
-def count(preset: Preset) -> int:
-    return len(preset.seeds) * len(policy_variants(preset.policy_grid, preset.scratch_epochs))
+def count(preset: Preset, only=None) -> int:
+    return len(preset.seeds) * len(select(policy_variants(preset.policy_grid, preset.scratch_epochs), only))
 
 
-def run(preset: Preset, device, data_seed: int = 42, tick=None) -> list[Record]:
+def run(preset: Preset, device, data_seed: int = 42, tick=None, only=None) -> list[Record]:
     data = mnist1d(preset.samples, seed=data_seed).to(device)
-    variants = policy_variants(preset.policy_grid, preset.scratch_epochs)
+    variants = select(policy_variants(preset.policy_grid, preset.scratch_epochs), only)
     return run_heads(NAME, data, variants, preset=preset, epochs=preset.scratch_epochs, tick=tick)

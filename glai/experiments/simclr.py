@@ -18,7 +18,7 @@ from ..data import NUM_CLASSES, Split, mnist1d
 from ..nn import GLAIMLP
 from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_optimizer, plain_mlp
 from .backbone import ConvEncoder, features
-from .common import BASE, BASE_RULE, MLP, Preset, Record
+from .common import BASE, BASE_RULE, MLP, Preset, Record, select
 
 NAME = "simclr"
 PROJECTION = 64
@@ -131,15 +131,15 @@ def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, devi
     return result
 
 
-def count(preset: Preset) -> int:
-    return len(preset.seeds) * len(variants(preset.simclr_epochs))
+def count(preset: Preset, only=None) -> int:
+    return len(preset.seeds) * len(select(variants(preset.simclr_epochs), only))
 
 
-def run(preset: Preset, device, data_seed: int = 42, tick=None) -> list[Record]:
+def run(preset: Preset, device, data_seed: int = 42, tick=None, only=None) -> list[Record]:
     data = mnist1d(preset.simclr_samples, seed=data_seed).to(device)
     records = []
     for seed in preset.seeds:
-        for name, policy in variants(preset.simclr_epochs).items():
+        for name, policy in select(variants(preset.simclr_epochs), only).items():
             records.append(Record(NAME, name, seed, train_simclr(name, policy, data, preset, seed, device)))
             if tick is not None:
                 tick()
