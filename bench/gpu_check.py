@@ -38,6 +38,7 @@ TOL = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 1e-2}
 # (batch, in, out, reduction): one aligned shape of the timing grid and one with nothing a multiple of a tile.
 CHECK_SHAPES = [(8192, 4096, 4096, 1), (3001, 1000, 1500, 4)]
 KERNEL_SHAPES = [(8192, 4096, 4096), (8192, 1024, 1024)]
+NARROW = 10  # units of a narrow (output) layer
 STEP_WIDTHS = (1024, 4096)
 STEP_BATCH = 8192
 TARGET_CUBLAS_PCT = 90.0
@@ -266,6 +267,20 @@ def check_correctness(run: Run, ops, reference) -> None:
         one(M, K, N, r, torch.float32, "tf32", 99)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
+    # A narrow layer (an output layer of NARROW units): too few dW tiles for the GPU, so the batch is split
+    # and the fp32 partials are added afterwards. Checked for accuracy and for bit-identical reruns.
+    M, K, _, _ = CHECK_SHAPES[0]
+    for dtype in (torch.float32, torch.bfloat16):
+        t = layer_inputs(M, K, NARROW, 1, dtype, seed=123)
+        runs = [ops.backward_weights(t["g"], t["x"], True) for _ in range(2)]
+        expected = reference.backward_weights(t["g"].double(), t["x"].double(), True)
+        label = dtype_name(dtype)
+        for i, what in enumerate(("dW", "db")):
+            err = rel_err(runs[0][i], expected[i])
+            name = f"backward_weights.{what} {M}x{K}x{NARROW} split batch {label}"
+            run.check(
+                name, err <= TOL[label] and torch.equal(runs[0][i], runs[1][i]), rel_err=err, dtype=label
+            )
 
 
 def check_determinism(run: Run, ops) -> None:

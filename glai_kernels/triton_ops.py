@@ -73,6 +73,8 @@ def check_config(kernel: str, config: dict) -> dict:
             f"a launch config for {kernel!r} must be a dict with keys {CONFIG_KEYS}, got {config!r}"
         )
     cfg = {k: config[k] for k in CONFIG_KEYS}
+    if config.get("SPLIT_K") is not None:
+        cfg["SPLIT_K"] = config["SPLIT_K"]
     for k, v in cfg.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"launch config {k} must be a positive int, got {v!r}")
@@ -101,8 +103,9 @@ def _config(kernel: str, M: int, N: int, K: int, dtype: torch.dtype, config: dic
     return check_config(kernel, cfg)
 
 
-def _launch(kernel, M: int, N: int, cfg: dict, device: torch.device, *args, **constexprs) -> None:
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+def _launch(kernel, M: int, N: int, cfg: dict, device: torch.device, *args, splits: int = 1, **constexprs):
+    """A program per ``BLOCK_M x BLOCK_N`` output tile (axis 0, grouped order), times ``splits`` (axis 1)."""
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), splits)
     meta = {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
     launch = kernel[grid]
     if device.type != "cuda":  # the interpreter
@@ -296,14 +299,48 @@ def _backward_weights_impl(g, h, need_bias, config=None, out=None):
         return dw, db
     # An empty batch (M == 0) still launches: the reduction runs zero steps and writes zeros, as g^T h does.
     cfg = _config(op, N, K, M, g.dtype, config)
-    db_args = (db, db.stride(0)) if need_bias else (None, 0)
+    splits, m_split = _batch_splits(cfg, N, K, M, g.device)
+    if splits == 1:  # the outputs themselves, as one-slice workspaces
+        dw_out, db_out = dw.unsqueeze(0), (db.unsqueeze(0) if need_bias else None)
+    else:  # fp32 partial sums per split, added below in a fixed order
+        dw_out = torch.empty((splits, N, K), dtype=torch.float32, device=g.device)
+        db_out = torch.empty((splits, N), dtype=torch.float32, device=g.device) if need_bias else None
+    db_strides = db_out.stride() if need_bias else (0, 0)
     _launch(
         weight_grad_kernel, N, K, cfg, g.device,
-        g, h, dw, db_args[0], N, K, M,
-        g.stride(0), g.stride(1), h.stride(0), h.stride(1), dw.stride(0), dw.stride(1), db_args[1],
-        HAS_BIAS=bool(need_bias), UPCAST=INTERPRETED, PRECISION=dot_precision(g.dtype),
+        g, h, dw_out, db_out, N, K, M, m_split,
+        g.stride(0), g.stride(1), h.stride(0), h.stride(1), *dw_out.stride(), *db_strides,
+        splits=splits, HAS_BIAS=bool(need_bias), UPCAST=INTERPRETED, PRECISION=dot_precision(g.dtype),
     )  # fmt: skip
+    if splits > 1:
+        # torch.sum reduces each element's S partials in one fixed order (no atomics): deterministic.
+        dw.copy_(dw_out.sum(dim=0))
+        if need_bias:
+            db.copy_(db_out.sum(dim=0))
     return dw, db
+
+
+_SM_COUNT: dict = {}
+
+
+def _batch_splits(cfg: dict, N: int, K: int, M: int, device: torch.device) -> tuple[int, int]:
+    """``(S, rows per split)`` for the weight gradient: ``cfg["SPLIT_K"]`` when given, else enough splits to
+    give every multiprocessor a program when the ``dW`` tiles alone cannot (at most 16, each split at least 8
+    ``BLOCK_K`` steps long). Splits are whole ``BLOCK_K`` steps; none is empty."""
+    bk = cfg["BLOCK_K"]
+    steps = triton.cdiv(M, bk)
+    want = cfg.get("SPLIT_K")
+    if want is None:
+        want = 1
+        if device.type == "cuda":
+            if device not in _SM_COUNT:
+                _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+            tiles = triton.cdiv(N, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_N"])
+            want = max(1, min(_SM_COUNT[device] // tiles, steps // 8, 16))
+    if want <= 1 or steps <= 1:
+        return 1, M
+    per_split = triton.cdiv(steps, min(want, steps)) * bk
+    return triton.cdiv(M, per_split), per_split
 
 
 # ----------------------------------------------------------------------------- torch.library registration

@@ -100,12 +100,15 @@ def cases():
             masked_matmul_kernel, dt, p, ints, c, cap
         )
 
-    def weights(dt, prec, bias):
-        p = dict(g_ptr=dt, h_ptr=dt, dw_ptr=dt, db_ptr=dt if bias else None)
-        ints = dict(N=N_OUT, K=N_IN, M=BATCH, stride_gm=N_OUT, stride_gn=1, stride_hm=N_IN, stride_hk=1,
-                    stride_dwn=N_IN, stride_dwk=1, stride_db=1)  # fmt: skip
+    def weights(dt, prec, bias, split=False):
+        # Split over the batch: fp32 partials into a [S, N, K] workspace; otherwise dW itself, in its dtype.
+        out = "fp32" if split else dt
+        p = dict(g_ptr=dt, h_ptr=dt, dw_ptr=out, db_ptr=out if bias else None)
+        ints = dict(N=N_OUT, K=N_IN, M=BATCH, M_SPLIT=BATCH // 4 if split else BATCH, stride_gm=N_OUT,
+                    stride_gn=1, stride_hm=N_IN, stride_hk=1, stride_dws=N_OUT * N_IN if split else 0,
+                    stride_dwn=N_IN, stride_dwk=1, stride_dbs=N_OUT if split else 0, stride_db=1)  # fmt: skip
         c = dict(HAS_BIAS=bias, UPCAST=False, PRECISION=prec, **tile())
-        name = f"backward_weights {dt} {prec} bias={bias} sm90"
+        name = f"backward_weights {dt} {prec} bias={bias} split={split} sm90"
         return name, lambda: lower(weight_grad_kernel, dt, p, ints, c)
 
     return [
@@ -121,6 +124,7 @@ def cases():
         masked("fp32", "tf32", 1),
         weights("bf16", "tf32", True),
         weights("bf16", "tf32", False),
+        weights("bf16", "tf32", True, split=True),
         weights("fp32", "tf32", True),
     ]
 

@@ -23,6 +23,14 @@ TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 OTHER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 2, "num_stages": 2}
 WORD_POISON = 0x5A5A5A5A
 
+
+def tuning_config(kernel: str, M: int, N: int, K: int) -> dict:
+    """The configuration the ops pick by default for a GEMM of output ``M x N``, reduction ``K``."""
+    from glai_kernels.tuning import config_for
+
+    return config_for(kernel, M, N, K, torch.float32)
+
+
 # The largest relative error seen per dtype, printed at the end of the session by the fixture below.
 WORST: dict = {}
 
@@ -285,6 +293,27 @@ def test_backward_weights(M, K, N, has_bias, dtype):
         assert_close_rel(db, r_db, dtype, "db")
     else:
         assert db is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("splits,has_bias", [(2, True), (3, False), (5, True), (9, True)])
+def test_backward_weights_split_batch(splits, has_bias, dtype):
+    """The batch cut into ranges whose fp32 partials are added afterwards (narrow layers on a big GPU); more
+    splits asked than there are BLOCK_K steps gives one split per step. Deterministic too."""
+    M, K, N = 77, 33, 31
+    g_ = gen(splits * 2 + has_bias)
+    grad, h = randn(M, N, dtype=dtype, g=g_), randn(M, K, dtype=dtype, g=g_)
+    cfg = dict(tuning_config("backward_weights", N, K, M), SPLIT_K=splits)
+    results = []
+    for _ in range(2):
+        out = (poison(N, K, dtype=dtype), poison(N, dtype=dtype) if has_bias else None)
+        results.append(triton_ops.backward_weights(grad, h, has_bias, config=cfg, out=out))
+    r_dw, r_db = ref.backward_weights(f64(grad), f64(h), has_bias)
+    assert_close_rel(results[0][0], r_dw, dtype, "dW")
+    assert torch.equal(results[0][0], results[1][0])
+    if has_bias:
+        assert_close_rel(results[0][1], r_db, dtype, "db")
+        assert torch.equal(results[0][1], results[1][1])
 
 
 def test_backward_weights_strided_operands():
