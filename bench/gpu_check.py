@@ -566,9 +566,9 @@ def main(argv=None) -> int:
         run.section("kernel timings", lambda: time_kernels(run, ops), timing=True)
         run.section("training-step timings", lambda: time_steps(run, not args.no_compile), timing=True)
     path = write_json(run, args.out)
+    run.log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     print()
     print(table(run))
-    print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({run.elapsed():.0f}s)")
     return 0 if run.passed else 1
 
 
