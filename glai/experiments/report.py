@@ -67,11 +67,11 @@ def markdown(meta: dict, summary: list[dict]) -> str:
     head = (
         "| variant | best acc % (mean ± std) | Δ acc vs MLP | best after freeze | final acc | reached target | time to target (s, median) | "
         "speedup | GLAI first (W/L) | sign p | Wilcoxon p (acc) | total time (s) | epochs | freeze epoch "
-        "(mean) | cost S / cache / Q (s) |"
+        "(mean) | flip rate at freeze | cost S / cache / Q (s) |"
     )
     for setting in settings:
         rows = [r for r in summary if r["setting"] == setting]
-        lines += [f"#### {setting}", "", head, "|" + " --- |" * 15]
+        lines += [f"#### {setting}", "", head, "|" + " --- |" * 16]
         for r in rows:
             glai = r["variant"] != MLP
             freeze = _num(r["freeze_epoch_mean"], ".1f")
@@ -88,6 +88,7 @@ def markdown(meta: dict, summary: list[dict]) -> str:
                 f"{_num(r['speedup_median'], '.2f') if glai else '1'} | "
                 f"{str(r['wins']) + '/' + str(r['losses']) if glai else '-'} | {_num(r['sign_p'], '.3f')} | "
                 f"{_num(r['wilcoxon_acc_p'], '.3f')} | {r['total_time_mean']:.2f} | {r['epochs']} | {freeze} | "
+                f"{_num(r['flip_at_freeze_mean'], '.4f')} | "
                 f"{cost} |"
             )
         lines.append("")

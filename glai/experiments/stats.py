@@ -81,6 +81,13 @@ def summarize(records: list[Record]) -> list[dict]:
             if f is not None and f < len(runs[s].result.test_acc)
         ]
         row["after_freeze_best_mean"] = statistics.fmean(after) if after else None
+        # The flip rate measured over the last structural epoch: how settled the patterns were when frozen.
+        at_freeze = [
+            runs[s].result.flip_history[f - 1]
+            for s, f in zip(seeds, freezes)
+            if f is not None and len(runs[s].result.flip_history) >= f
+        ]
+        row["flip_at_freeze_mean"] = statistics.fmean(at_freeze) if at_freeze else None
         row["final_acc_mean"] = _mean_std([runs[s].result.test_acc[-1] for s in seeds])[0]
         row["freeze_epoch_mean"] = statistics.fmean(frozen) if frozen else None
         row["never_froze"] = sum(f is None for f in freezes if variant != MLP)
