@@ -22,7 +22,7 @@ from .train import FreezePolicy, RunResult, plain_mlp, train_classifier
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="glai-demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="glai-demo", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--samples", type=int, default=5000, help="MNIST-1D samples in all, 80%% for training")
     p.add_argument("--hidden", type=int, default=256, help="width of every hidden layer")
     p.add_argument("--depth", type=int, default=2, help="number of hidden layers")

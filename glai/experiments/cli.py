@@ -19,7 +19,7 @@ SETTINGS = ("scratch", "backbone", "simclr", "few-shot")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="glai-experiment", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="glai-experiment", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--quick", action="store_true", help="the quick preset (a few minutes on 2 CPU cores)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="sizes (default: full, or quick)")
     p.add_argument(
