@@ -9,12 +9,11 @@ import json
 import pytest
 
 pytest.importorskip("mnist1d")
-pytest.importorskip("scipy")
 pytest.importorskip("matplotlib")
 
 from glai.experiments import main  # noqa: E402
 from glai.experiments.common import MLP, Record  # noqa: E402
-from glai.experiments.stats import sign_test, summarize  # noqa: E402
+from glai.experiments.stats import sign_test, summarize, wilcoxon_p  # noqa: E402
 from glai.train import RunResult  # noqa: E402
 
 
@@ -115,3 +114,26 @@ def test_variant_filter_keeps_the_paired_mlp(tmp_path):
 def test_unknown_setting_is_refused():
     with pytest.raises(SystemExit):
         main(["--settings", "imagenet"])
+
+
+def test_wilcoxon_exact_values():
+    # All five differences of one sign: the most extreme of 2^5 sign patterns on each side.
+    assert wilcoxon_p([1, 2, 3, 4, 5]) == pytest.approx(0.0625)
+    assert wilcoxon_p([-0.5, -1, -2, -3, -4]) == pytest.approx(0.0625)
+    # W+ = 1 (only the smallest is positive): P(W+ <= 1) = 2/32 on one side.
+    assert wilcoxon_p([0.1, -2, -3, -4, -5]) == pytest.approx(0.125)
+    assert wilcoxon_p([0, 0, 1]) is None
+
+
+@pytest.mark.parametrize(
+    "diffs", [[1.5, -0.2, 3, 4.1, 2.2], [0.3, -0.1, 0.25, -0.4, 0.9, 1.1, -0.05], [2, -1, 3]]
+)
+def test_wilcoxon_matches_scipy(diffs):
+    stats = pytest.importorskip("scipy.stats")
+    assert wilcoxon_p(diffs) == pytest.approx(stats.wilcoxon(diffs).pvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize("wins,losses", [(4, 1), (0, 5), (7, 3), (2, 2)])
+def test_sign_test_matches_scipy(wins, losses):
+    stats = pytest.importorskip("scipy.stats")
+    assert sign_test(wins, losses) == pytest.approx(stats.binomtest(wins, wins + losses, 0.5).pvalue)
