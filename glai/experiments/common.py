@@ -100,6 +100,18 @@ PRESETS = {
 }
 
 
+def _cpu_name() -> str:
+    # platform.processor() is empty on many Linux systems; /proc/cpuinfo names the model there.
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     """Where and with what the numbers were measured."""
     import numpy
@@ -116,11 +128,7 @@ def environment(device: torch.device) -> dict:
         versions["mnist1d"] = versions["mnist1d"] or version("mnist1d")
     except Exception:
         pass
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
