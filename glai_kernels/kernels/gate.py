@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from .bits import pack_bits
-from .tiles import grouped_tile, tile_dot
+from .tiles import affine_tile
 
 
 @triton.jit
@@ -42,18 +42,11 @@ def gate_kernel(
     """``out = relu(a W^T + b)`` ``[M, N]`` and ``words`` ``[M, ceil(N / WORD_BITS)]``.
 
     ``BLOCK_N`` must be a multiple of ``WORD_BITS`` (a tile packs whole words)."""
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = offs_m % M
-    cols = offs_n % N
     # W^T is read in place: element (k, n) of B = W^T sits at w_ptr + n * stride_wn + k * stride_wk.
-    z, _ = tile_dot(
-        a_ptr, w_ptr, rows, cols, K, stride_am, stride_ak, stride_wk, stride_wn,
-        BLOCK_M, BLOCK_N, BLOCK_K, False, UPCAST, PRECISION,
+    z, pid_n, offs_m, offs_n, _ = affine_tile(
+        a_ptr, w_ptr, bias_ptr, M, N, K, stride_am, stride_ak, stride_wk, stride_wn, stride_bias,
+        HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST, PRECISION,
     )  # fmt: skip
-    if HAS_BIAS:
-        z += tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
 
     in_m = offs_m < M
     in_n = offs_n < N

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .bits import tile_bits
-from .tiles import grouped_tile, tile_dot
+from .tiles import affine_tile
 
 
 @triton.jit
@@ -48,17 +48,10 @@ def masked_matmul_kernel(
 ):
     """``out[M, N] = p * (A[M, K] B[K, N] + bias)``; unit (column) ``n`` reads structural bit
     ``n // REDUCTION`` of its row's pattern."""
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = offs_m % M
-    cols = offs_n % N
-    z, _ = tile_dot(
-        a_ptr, b_ptr, rows, cols, K, stride_am, stride_ak, stride_bk, stride_bn,
-        BLOCK_M, BLOCK_N, BLOCK_K, False, UPCAST, PRECISION,
+    z, pid_n, offs_m, offs_n, rows = affine_tile(
+        a_ptr, b_ptr, bias_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_bias,
+        HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST, PRECISION,
     )  # fmt: skip
-    if HAS_BIAS:
-        z += tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
     if HAS_GATE:
         p = tile_bits(
             words_ptr, rows, pid_n * BLOCK_N, N, stride_pm, stride_pw, BLOCK_M, BLOCK_N, REDUCTION, WORD_BITS

@@ -78,3 +78,43 @@ def tile_dot(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     return acc, row_sum
+
+
+@triton.jit
+def affine_tile(
+    a_ptr,
+    b_ptr,
+    bias_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_bias,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """This program's tile of ``z = A B + bias`` (fp32), the prologue every layer kernel shares.
+
+    Returns ``z``, the tile's column-tile index ``pid_n``, its row and column offsets (which may run past
+    ``M`` and ``N``: mask the stores with them) and the wrapped rows and columns actually read.
+    """
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_m % M
+    cols = offs_n % N
+    z, _ = tile_dot(
+        a_ptr, b_ptr, rows, cols, K, stride_am, stride_ak, stride_bk, stride_bn,
+        BLOCK_M, BLOCK_N, BLOCK_K, False, UPCAST, PRECISION,
+    )  # fmt: skip
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
+    return z, pid_n, offs_m, offs_n, rows
