@@ -44,8 +44,7 @@ def pack_patterns(mask: torch.Tensor) -> torch.Tensor:
     return (bits << shifts).sum(dim=-1, dtype=PATTERN_DTYPE)
 
 
-def unpack_patterns(words: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_patterns`: int32 ``[..., ceil(n / 32)]`` to bool ``[..., n]``."""
+def _check_words(words, n) -> None:
     if not isinstance(words, torch.Tensor):
         raise TypeError(f"unpack_patterns expected a torch.Tensor, got {type(words).__name__}")
     if words.dtype != PATTERN_DTYPE:
@@ -55,12 +54,30 @@ def unpack_patterns(words: torch.Tensor, n: int) -> torch.Tensor:
     if words.dim() == 0 or words.shape[-1] != words_for(n):
         got = "a 0-d tensor" if words.dim() == 0 else f"{words.shape[-1]} words"
         raise ValueError(f"unpack_patterns expected {words_for(n)} words for n={n}, got {got}")
+
+
+def _bits(words: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` bits of ``words`` as int32 0/1 ``[..., n]``."""
     shifts = torch.arange(WORD_BITS, device=words.device, dtype=PATTERN_DTYPE)
+    # Arithmetic shift of a signed word: bit 31 smears into the high bits, which the & 1 discards.
     bits = (words.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(*words.shape[:-1], words.shape[-1] * WORD_BITS)[..., :n].bool()
+    return bits.reshape(*words.shape[:-1], words.shape[-1] * WORD_BITS)[..., :n]
+
+
+def unpack_patterns(words: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_patterns`: int32 ``[..., ceil(n / 32)]`` to bool ``[..., n]``."""
+    _check_words(words, n)
+    return _bits(words, n).bool()
 
 
 def unit_mask(words: torch.Tensor, n: int, reduction: int = 1) -> torch.Tensor:
     """The gate of each of ``n`` quantitative units as a bool ``[..., n]``: unit ``j`` reads bit ``j // reduction``."""
     structural = unpack_patterns(words, n // reduction)
     return structural.repeat_interleave(reduction, dim=-1) if reduction > 1 else structural
+
+
+def unit_gates(words: torch.Tensor, n: int, reduction: int, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`unit_mask` as 0/1 in ``dtype``, built without a bool intermediate (a pass fewer), for multiplying."""
+    _check_words(words, n // reduction)
+    gates = _bits(words, n // reduction).to(dtype)
+    return gates.repeat_interleave(reduction, dim=-1) if reduction > 1 else gates

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import pack_patterns, unit_mask
+from .layout import pack_patterns, unit_gates
 
 
 def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -24,7 +24,8 @@ def masked_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     z = F.linear(h, weight, bias)
     if words is None:
         return z
-    return z * unit_mask(words, weight.shape[0], reduction).to(z.dtype)
+    # z is a fresh temporary here (ops run without autograd), so the gates multiply in place.
+    return z.mul_(unit_gates(words, weight.shape[0], reduction, z.dtype))
 
 
 def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int):
@@ -32,7 +33,7 @@ def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int):
     d = g @ weight
     if words is None:
         return d
-    return d * unit_mask(words, weight.shape[1], reduction).to(d.dtype)
+    return d.mul_(unit_gates(words, weight.shape[1], reduction, d.dtype))
 
 
 def backward_weights(g: torch.Tensor, h: torch.Tensor, need_bias: bool):
