@@ -161,12 +161,15 @@ class GLAIMLP(nn.Module):
             raise PhaseError("freeze() was already called: the model is in the quantitative phase")
         hidden = list(self.layers[:-1])
         self._become_quantitative()
-        with torch.no_grad():
-            for w, b, layer in zip(self.structure.weights, self.structure.biases, hidden):
-                w.copy_(layer.weight)
-                if b is not None:
-                    b.copy_(layer.bias)
+        self._set_structure(hidden)
         return self
+
+    @torch.no_grad()
+    def _set_structure(self, hidden: Sequence[nn.Linear]) -> None:
+        for w, b, layer in zip(self.structure.weights, self.structure.biases, hidden):
+            w.copy_(layer.weight)
+            if b is not None:
+                b.copy_(layer.bias)
 
     def refreeze(self) -> GLAIMLP:
         """Take the frozen structure again from the current quantitative hidden weights (``reduction=1`` only).
@@ -181,11 +184,7 @@ class GLAIMLP(nn.Module):
                 f"refreeze() needs reduction 1: with reduction={self.reduction} the quantitative layers are "
                 "wider than the structure they would replace"
             )
-        with torch.no_grad():
-            for w, b, layer in zip(self.structure.weights, self.structure.biases, self.layers[:-1]):
-                w.copy_(layer.weight)
-                if b is not None:
-                    b.copy_(layer.bias)
+        self._set_structure(self.layers[:-1])
         return self
 
     def _become_quantitative(self) -> None:
