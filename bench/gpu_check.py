@@ -353,6 +353,8 @@ def time_kernels(run: Run, ops) -> None:
     import torch
     import torch.nn.functional as F
 
+    from glai_kernels import costs
+
     dtype = torch.bfloat16
     for M, K, N in KERNEL_SHAPES:
         t = layer_inputs(M, K, N, 1, dtype, seed=11)
@@ -371,9 +373,9 @@ def time_kernels(run: Run, ops) -> None:
                 "g^T h, sum g",
             ),
         }
-        flops = 2 * M * N * K
         for name, (ours, theirs, what) in pairs.items():
             ms, ms_ref = time_ms(ours), time_ms(theirs)
+            flops = costs.op_flops(name, M, K, N)
             row = {
                 "kernel": name,
                 "shape": f"{M}x{K}x{N}",
@@ -395,14 +397,16 @@ def time_steps(run: Run, compile_mlp: bool) -> None:
     import torch.nn.functional as F
     from torch import nn
 
+    from glai_kernels import costs
+
     dtype = torch.bfloat16
     for width in STEP_WIDTHS:
         if run.elapsed() > run.budget_s + 60:
             run.log(f"skip training steps at width {width}: time budget spent")
             break
         B = STEP_BATCH
-        # Three layers width x width: forward and dW 2*B*w*w each, dX as well except for the first layer.
-        flops = (4 + 6 + 6) * B * width * width
+        # Three layers width x width: the nominal MLP step count, credited to every variant alike.
+        flops = costs.train_step_flops(B, (width,) * 4)
 
         def step_fn(model, x, y, patterns=None):
             opt = torch.optim.SGD(model.parameters(), lr=1e-4, foreach=True)
