@@ -101,7 +101,7 @@ def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, devi
         order = torch.randperm(n, generator=gen).to(device)
         start = time.perf_counter()
         encoder.train()
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)  # read once per epoch: no sync per step
         for i in range(0, n - 1, batch):
             xb = data.x[order[i : i + batch]]
             h = encoder(torch.cat([augment(xb, gen), augment(xb, gen)]))
@@ -112,7 +112,8 @@ def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, devi
             loss.backward()
             for opt in opts.values():
                 opt.step()
-            total += loss.item() * xb.shape[0]
+            total.add_(loss.detach(), alpha=xb.shape[0])
+        mean_loss = total.item() / n  # also waits for the epoch's queued GPU work before the clock stops
         if structural:
             # The encoder moved: the probe's head inputs are recomputed so flips include that drift.
             monitor.probe = features(encoder, probe_x)
@@ -124,7 +125,7 @@ def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, devi
             result.cost["quantitative"] += time.perf_counter() - start
         clock += time.perf_counter() - start
         result.time.append(clock)
-        result.train_loss.append(total / n)
+        result.train_loss.append(mean_loss)
         result.test_acc.append(linear_probe(encoder, data))
     if monitor is not None:
         result.flip_history = list(monitor.history)
