@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from .data import NUM_CLASSES, mnist1d
-from .nn import GLAIMLP
-from .train import FreezePolicy, RunResult, plain_mlp, train_classifier
+from .train import FreezePolicy, RunResult, make_head, train_classifier
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,10 +137,7 @@ def main(argv=None) -> int:
     runs = []
     for name in ("MLP", "GLAI"):
         torch.manual_seed(args.seed)  # the same initial weights for both (with reduction 1)
-        if name == "MLP":
-            model = plain_mlp(data.in_features, hidden, NUM_CLASSES).to(device)
-        else:
-            model = GLAIMLP(data.in_features, hidden, NUM_CLASSES, reduction=args.reduction, device=device)
+        model = make_head(data.in_features, hidden, NUM_CLASSES, policy if name == "GLAI" else None, device)
         bar, update = _progress_bar(args.epochs, f"{name:>4}", args.no_progress)
         with bar:
             runs.append(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,7 +26,7 @@ from .monitor import FreezeMonitor
 from .nn import GLAIMLP
 
 
-def plain_mlp(in_features: int, hidden: tuple[int, ...], out_features: int) -> nn.Sequential:
+def plain_mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
     """The ReLU MLP that a :class:`GLAIMLP` of the same widths replaces (same layers, same init order)."""
     widths = (in_features, *hidden, out_features)
     layers: list[nn.Module] = []
@@ -96,6 +96,19 @@ class FreezePolicy:
             kwargs["patience"] = self.patience
         budget = None if self.budget is None else self.budget + 1
         return FreezeMonitor(model, probe, max_checks=budget, on_freeze=on_freeze, **kwargs)
+
+
+def make_head(
+    in_features: int, hidden: Sequence[int], out_features: int, policy: FreezePolicy | None, device=None
+) -> nn.Module:
+    """The plain ReLU MLP when ``policy`` is ``None``, else the :class:`GLAIMLP` of the same widths (with the
+    policy's reduction). Both are initialised on the CPU and then moved: after the same ``torch.manual_seed`` they
+    start from the same weights on any device, which initialising on a GPU (its own generator) would break."""
+    if policy is None:
+        model = plain_mlp(in_features, hidden, out_features)
+    else:
+        model = GLAIMLP(in_features, list(hidden), out_features, reduction=policy.reduction)
+    return model.to(device)
 
 
 @dataclass

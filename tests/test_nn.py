@@ -6,28 +6,34 @@ import torch
 from torch import nn
 
 from glai import GLAIMLP, PhaseError
+from glai.train import FreezePolicy, make_head, plain_mlp
 from glai_kernels import pack_patterns
-
-
-def mlp_like(model: GLAIMLP) -> nn.Sequential:
-    widths = (model.in_features, *model.structural_widths, model.out_features)
-    layers = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers += [nn.Linear(a, b, bias=model.bias)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
-    return nn.Sequential(*layers)
 
 
 @pytest.mark.parametrize("hidden", [[33], [33, 65], [17, 40, 9]])
 def test_parameter_count_and_function_equal_the_mlp(hidden):
     torch.manual_seed(0)
     model = GLAIMLP(13, hidden, 5)
-    mlp = mlp_like(model)
+    mlp = plain_mlp(13, hidden, 5)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in mlp.parameters())
     linears = [m for m in mlp if isinstance(m, nn.Linear)]
     for ours, theirs in zip(model.layers, linears):
         theirs.load_state_dict(ours.state_dict())
     x = torch.randn(21, 13)
     torch.testing.assert_close(model(x), mlp(x), rtol=0, atol=0)
+
+
+def test_make_head_pairs_the_mlp_and_glai_with_the_same_initial_weights():
+    mlp_and_glai = []
+    for policy in (None, FreezePolicy()):
+        torch.manual_seed(7)
+        mlp_and_glai.append(make_head(13, (33, 65), 5, policy))
+    mlp, model = mlp_and_glai
+    assert isinstance(model, GLAIMLP) and model.hidden_features == (33, 65)
+    linears = [m for m in mlp if isinstance(m, nn.Linear)]
+    assert len(linears) == len(model.layers)
+    for ours, theirs in zip(model.layers, linears):
+        assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
 
 
 @pytest.mark.parametrize("hidden", [[33], [33, 65], [17, 40, 9]])

@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..data import NUM_CLASSES, Split
-from ..nn import GLAIMLP
-from ..train import FreezePolicy, RunResult, plain_mlp, train_classifier
+from ..train import FreezePolicy, RunResult, make_head, train_classifier
 
 MLP = "MLP"
 # The flip-rate rule every reduction / cache variant is built on, spelled out rather than taken from the
@@ -161,14 +160,6 @@ class Record:
         }
 
 
-def build_head(
-    variant: str, policy: FreezePolicy | None, in_features: int, hidden, device
-) -> torch.nn.Module:
-    if policy is None:
-        return plain_mlp(in_features, tuple(hidden), NUM_CLASSES).to(device)
-    return GLAIMLP(in_features, list(hidden), NUM_CLASSES, reduction=policy.reduction, device=device)
-
-
 def run_heads(
     setting: str,
     data: Split,
@@ -185,7 +176,7 @@ def run_heads(
     for seed in preset.seeds:
         for variant, policy in variants.items():
             torch.manual_seed(seed)
-            model = build_head(variant, policy, data.in_features, preset.hidden, data.x.device)
+            model = make_head(data.in_features, preset.hidden, NUM_CLASSES, policy, data.x.device)
             result = train_classifier(
                 model,
                 data,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data import NUM_CLASSES, Split, mnist1d
 from ..nn import GLAIMLP
-from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_optimizer, plain_mlp
+from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_head, make_optimizer
 from .backbone import ConvEncoder, features
 from .common import BASE, BASE_RULE, MLP, Preset, Record, select
 
@@ -71,11 +71,7 @@ def variants(epochs: int) -> dict:
 def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, device) -> RunResult:
     torch.manual_seed(seed)
     encoder = ConvEncoder().to(device)
-    width = encoder.out_features
-    if policy is None:
-        head = plain_mlp(width, preset.hidden, PROJECTION).to(device)
-    else:
-        head = GLAIMLP(width, list(preset.hidden), PROJECTION, reduction=policy.reduction, device=device)
+    head = make_head(encoder.out_features, preset.hidden, PROJECTION, policy, device)
     result = RunResult(name=name, params=count_parameters(head))
     opts = {
         "encoder": make_optimizer(encoder.parameters(), preset.lr),
