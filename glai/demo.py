@@ -20,32 +20,86 @@ from .data import NUM_CLASSES, mnist1d
 from .train import FreezePolicy, RunResult, make_head, train_classifier
 
 
+def int_at_least(minimum: int):
+    """An argparse type: an int no smaller than ``minimum``, refused with both numbers otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction of flipped bits in [0, 1], got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="glai-demo", description=__doc__.splitlines()[0].replace("``", ""))
-    p.add_argument("--samples", type=int, default=5000, help="MNIST-1D samples in all, 80%% for training")
-    p.add_argument("--hidden", type=int, default=256, help="width of every hidden layer")
-    p.add_argument("--depth", type=int, default=2, help="number of hidden layers")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--reduction", type=int, default=1, help="structural width = hidden / reduction")
     p.add_argument(
-        "--threshold", type=float, default=None, help="freeze flip-rate threshold (library default)"
+        "--samples",
+        type=int_at_least(2 * NUM_CLASSES),
+        default=5000,
+        help="MNIST-1D samples in all, 80%% for training",
     )
-    p.add_argument("--patience", type=int, default=None, help="calm checks before freezing (library default)")
+    p.add_argument("--hidden", type=int_at_least(1), default=256, help="width of every hidden layer")
+    p.add_argument("--depth", type=int_at_least(1), default=2, help="number of hidden layers")
+    p.add_argument("--epochs", type=int_at_least(1), default=60)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--lr", type=_positive_float, default=2e-3)
+    p.add_argument(
+        "--reduction", type=int_at_least(1), default=1, help="structural width = hidden / reduction"
+    )
+    p.add_argument(
+        "--threshold", type=_fraction, default=None, help="freeze flip-rate threshold (library default)"
+    )
+    p.add_argument(
+        "--patience", type=int_at_least(1), default=None, help="calm checks before freezing (library default)"
+    )
     p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
     p.add_argument("--data-seed", type=int, default=42, help="MNIST-1D draw (42 is the published dataset's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="CPU threads for torch")
     p.add_argument("--out", type=Path, default=Path("glai-demo-out"), help="folder for the plot and the JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Checked here, not when the GLAI model is built: that comes after the whole MLP run.
+    if args.hidden % args.reduction:
+        p.error(f"--reduction {args.reduction} must divide --hidden, got {args.hidden}")
+    return args
 
 
 def pick_device(name: str) -> torch.device:
+    """``--device``: a torch device name, or ``auto`` (CUDA when present); a clear exit when it cannot be used."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(
+            f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ... or auto)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
     return device
@@ -54,7 +108,7 @@ def pick_device(name: str) -> torch.device:
 def set_threads(threads: int) -> None:
     # Steps of a small MLP are a few milliseconds: a second thread buys little, and on a busy machine
     # oversubscribed threads made a step ten times slower in our measurements. One thread is the default.
-    torch.set_num_threads(max(1, int(threads)))
+    torch.set_num_threads(threads)
 
 
 def _fmt_time(t: float | None) -> str:

@@ -42,6 +42,35 @@ def test_demo_rejects_missing_cuda(tmp_path):
         demo.main(["--device", "cuda", "--out", str(tmp_path)])
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--reduction", "3"], "--reduction 3 must divide --hidden, got 256"),
+        (["--samples", "10"], "argument --samples: expected an int >= 20, got 10"),
+        (["--epochs", "0"], "argument --epochs: expected an int >= 1, got 0"),
+        (
+            ["--threshold", "2"],
+            "argument --threshold: expected a fraction of flipped bits in [0, 1], got '2'",
+        ),
+        (["--lr", "-1"], "argument --lr: expected a number > 0, got '-1'"),
+    ],
+)
+def test_demo_refuses_bad_flags_before_training(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo.main([*argv, "--out", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "demo.json").exists()
+
+
+def test_pick_device():
+    import torch
+
+    assert demo.pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SystemExit, match="'foo' is not a torch device"):
+        demo.pick_device("foo")
+
+
 def test_demo_with_reduction_trains_the_new_quantitative_network(tmp_path, capsys):
     # With r > 1 the freeze creates new layers; unless the optimizer is rebuilt, the loss stops moving.
     argv = ["--samples", "400", "--hidden", "32", "--epochs", "5", "--reduction", "2", "--threshold", "1.0"]

@@ -111,9 +111,18 @@ def test_variant_filter_keeps_the_paired_mlp(tmp_path):
     assert {r["seed"] for r in runs} == {0}
 
 
-def test_unknown_setting_is_refused():
-    with pytest.raises(SystemExit):
+def test_unknown_setting_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
         main(["--settings", "imagenet"])
+    assert exc.value.code == 2 and "unknown settings ['imagenet']" in capsys.readouterr().err
+
+
+def test_unknown_variant_is_refused(capsys):
+    # A misspelt variant used to run the MLP alone without a word.
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "tiny", "--settings", "scratch", "--variants", "freeze@1,frezee@1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown variants ['frezee@1']" in err and "'freeze@1'" in err
 
 
 def test_wilcoxon_exact_values():

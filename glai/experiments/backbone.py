@@ -85,13 +85,17 @@ def feature_split(encoder: nn.Module, data: Split) -> Split:
     return Split(features(encoder, data.x), data.y, features(encoder, data.x_test), data.y_test)
 
 
+def variants_for(preset: Preset) -> dict:
+    return policy_variants(preset.backbone_grid, preset.head_epochs)
+
+
 def count(preset: Preset, only=None) -> int:
-    return len(preset.seeds) * len(select(policy_variants(preset.backbone_grid, preset.head_epochs), only))
+    return len(preset.seeds) * len(select(variants_for(preset), only))
 
 
 def run(
     preset: Preset, device, encoder: nn.Module, info: dict, data_seed: int = 42, tick=None, only=None
 ) -> list[Record]:
     data = feature_split(encoder, mnist1d(preset.samples, seed=data_seed).to(device))
-    variants = select(policy_variants(preset.backbone_grid, preset.head_epochs), only)
+    variants = select(variants_for(preset), only)
     return run_heads(NAME, data, variants, preset=preset, epochs=preset.head_epochs, extra=info, tick=tick)

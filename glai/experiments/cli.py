@@ -8,14 +8,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from ..demo import int_at_least, pick_device, set_threads
 from . import backbone, fewshot, scratch, simclr
-from .common import PRESETS, environment
+from .common import MLP, PRESETS, environment
 from .report import load_records, write_all
 from .stats import summarize
 
-SETTINGS = ("scratch", "backbone", "simclr", "few-shot")
+MODULES = {"scratch": scratch, "backbone": backbone, "simclr": simclr, "few-shot": fewshot}
+SETTINGS = tuple(MODULES)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,10 +28,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--variants", default=None, help="comma-separated variant names to run (with the MLP); default: all"
     )
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1) instead of the preset's")
+    p.add_argument(
+        "--seeds", type=int_at_least(1), default=None, help="number of seeds (0..N-1) instead of the preset's"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... or auto")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (small heads gain little from more)"
+        "--threads",
+        type=int_at_least(1),
+        default=1,
+        help="torch CPU threads (small heads gain little from more)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default bench/results/experiments/<preset>)"
@@ -52,6 +57,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.settings) - set(SETTINGS))
     if unknown:
         p.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    if args.variants is not None:
+        # A misspelt name would otherwise select nothing and leave a study of the MLP alone.
+        preset = PRESETS[args.preset]
+        known = {v for s in args.settings for v in MODULES[s].variants_for(preset)} - {MLP}
+        unknown = sorted(args.variants - known)
+        if unknown:
+            p.error(
+                f"unknown variants {unknown} for the {preset.name} preset and settings {args.settings}; "
+                f"choose from {sorted(known)}"
+            )
     return args
 
 
@@ -69,27 +84,15 @@ def main(argv=None) -> int:
         meta, records = load_records(args.from_json)
         _finish(args.out or args.from_json.parent, meta, records)
         return 0
-    torch.set_num_threads(max(1, args.threads))
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
-    if args.device == "auto" and device.type != "cuda":
-        device = torch.device("cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    set_threads(args.threads)
+    device = pick_device(args.device)
     preset = PRESETS[args.preset]
     if args.seeds is not None:
         preset = replace(preset, seeds=tuple(range(args.seeds)))
     out = args.out or Path("bench/results/experiments") / preset.name
     started = time.perf_counter()
 
-    total = 0
-    counts = {
-        "scratch": scratch.count,
-        "backbone": backbone.count,
-        "simclr": simclr.count,
-        "few-shot": fewshot.count,
-    }
-    for name in args.settings:
-        total += counts[name](preset, args.variants)
+    total = sum(MODULES[name].count(preset, args.variants) for name in args.settings)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc="runs", disable=args.no_progress, file=sys.stderr)

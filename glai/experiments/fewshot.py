@@ -16,8 +16,8 @@ from .common import BASE, BASE_RULE, MLP, Preset, Record, run_heads, select
 NAME = "few-shot"
 
 
-def variants(epochs: int) -> dict:
-    early = max(1, round(epochs * 0.1))
+def variants_for(preset: Preset) -> dict:
+    early = max(1, round(preset.fewshot_epochs * 0.1))
     return {
         MLP: None,
         BASE: FreezePolicy(**BASE_RULE),
@@ -26,7 +26,7 @@ def variants(epochs: int) -> dict:
 
 
 def count(preset: Preset, only=None) -> int:
-    return len(preset.fewshot_ks) * len(preset.seeds) * len(select(variants(preset.fewshot_epochs), only))
+    return len(preset.fewshot_ks) * len(preset.seeds) * len(select(variants_for(preset), only))
 
 
 def run(
@@ -42,7 +42,7 @@ def run(
             records += run_heads(
                 f"{NAME} k={k}",
                 data,
-                select(variants(preset.fewshot_epochs), only),
+                select(variants_for(preset), only),
                 preset=one,
                 epochs=preset.fewshot_epochs,
                 batch_size=len(idx),

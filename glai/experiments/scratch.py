@@ -12,11 +12,15 @@ from .common import Preset, Record, policy_variants, run_heads, select
 NAME = "scratch"
 
 
+def variants_for(preset: Preset) -> dict:
+    return policy_variants(preset.policy_grid, preset.scratch_epochs)
+
+
 def count(preset: Preset, only=None) -> int:
-    return len(preset.seeds) * len(select(policy_variants(preset.policy_grid, preset.scratch_epochs), only))
+    return len(preset.seeds) * len(select(variants_for(preset), only))
 
 
 def run(preset: Preset, device, data_seed: int = 42, tick=None, only=None) -> list[Record]:
     data = mnist1d(preset.samples, seed=data_seed).to(device)
-    variants = select(policy_variants(preset.policy_grid, preset.scratch_epochs), only)
+    variants = select(variants_for(preset), only)
     return run_heads(NAME, data, variants, preset=preset, epochs=preset.scratch_epochs, tick=tick)

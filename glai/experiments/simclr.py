@@ -58,8 +58,8 @@ def linear_probe(encoder, data: Split, ridge: float = 1.0) -> float:
     return 100.0 * (ft @ w).argmax(-1).eq(data.y_test).double().mean().item()
 
 
-def variants(epochs: int) -> dict:
-    early = max(1, round(epochs * 0.1))
+def variants_for(preset: Preset) -> dict:
+    early = max(1, round(preset.simclr_epochs * 0.1))
     return {
         MLP: None,
         BASE: FreezePolicy(**BASE_RULE, cache=False),
@@ -129,14 +129,14 @@ def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, devi
 
 
 def count(preset: Preset, only=None) -> int:
-    return len(preset.seeds) * len(select(variants(preset.simclr_epochs), only))
+    return len(preset.seeds) * len(select(variants_for(preset), only))
 
 
 def run(preset: Preset, device, data_seed: int = 42, tick=None, only=None) -> list[Record]:
     data = mnist1d(preset.simclr_samples, seed=data_seed).to(device)
     records = []
     for seed in preset.seeds:
-        for name, policy in select(variants(preset.simclr_epochs), only).items():
+        for name, policy in select(variants_for(preset), only).items():
             records.append(Record(NAME, name, seed, train_simclr(name, policy, data, preset, seed, device)))
             if tick is not None:
                 tick()
