@@ -6,6 +6,7 @@ the autotuning cache that ``config_for`` reads.
     glai-autotune                        tune every kernel in bfloat16 and float32 over the default grid
     glai-autotune --quick                a 2 x 2 grid in bfloat16, about two minutes
     glai-autotune --kernels gate --dtypes float16 --batch 256,8192 --width 512
+    glai-autotune --dtypes tf32          fp32 operands with TF32 products, tuned apart from IEEE fp32
 
 Each candidate is first checked against the PyTorch reference on the same inputs; one that fails to compile
 (e.g. more shared memory than the GPU has) or gives a wrong result is skipped, so the cache only ever holds
@@ -33,7 +34,7 @@ GRID_BATCH = (64, 512, 4096, 16384)
 GRID_WIDTH = (256, 1024, 4096)
 QUICK_BATCH = (512, 8192)
 QUICK_WIDTH = (1024, 4096)
-# Relative Frobenius error a candidate may have against the fp32 reference (fp32 runs as tf32 in tl.dot).
+# Relative Frobenius error a candidate may have against the fp32 reference (loose enough for TF32 products).
 TOLERANCE = {2: 2e-2, 4: 1e-2}
 # Input sets rotated while timing, so small problems are not timed from a cache warmed by the previous call.
 _ROTATION_BYTES = 256 << 20
@@ -107,10 +108,14 @@ def _do_bench(fn, rep_ms: float) -> float:
 
 def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet: bool = False, device=None):
     """Tune ``kernel`` at each GEMM shape; returns one cache entry per shape bucket (of two shapes in one bucket,
-    the one nearer the bucket's representative). ``timer(fn) -> ms`` defaults to ``do_bench``'s median."""
+    the one nearer the bucket's representative). ``timer(fn) -> ms`` defaults to ``do_bench``'s median.
+
+    The entries' dtype key is the one the ops run now: fp32 is keyed ``"tf32"`` when ``ops.dot_precision`` says
+    its products run as TF32 (PyTorch's matmul precision setting), as ``config_for`` keys its lookups."""
     timer = timer or (lambda fn: _do_bench(fn, rep_ms))
     device = device or DEVICE
     fn = getattr(ops, kernel)
+    key = cache.dtype_key(dtype, ops.dot_precision(dtype))
     tol = TOLERANCE[torch.empty((), dtype=dtype).element_size()]
     say = (lambda *a: None) if quiet else print
     entries, distance = {}, {}
@@ -153,7 +158,7 @@ def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet:
         default_ms = next((t for t, c in results if c == default), float("nan"))
         tflops = costs.gemm_flops(M, N, K) / (ms * 1e-3) / 1e12
         say(
-            f"{kernel:17s} {cache.dtype_name(dtype):9s} {tuning.bucket_label(bucket):34s} {M}x{N}x{K}: "
+            f"{kernel:17s} {key:9s} {tuning.bucket_label(bucket):34s} {M}x{N}x{K}: "
             f"{describe(best)}  {ms:.4f} ms  {tflops:.1f} TFLOP/s  "
             + (
                 f"({default_ms / ms:.2f}x the default)"
@@ -167,7 +172,7 @@ def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet:
             distance[bucket] = d
             entries[bucket] = {
                 "kernel": kernel,
-                "dtype": cache.dtype_name(dtype),
+                "dtype": key,
                 "bucket": list(bucket),
                 "shape": [M, N, K],
                 "config": dict(best),
@@ -177,6 +182,20 @@ def tune(kernel, shapes, dtype, *, ops, timer=None, rep_ms: float = 40.0, quiet:
                 else None,  # NaN: default failed
             }
     return list(entries.values())
+
+
+def operand_dtype(key: str) -> torch.dtype:
+    """The operand dtype of a cache dtype key (``tuning_cache.DTYPE_KEYS``). For the fp32 keys it also sets
+    PyTorch's fp32 matmul precision, which the kernels follow (``triton_ops.dot_precision``), to IEEE or TF32 in
+    this process, so the timed products are those the key names."""
+    if key not in ("float32", "tf32"):
+        return getattr(torch, key)
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; its legacy flag is not to be mixed with it
+        matmul.fp32_precision = "tf32" if key == "tf32" else "ieee"
+    else:
+        matmul.allow_tf32 = key == "tf32"
+    return torch.float32
 
 
 def kernel_ops():
@@ -225,7 +244,7 @@ def print_space(batches, widths) -> None:
     p(
         f"  N, K classes: {', '.join(tuning._class_label('N', tuning.NK_EDGES, i) for i in range(len(tuning.NK_REPS)))}"
     )
-    p("  an untuned bucket uses the nearest tuned one of the same kernel and dtype size, else the default")
+    p("  an untuned bucket uses the nearest tuned one of the same kernel and dtype key, else the default")
     p(f"tuning grid: batch {list(batches)} x width {list(widths)} (square layers) per kernel:")
     for kernel in tuning.KERNELS:
         shapes = ", ".join(f"{M}x{N}x{K}" for M, N, K in grid_shapes(kernel, batches, widths))
@@ -254,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kernels", default=",".join(tuning.KERNELS), help="comma-separated kernels to tune")
     ap.add_argument(
         "--dtypes",
-        help=f"comma-separated: float16, bfloat16, float32 (default {','.join(DEFAULT_DTYPES)}; --quick: bfloat16)",
+        help=f"comma-separated: {', '.join(cache.DTYPE_KEYS)} (tf32: fp32 operands, TF32 products; "
+        f"default {','.join(DEFAULT_DTYPES)}; --quick: bfloat16)",
     )
     ap.add_argument(
         "--quick", action="store_true", help=f"grid batch {QUICK_BATCH} x width {QUICK_WIDTH}, bfloat16 only"
@@ -294,9 +314,9 @@ def main(argv=None) -> int:
             )
             return 2
     for d in dtypes:
-        if d not in ("float16", "bfloat16", "float32"):
+        if d not in cache.DTYPE_KEYS:
             print(
-                f"glai-autotune: unsupported dtype {d!r}; choose from float16, bfloat16, float32",
+                f"glai-autotune: unsupported dtype {d!r}; choose from {', '.join(cache.DTYPE_KEYS)}",
                 file=sys.stderr,
             )
             return 2
@@ -322,8 +342,9 @@ def main(argv=None) -> int:
     print(f"tuning on {ident.gpu}, Triton {ident.triton}, kernel source {ident.kernel_source[:12]}")
     saved = 0
     for d in dtypes:
+        dtype = operand_dtype(d)
         for k in kernels:
-            entries = tune(k, grid_shapes(k, batches, widths), getattr(torch, d), ops=ops, rep_ms=args.rep)
+            entries = tune(k, grid_shapes(k, batches, widths), dtype, ops=ops, rep_ms=args.rep)
             if entries and not args.dry_run:
                 try:
                     path = cache.save(ident, entries)

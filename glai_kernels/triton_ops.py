@@ -8,8 +8,8 @@ their twins in ``glai_kernels.reference`` (read their docstrings), plus two keyw
 - ``out``: preallocated outputs to write into (a tensor, or a tuple for the two-output ops), as with
   ``torch``'s ``out=``. Tests fill them with NaN first, so an element a kernel forgets to write fails.
 
-Each kernel is a GEMM with output ``M x N`` and reduction ``K``; ``config_for(kernel, M, N, K, dtype)`` is
-asked with these sizes:
+Each kernel is a GEMM with output ``M x N`` and reduction ``K``; ``config_for(kernel, M, N, K, dtype,
+precision)`` is asked with these sizes and the launch's ``dot_precision`` (fp32 under TF32 has its own tiles):
 
 ==================  ==========================  ===========  ===========  ==========
 kernel              computes                    M            N            K
@@ -92,10 +92,12 @@ def check_config(kernel: str, config: dict) -> dict:
     return cfg
 
 
-def _config(kernel: str, M: int, N: int, K: int, dtype: torch.dtype, config: dict | None) -> dict:
+def _config(
+    kernel: str, M: int, N: int, K: int, dtype: torch.dtype, precision: str, config: dict | None
+) -> dict:
     if config is not None:
         return check_config(kernel, config)
-    cfg = dict(config_for(kernel, M, N, K, dtype))
+    cfg = dict(config_for(kernel, M, N, K, dtype, precision))
     if kernel == "gate" and cfg["BLOCK_N"] % WORD_BITS:
         # A power-of-two BLOCK_N that is no multiple of the word is smaller than it: widen the tile to one
         # word rather than fail on a generic configuration.
@@ -205,14 +207,15 @@ def _gate_impl(a, weight, bias, config=None, out=None):
         return relu.copy_(r), words.copy_(w)
     if M == 0 or N == 0:
         return relu, words
-    cfg = _config(op, M, N, K, a.dtype, config)
+    precision = dot_precision(a.dtype)
+    cfg = _config(op, M, N, K, a.dtype, precision, config)
     bias_ptr, stride_bias = _bias_args(bias)
     _launch(
         gate_kernel, M, N, cfg, a.device,
         a, weight, bias_ptr, relu, words, M, N, K,
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), stride_bias,
         relu.stride(0), relu.stride(1), words.stride(0), words.stride(1),
-        HAS_BIAS=bias is not None, WORD_BITS=WORD_BITS, UPCAST=INTERPRETED, PRECISION=dot_precision(a.dtype),
+        HAS_BIAS=bias is not None, WORD_BITS=WORD_BITS, UPCAST=INTERPRETED, PRECISION=precision,
     )  # fmt: skip
     return relu, words
 
@@ -228,7 +231,8 @@ def _masked(op, a, b, b_strides, N, bias, words, reduction, config, out):
         _check_out(op, "out", out, (M, N), a.dtype, a.device)
     if M == 0 or N == 0:
         return out
-    cfg = _config(op, M, N, K, a.dtype, config)
+    precision = dot_precision(a.dtype)
+    cfg = _config(op, M, N, K, a.dtype, precision, config)
     bias_ptr, stride_bias = _bias_args(bias)
     words_args = (words, words.stride(0), words.stride(1)) if words is not None else (None, 0, 0)
     _launch(
@@ -236,7 +240,7 @@ def _masked(op, a, b, b_strides, N, bias, words, reduction, config, out):
         a, b, bias_ptr, words_args[0], out, M, N, K,
         a.stride(0), a.stride(1), *b_strides, stride_bias, *words_args[1:], out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, HAS_GATE=words is not None, REDUCTION=reduction, WORD_BITS=WORD_BITS,
-        UPCAST=INTERPRETED, PRECISION=dot_precision(a.dtype),
+        UPCAST=INTERPRETED, PRECISION=precision,
     )  # fmt: skip
     return out
 
@@ -298,7 +302,8 @@ def _backward_weights_impl(g, h, need_bias, config=None, out=None):
             db.copy_(g.sum(dim=0, dtype=torch.float32))
         return dw, db
     # An empty batch (M == 0) still launches: the reduction runs zero steps and writes zeros, as g^T h does.
-    cfg = _config(op, N, K, M, g.dtype, config)
+    precision = dot_precision(g.dtype)
+    cfg = _config(op, N, K, M, g.dtype, precision, config)
     splits, m_split = _batch_splits(cfg, N, K, M, g.device)
     if splits == 1:  # the outputs themselves, as one-slice workspaces
         dw_out, db_out = dw.unsqueeze(0), (db.unsqueeze(0) if need_bias else None)
@@ -310,7 +315,7 @@ def _backward_weights_impl(g, h, need_bias, config=None, out=None):
         weight_grad_kernel, N, K, cfg, g.device,
         g, h, dw_out, db_out, N, K, M, m_split,
         g.stride(0), g.stride(1), h.stride(0), h.stride(1), *dw_out.stride(), *db_strides,
-        splits=splits, HAS_BIAS=bool(need_bias), UPCAST=INTERPRETED, PRECISION=dot_precision(g.dtype),
+        splits=splits, HAS_BIAS=bool(need_bias), UPCAST=INTERPRETED, PRECISION=precision,
     )  # fmt: skip
     if splits > 1:
         # torch.sum reduces each element's S partials in one fixed order (no atomics): deterministic.

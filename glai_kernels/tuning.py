@@ -1,7 +1,8 @@
 """Launch configurations of the Triton kernels (tile sizes, ``GROUP_M``, ``num_warps``, ``num_stages``).
 
-``config_for(kernel, M, N, K, dtype)`` is what every host function asks (``M x N`` the output, ``K`` the
-reduction, see :mod:`glai_kernels.costs`). It answers at once from an in-memory memo:
+``config_for(kernel, M, N, K, dtype, precision)`` is what every host function asks (``M x N`` the output, ``K``
+the reduction, see :mod:`glai_kernels.costs`; ``precision`` keys fp32 under TF32 apart from IEEE fp32). It
+answers at once from an in-memory memo:
 
 1. under Triton's interpreter, one small fixed configuration;
 2. the configuration ``glai-autotune`` measured on this GPU for the shape bucket of ``(M, N, K)``, from the
@@ -137,15 +138,20 @@ def check_config(cfg) -> dict:
     return cfg
 
 
-def _nearest(table: dict, kernel: str, dtype_name: str, bucket: tuple[int, int, int]) -> dict | None:
+# Dtype keys whose tuned tiles stand in for each other: fp16 and bf16 run the same tensor-core paths. IEEE fp32
+# (FMA units) and TF32 (tensor cores) share an element size but not their best tiles, so each is on its own.
+_TILE_FAMILY = {"float16": "16-bit", "bfloat16": "16-bit"}
+
+
+def _nearest(table: dict, kernel: str, key: str, bucket: tuple[int, int, int]) -> dict | None:
     """The tuned configuration for ``bucket``, or that of the closest tuned bucket (L1 distance over the class
-    indices) of the same kernel, preferring the same dtype, then one of the same size (fp16 and bf16 tile alike)."""
-    size = _cache.dtype_size(dtype_name)
+    indices) of the same kernel, preferring the same dtype key, then one of the same tile family."""
+    family = _TILE_FAMILY.get(key, key)
     best = None
     for (k, d, b), cfg in table.items():
-        if k != kernel or _cache.dtype_size(d) != size:
+        if k != kernel or _TILE_FAMILY.get(d, d) != family:
             continue
-        rank = (sum(abs(x - y) for x, y in zip(b, bucket)), d != dtype_name, b)
+        rank = (sum(abs(x - y) for x, y in zip(b, bucket)), d != key, b)
         if best is None or rank < best[0]:
             best = (rank, cfg)
     return None if best is None else best[1]
@@ -168,26 +174,29 @@ def _tune_on_miss() -> bool:
         return True
 
 
-def config_for(kernel: str, M: int, N: int, K: int, dtype: torch.dtype) -> dict:
-    """The launch configuration for ``kernel`` on a GEMM of ``M x N x K`` in ``dtype`` (a fresh dict)."""
+def config_for(kernel: str, M: int, N: int, K: int, dtype: torch.dtype, precision: str = "ieee") -> dict:
+    """The launch configuration for ``kernel`` on a GEMM of ``M x N x K`` in ``dtype`` (a fresh dict).
+
+    ``precision`` is ``tl.dot``'s ``input_precision`` the launch will use (``triton_ops.dot_precision``): fp32
+    under ``"tf32"`` is tuned and looked up apart from IEEE fp32 (:data:`tuning_cache.DTYPE_KEYS`)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
     if interpreting():
         return dict(_INTERPRETER)
     bucket = bucket_of(M, N, K)
     ident = _current_identity()
-    key = (ident, kernel, dtype, bucket)
+    name = _cache.dtype_key(dtype, precision)
+    key = (ident, kernel, name, bucket)
     cfg = _memo.get(key)
     if cfg is None:
-        cfg = _lookup(ident, kernel, M, N, K, dtype, bucket)
+        cfg = _lookup(ident, kernel, M, N, K, dtype, name, bucket)
         _memo[key] = cfg
     return dict(cfg)
 
 
-def _lookup(ident, kernel, M, N, K, dtype, bucket) -> dict:
+def _lookup(ident, kernel, M, N, K, dtype, name, bucket) -> dict:
     if ident is None:
         return default_config(kernel, M, N, K, dtype)
-    name = _cache.dtype_name(dtype)
     table = _cache.load(ident)
     if (kernel, name, bucket) not in table and _tune_on_miss():
         try:

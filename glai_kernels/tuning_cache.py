@@ -115,13 +115,21 @@ def identity(device_index: int) -> Identity | None:
     return _identities[device_index]
 
 
+# What an entry is tuned for besides kernel and shape: the operand dtype, and for fp32 how ``tl.dot``
+# multiplies (``triton_ops.dot_precision``). IEEE fp32 products run on the FMA units and TF32 ones on the
+# tensor cores, so their best tiles differ: fp32 under TF32 is a key of its own.
+DTYPE_KEYS = ("float16", "bfloat16", "float32", "tf32")
+
+
 def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def dtype_size(name: str) -> int:
-    dtype = getattr(torch, name, None)
-    return torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 0
+def dtype_key(dtype, precision: str = "ieee") -> str:
+    """The cache key of operands of ``dtype`` multiplied with ``tl.dot``'s ``input_precision`` ``precision``
+    (which only matters for fp32): ``"tf32"`` for fp32 under TF32, else the dtype's name."""
+    name = dtype_name(dtype)
+    return "tf32" if name == "float32" and precision == "tf32" else name
 
 
 def _parse_entries(data, ident: Identity | None) -> tuple[dict, str | None]:
@@ -149,7 +157,7 @@ def _parse_entries(data, ident: Identity | None) -> tuple[dict, str | None]:
     try:
         for e in entries:
             bucket = tuple(e["bucket"])
-            if e["kernel"] not in KERNELS or not isinstance(e["dtype"], str) or dtype_size(e["dtype"]) == 0:
+            if e["kernel"] not in KERNELS or e["dtype"] not in DTYPE_KEYS:
                 raise ValueError(f"unknown kernel or dtype in {e!r}")
             if len(bucket) != 3 or not all(isinstance(i, int) and not isinstance(i, bool) for i in bucket):
                 raise ValueError(f"bad bucket in {e!r}")

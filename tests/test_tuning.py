@@ -96,6 +96,66 @@ def test_nearest_bucket_and_same_size_dtype(fake_gpu):
     assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()  # fp32 does not
 
 
+def test_tf32_is_keyed_apart_from_ieee_fp32(fake_gpu):
+    """fp32 operands multiplied as TF32 (tensor cores) and as IEEE fp32 (FMA units) have different best tiles:
+    each reads its own entries, and neither stands in for the other as the nearest bucket."""
+    ieee, tf32 = FAST, dict(FAST, BLOCK_M=128, num_warps=8)
+    cache.save(FAKE, [entry(dtype="float32", config=ieee), entry(dtype="tf32", config=tf32)])
+    tuning.reload()
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == ieee
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32, "ieee") == ieee
+    assert tuning.config_for("gate", 100, 300, 300, torch.float32, "tf32") == tf32
+    assert tuning.config_for("gate", 8000, 8000, 8000, torch.float32, "tf32") == tf32  # nearest: tf32's own
+    assert tuning.config_for("gate", 100, 300, 300, torch.bfloat16, "tf32") == default()  # fp32 only
+    # The host functions ask with the precision their launch uses.
+    triton_ops = pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
+    assert triton_ops._config("gate", 100, 300, 300, torch.float32, "tf32", None) == tf32
+    assert triton_ops._config("gate", 100, 300, 300, torch.float32, "ieee", None) == ieee
+    cache.save(FAKE, [entry(kernel="backward_data", dtype="tf32", config=tf32)])
+    tuning.reload()
+    assert tuning.config_for("backward_data", 100, 300, 300, torch.float32) == default("backward_data")
+    cache.save(FAKE, [entry(kernel="masked_forward", dtype="float32", config=ieee)])
+    tuning.reload()
+    assert tuning.config_for("masked_forward", 100, 300, 300, torch.float32, "tf32") == default(
+        "masked_forward"
+    )
+
+
+def test_tuning_labels_fp32_by_the_precision_the_ops_run(fake_gpu, monkeypatch):
+    """``tune`` keys fp32 entries by the ops' current ``dot_precision``, and ``--dtypes tf32`` switches
+    PyTorch's fp32 matmul precision (which the kernels follow) before timing."""
+    precision = {"now": "tf32"}
+
+    def gate(a, weight, bias, *, config):
+        return reference.gate(a, weight, bias)
+
+    ops = types.SimpleNamespace(gate=gate, dot_precision=lambda dtype: precision["now"])
+    calls = iter(range(100))
+    entries = autotune.tune(  # the second candidate timed is the fastest: not the default
+        "gate", [(40, 48, 24)], torch.float32, ops=ops, timer=lambda fn: 0.5 if next(calls) == 1 else 1.0,
+        quiet=True, device="cpu",
+    )  # fmt: skip
+    assert [e["dtype"] for e in entries] == ["tf32"]
+    assert entries[0]["config"] != default(M=40, N=48, K=24)
+    cache.save(FAKE, entries)
+    tuning.reload()
+    assert tuning.config_for("gate", 40, 48, 24, torch.float32, "tf32") == entries[0]["config"]
+    assert tuning.config_for("gate", 40, 48, 24, torch.float32, "ieee") == default(M=40, N=48, K=24)
+    precision["now"] = "ieee"
+    assert (
+        autotune.tune(
+            "gate", [(40, 48, 24)], torch.float32, ops=ops, timer=lambda fn: 1.0, quiet=True, device="cpu"
+        )[0]["dtype"]
+        == "float32"
+    )
+
+    matmul = types.SimpleNamespace(fp32_precision="none")
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    assert autotune.operand_dtype("tf32") == torch.float32 and matmul.fp32_precision == "tf32"
+    assert autotune.operand_dtype("float32") == torch.float32 and matmul.fp32_precision == "ieee"
+    assert autotune.operand_dtype("bfloat16") == torch.bfloat16 and matmul.fp32_precision == "ieee"
+
+
 def test_save_merges_and_replaces(fake_gpu):
     cache.save(FAKE, [entry(), entry(kernel="backward_weights")])
     newer = dict(FAST, num_warps=4)
@@ -260,7 +320,7 @@ def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):
         fn()
         return {str(wrong): 0.1, str(broken): 0.1, str(best): 0.5}.get(str(last["config"]), 1.0)
 
-    ops = types.SimpleNamespace(gate=gate)
+    ops = types.SimpleNamespace(gate=gate, dot_precision=lambda dtype: "ieee")
     shapes = [(40, 48, 24), (2000, 48, 24)]
     entries = autotune.tune("gate", shapes, torch.float32, ops=ops, timer=timer, quiet=True, device="cpu")
     assert [e["bucket"] for e in entries] == [[0, 0, 0], [2, 0, 0]]
@@ -320,12 +380,16 @@ def test_cli_tunes_prints_and_persists(fake_gpu, monkeypatch, capsys):
 
         return run
 
-    ops = types.SimpleNamespace(**{k: with_config(getattr(reference, k)) for k in tuning.KERNELS})
+    ops = types.SimpleNamespace(
+        dot_precision=lambda dtype: "ieee", **{k: with_config(getattr(reference, k)) for k in tuning.KERNELS}
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(cache, "identity", lambda index: FAKE)
     monkeypatch.setattr(autotune, "kernel_ops", lambda: ops)
     monkeypatch.setattr(autotune, "DEVICE", "cpu")
+    # `--dtypes float32` sets the process's fp32 matmul precision: on a stand-in, not this test process's.
+    monkeypatch.setattr(torch.backends.cuda, "matmul", types.SimpleNamespace(fp32_precision="none"))
     # 14 candidates at M = 48: the small-batch default first, then the 13 of the space. The fifth is fastest.
     assert (
         tuning.default_config("masked_forward", 48, 40, 40, torch.float32) not in space and len(space) == 13
