@@ -10,12 +10,14 @@ so every rank sees the same rate and freezes at the same check, whatever probe e
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 from glai_kernels import unpack_patterns
+from glai_kernels.checks import check_input
 
 from .nn import GLAIMLP, PhaseError
 
@@ -25,7 +27,8 @@ class FreezeMonitor:
 
     Args:
         model: a :class:`GLAIMLP` in the structural phase.
-        probe: a fixed input batch ``(*, in_features)``; its first ``check()`` only records patterns.
+        probe: a fixed input batch ``(*, in_features)`` with at least one sample; the first ``check()`` only
+            records its patterns. It follows the model: moved to the model's device and dtype when they differ.
         threshold: freeze once the flip rate is below this for ``patience`` consecutive checks.
         patience: consecutive calm checks needed.
         max_checks: freeze at this many checks regardless (``None``: no budget).
@@ -46,7 +49,9 @@ class FreezeMonitor:
     ):
         if not isinstance(model, GLAIMLP):
             raise TypeError(f"FreezeMonitor expects a GLAIMLP, got {type(model).__name__}")
-        if not 0.0 <= float(threshold) <= 1.0:
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+            raise TypeError(f"threshold must be a number in [0, 1], got {type(threshold).__name__}")
+        if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a fraction of flipped bits in [0, 1], got {threshold}")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience must be an int >= 1, got {patience!r}")
@@ -54,8 +59,12 @@ class FreezeMonitor:
             isinstance(max_checks, bool) or not isinstance(max_checks, int) or max_checks < 1
         ):
             raise ValueError(f"max_checks must be None or an int >= 1, got {max_checks!r}")
-        model.patterns(probe)  # validates the probe against the model now, not at the first check
+        check_input(probe, model.in_features, "probe")
+        if probe.numel() == 0:
+            # No bits to compare: the rate would read 0 at every check and freeze the model unseen.
+            raise ValueError(f"probe must hold at least one sample, got shape {tuple(probe.shape)}")
         self.model, self.probe = model, probe
+        model.patterns(self._model_probe())  # any other mismatch shows now, not at the first check
         self.threshold, self.patience, self.max_checks = float(threshold), patience, max_checks
         self.on_freeze, self.process_group = on_freeze, process_group
         self.history: list[float] = []  # flip rate of every check after the first
@@ -64,6 +73,13 @@ class FreezeMonitor:
         self.frozen_at: int | None = None  # the check at which the model was frozen
         self.reason: str | None = None
         self._last: list[torch.Tensor] | None = None
+
+    def _model_probe(self) -> torch.Tensor:
+        """The probe on the model's current device and dtype (moved once, after ``model.to(...)``)."""
+        w = self.model.layers[0].weight
+        if self.probe.device != w.device or self.probe.dtype != w.dtype:
+            self.probe = self.probe.to(w.device, w.dtype)
+        return self.probe
 
     @property
     def frozen(self) -> bool:
@@ -85,7 +101,7 @@ class FreezeMonitor:
         """
         if self.frozen or self.model.phase != "structural":
             raise PhaseError("the monitor's model is already frozen; stop calling check()")
-        now = self.model.patterns(self.probe)
+        now = self.model.patterns(self._model_probe())
         rate = None if self._last is None else self._flip_rate(now)
         self._last = now
         self.checks += 1
@@ -119,7 +135,7 @@ class FreezeMonitor:
         self.checks, self.calm = int(state["checks"]), int(state["calm"])
         self.frozen_at, self.reason = state["frozen_at"], state["reason"]
         last = state["last"]
-        self._last = None if last is None else [p.to(self.probe.device) for p in last]
+        self._last = None if last is None else [p.to(self._model_probe().device) for p in last]
 
     def __repr__(self) -> str:
         rates = ", ".join(f"{r:.4f}" for r in self.history[-5:])

@@ -84,6 +84,26 @@ def test_bad_arguments():
         FreezeMonitor(model, torch.randn(3, 5), patience=0)
     with pytest.raises(TypeError, match="GLAIMLP"):
         FreezeMonitor(torch.nn.Linear(5, 2), torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r"probe must hold at least one sample, got shape \(0, 5\)"):
+        FreezeMonitor(model, torch.randn(0, 5))
+    with pytest.raises(TypeError, match="probe must be a floating-point tensor.*got torch.int64"):
+        FreezeMonitor(model, torch.ones(3, 5, dtype=torch.long))
+    with pytest.raises(TypeError, match="threshold must be a number in \\[0, 1\\], got NoneType"):
+        FreezeMonitor(model, torch.randn(3, 5), threshold=None)
+
+
+def test_probe_follows_the_model_to_another_dtype():
+    # The model is converted after the monitor was built: the probe goes with it instead of failing at check().
+    torch.manual_seed(4)
+    model = GLAIMLP(5, [16], 2)
+    monitor = FreezeMonitor(model, torch.randn(20, 5))
+    monitor.check()
+    model.double()
+    assert monitor.check() == 0.0
+    assert monitor.probe.dtype == torch.float64
+    other = FreezeMonitor(model, torch.randn(20, 5))
+    other.load_state_dict(monitor.state_dict())
+    assert other.check() is not None
 
 
 def _rank(rank: int, world: int, port: int, out):
