@@ -235,7 +235,10 @@ class GLAIMLP(nn.Module):
         if self._phase == "structural":
             if patterns is not None:
                 raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
-            match_dtypes(x, weights, biases)
+            if not torch.is_autocast_enabled(x.device.type):
+                # Only the check: under autocast each nn.Linear casts its own operands, and match_dtypes'
+                # casts would be built and thrown away on every step.
+                match_dtypes(x, weights, biases)
             h = x
             for layer in self.layers[:-1]:
                 h = torch.relu(layer(h))

@@ -222,3 +222,18 @@ def test_forward_errors_name_expected_and_got():
     with pytest.raises(ValueError, match=r"patterns\[0\] must have shape \(4, 1\).*got \(3, 1\)"):
         model(x, patterns=[pats[0][:3], pats[1]])
     assert issubclass(PhaseError, ValueError) and issubclass(PhaseError, RuntimeError)
+
+
+def test_autocast_in_both_phases_keeps_fp32_parameters():
+    torch.manual_seed(6)
+    model = GLAIMLP(6, [40, 33], 3)
+    x = torch.randn(8, 6)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        assert y.dtype == torch.bfloat16
+        model.zero_grad()
+        y.float().sum().backward()
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+        if model.phase == "structural":
+            model.freeze()
