@@ -37,14 +37,14 @@ from .kernels.gate import gate_kernel
 from .kernels.masked_matmul import masked_matmul_kernel
 from .kernels.weight_grad import weight_grad_kernel
 from .layout import PATTERN_DTYPE, WORD_BITS, words_for
-from .tuning import config_for
+from .tuning import PARAMS, config_for
+from .tuning import check_config as check_launch_params
 
 try:
     from triton.runtime.interpreter import InterpretedFunction
 except ImportError:  # a Triton without the interpreter: kernels are always compiled
     InterpretedFunction = ()
 
-CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Triton decides at kernel definition (import) time whether kernels are compiled or interpreted.
@@ -67,23 +67,17 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def check_config(kernel: str, config: dict) -> dict:
-    """``config`` as a launchable dict, or a ValueError naming what is wrong with it."""
-    if not isinstance(config, dict) or any(k not in config for k in CONFIG_KEYS):
-        raise ValueError(
-            f"a launch config for {kernel!r} must be a dict with keys {CONFIG_KEYS}, got {config!r}"
-        )
-    cfg = {k: config[k] for k in CONFIG_KEYS}
-    if config.get("SPLIT_K") is not None:
-        cfg["SPLIT_K"] = config["SPLIT_K"]
-    for k, v in cfg.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"launch config {k} must be a positive int, got {v!r}")
-    for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"):
-        if cfg[k] & (cfg[k] - 1):
-            raise ValueError(f"launch config {k} must be a power of two, got {cfg[k]}")
-    for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
-        if cfg[k] < 16:
-            raise ValueError(f"launch config {k} must be at least 16 (tl.dot's smallest tile), got {cfg[k]}")
+    """A caller's ``config=`` as a launchable dict, or a ValueError naming what is wrong with it: the rules of
+    ``tuning.check_config`` (which guards the cache too) on the launch parameters, plus an optional ``SPLIT_K``
+    and the gate's whole-word tiles. Other keys are ignored."""
+    if not isinstance(config, dict) or any(k not in config for k in PARAMS):
+        raise ValueError(f"a launch config for {kernel!r} must be a dict with keys {PARAMS}, got {config!r}")
+    cfg = check_launch_params({k: config[k] for k in PARAMS})
+    split = config.get("SPLIT_K")
+    if split is not None:
+        if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+            raise ValueError(f"launch config SPLIT_K must be a positive int, got {split!r}")
+        cfg["SPLIT_K"] = split
     if kernel == "gate" and cfg["BLOCK_N"] % WORD_BITS:
         raise ValueError(
             f"the gate kernel packs whole {WORD_BITS}-bit words per tile: BLOCK_N must be a multiple of "
@@ -97,12 +91,13 @@ def _config(
 ) -> dict:
     if config is not None:
         return check_config(kernel, config)
-    cfg = dict(config_for(kernel, M, N, K, dtype, precision))
+    # A fresh dict, already checked: defaults are fixed and cache entries pass tuning.check_config on load.
+    cfg = config_for(kernel, M, N, K, dtype, precision)
     if kernel == "gate" and cfg["BLOCK_N"] % WORD_BITS:
         # A power-of-two BLOCK_N that is no multiple of the word is smaller than it: widen the tile to one
         # word rather than fail on a generic configuration.
         cfg["BLOCK_N"] = WORD_BITS
-    return check_config(kernel, cfg)
+    return cfg
 
 
 def _launch(kernel, M: int, N: int, cfg: dict, device: torch.device, *args, splits: int = 1, **constexprs):

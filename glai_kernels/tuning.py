@@ -25,8 +25,9 @@ import torch
 
 from . import tuning_cache as _cache
 from .backend import interpreting
+from .costs import GEMM_KERNELS
 
-KERNELS = ("gate", "masked_forward", "backward_data", "backward_weights")
+KERNELS = GEMM_KERNELS
 PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 
 _INTERPRETER = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "num_warps": 1, "num_stages": 1}
