@@ -156,6 +156,7 @@ def test_state_dict_round_trip_both_phases_and_resume(r):
 
     _train(model, opt, xs[4:], ys[4:])
     _train(resumed, resumed_opt, xs[4:], ys[4:])
+    assert model.state_dict().keys() == resumed.state_dict().keys()
     for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b)
