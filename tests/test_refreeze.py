@@ -33,9 +33,8 @@ def test_refreeze_copies_quantitative_weights_and_keeps_the_function():
         assert torch.equal(w, layer.weight)
     assert model.structure_digest() != digest
     assert any(not torch.equal(a, b) for a, b in zip(old, model.patterns(x)))
-    torch.testing.assert_close(
-        model(x), expected, rtol=1.3e-6, atol=1e-6
-    )  # fp32 rounding at most, as at freeze()
+    # fp32 rounding at most, as at freeze()
+    torch.testing.assert_close(model(x), expected, rtol=1.3e-6, atol=1e-6)
 
 
 def test_refreeze_invalidates_a_cache():
