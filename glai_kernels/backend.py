@@ -13,8 +13,6 @@ from types import ModuleType
 
 import torch
 
-from . import reference
-
 BACKENDS = ("auto", "torch", "triton")
 
 _triton_ops: ModuleType | None = None
@@ -72,8 +70,3 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 f"got tensors on {device}; use backend='torch' or 'auto' on this device"
             )
     return backend
-
-
-def ops_for(backend: str, device: torch.device) -> ModuleType:
-    """The module holding ``gate``, ``masked_forward``, ``backward_data`` and ``backward_weights``."""
-    return triton_ops() if resolve_backend(backend, device) == "triton" else reference
