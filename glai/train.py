@@ -198,8 +198,12 @@ def train_classifier(
     glai = isinstance(model, GLAIMLP)
     if glai and policy is None:
         policy = FreezePolicy()
-    if glai and policy.refresh_every and policy.reduction != 1:
-        raise ValueError("refreshing the patterns from the quantitative weights needs reduction 1")
+    if glai and policy.refresh_every and model.reduction != 1:
+        # Checked on the model, which is what refreeze() needs, not on the policy's label.
+        raise ValueError(
+            "refreshing the patterns from the quantitative weights needs reduction 1, "
+            f"got a model with reduction={model.reduction}"
+        )
     result = RunResult(name=name, params=count_parameters(model))
     state = {"opt": make_optimizer(model.parameters(), lr, weight_decay), "cache": None}
 

@@ -50,3 +50,13 @@ def test_refreeze_errors():
         GLAIMLP(4, 8, 2).refreeze()
     with pytest.raises(PhaseError, match="reduction 1"):
         GLAIMLP(4, 8, 2, reduction=2).freeze().refreeze()
+
+
+def test_training_with_refresh_refuses_a_reduced_model_up_front():
+    from glai.data import Split
+    from glai.train import FreezePolicy, train_classifier
+
+    x, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
+    model = GLAIMLP(4, 8, 2, reduction=2)
+    with pytest.raises(ValueError, match="needs reduction 1, got a model with reduction=2"):
+        train_classifier(model, Split(x, y, x, y), name="g", epochs=3, policy=FreezePolicy(refresh_every=1))

@@ -6,6 +6,8 @@ With 10 to 100 training samples an epoch is one batch, so the freeze monitor's p
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from ..data import Split, few_shot_indices, mnist1d
@@ -38,7 +40,7 @@ def run(
         for seed in preset.seeds:
             idx = few_shot_indices(full.y.cpu(), k, seed=1000 + seed).to(full.x.device)
             data = Split(full.x[idx], full.y[idx], full.x_test, full.y_test)
-            one = preset.__class__(**{**preset.to_dict(), "seeds": (seed,)})
+            one = replace(preset, seeds=(seed,))
             records += run_heads(
                 f"{NAME} k={k}",
                 data,
