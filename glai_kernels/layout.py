@@ -70,14 +70,25 @@ def unpack_patterns(words: torch.Tensor, n: int) -> torch.Tensor:
     return _bits(words, n).bool()
 
 
+def _structural_width(n, reduction) -> int:
+    """``n / reduction``, the structural units gating ``n`` quantitative ones; a ValueError unless it is whole
+    (otherwise ``n // reduction`` bits repeated ``reduction`` times would gate fewer than ``n`` units)."""
+    if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        raise ValueError(f"reduction must be a positive int, got {reduction!r}")
+    if isinstance(n, int) and n % reduction:
+        raise ValueError(f"reduction={reduction} must divide the number of units, got n={n}")
+    return n // reduction
+
+
 def unit_mask(words: torch.Tensor, n: int, reduction: int = 1) -> torch.Tensor:
     """The gate of each of ``n`` quantitative units as a bool ``[..., n]``: unit ``j`` reads bit ``j // reduction``."""
-    structural = unpack_patterns(words, n // reduction)
+    structural = unpack_patterns(words, _structural_width(n, reduction))
     return structural.repeat_interleave(reduction, dim=-1) if reduction > 1 else structural
 
 
 def unit_gates(words: torch.Tensor, n: int, reduction: int, dtype: torch.dtype) -> torch.Tensor:
     """:func:`unit_mask` as 0/1 in ``dtype``, built without a bool intermediate (a pass fewer), for multiplying."""
-    _check_words(words, n // reduction)
-    gates = _bits(words, n // reduction).to(dtype)
+    width = _structural_width(n, reduction)
+    _check_words(words, width)
+    gates = _bits(words, width).to(dtype)
     return gates.repeat_interleave(reduction, dim=-1) if reduction > 1 else gates

@@ -42,3 +42,11 @@ def test_unit_j_reads_structural_bit_j_div_r(r):
     gates = unit_mask(pack_patterns(structural), 9 * r, r)
     for j in range(9 * r):
         assert torch.equal(gates[:, j], structural[:, j // r])
+
+
+def test_unit_mask_rejects_a_reduction_that_does_not_divide():
+    words = pack_patterns(torch.rand(7, 3) > 0.5)
+    with pytest.raises(ValueError, match="reduction=3 must divide the number of units, got n=10"):
+        unit_mask(words, 10, 3)  # 3 bits x 3 would gate 9 units, not 10
+    with pytest.raises(ValueError, match="positive int, got 0"):
+        unit_mask(words, 9, 0)
