@@ -89,7 +89,13 @@ class PatternCache:
         return self.words.shape[1] * 4
 
     def __getitem__(self, index) -> list[torch.Tensor]:
-        """Patterns of the samples at ``index`` (int, slice, array or tensor of indices), one tensor per layer."""
+        """Patterns of the samples at ``index``, one tensor per layer: an int (negative counts from the end), a
+        slice, a bool mask over the samples, or a list, array or tensor of indices (its shape leads the result)."""
+        if isinstance(index, tuple):
+            # numpy would read cache[i, j] as row i, word j: a word of the packed row, not samples i and j.
+            raise TypeError(
+                f"a PatternCache is indexed by sample only, got a tuple {index!r}: pass a list of indices"
+            )
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
         rows = torch.from_numpy(np.array(self.words[index], dtype=np.int32, copy=True))

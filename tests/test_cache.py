@@ -27,6 +27,22 @@ def test_build_matches_model_patterns_and_forward(frozen):
     assert [p.shape for p in single] == [(2,), (3,)]
 
 
+def test_indexing_like_a_tensor_of_samples(frozen):
+    model, data = frozen
+    cache = PatternCache.build(model, data)
+    mask = torch.zeros(101, dtype=torch.bool)
+    mask[[3, 50, 99]] = True
+    for index, rows in [(mask, data[mask]), (-1, data[-1]), (torch.tensor([-2, 0]), data[[-2, 0]])]:
+        for a, b in zip(cache[index], model.patterns(rows)):
+            assert torch.equal(a, b)
+    with pytest.raises(IndexError, match="boolean index did not match"):
+        cache[mask[:5]]
+    with pytest.raises(IndexError, match="out of bounds"):
+        cache[torch.tensor([101])]
+    with pytest.raises(TypeError, match="indexed by sample only, got a tuple"):
+        cache[1, 2]
+
+
 def test_design_size_example():
     model = GLAIMLP(4, [1024, 1024], 2).freeze()
     cache = PatternCache.build(model, torch.randn(3, 4))
