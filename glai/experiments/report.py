@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..demo import plot_runs
 from ..train import RunResult
 from .common import MLP, Record
 from .stats import TOLERANCE
@@ -97,34 +98,14 @@ def markdown(meta: dict, summary: list[dict]) -> str:
 
 def plot_setting(path: Path, setting: str, records: list[Record], max_variants: int = 7) -> None:
     """Test accuracy against training time of the first seed: the MLP and up to ``max_variants`` GLAI variants."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mine = [r for r in records if r.setting == setting]
     if not mine:
         return
     first = min(r.seed for r in mine)
     runs = [r for r in mine if r.seed == first][: max_variants + 1]
     mlp = next((r for r in runs if r.variant == MLP), None)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for r in runs:
-        res = r.result
-        (line,) = ax.plot(res.time, res.test_acc, lw=1.2, label=f"{r.variant} (best {res.best_acc:.1f})")
-        if res.freeze_epoch is not None:
-            i = res.freeze_epoch - 1
-            ax.plot([res.time[i]], [res.test_acc[i]], "*", ms=11, color=line.get_color())
-    if mlp is not None:
-        ax.axhline(mlp.result.best_acc - TOLERANCE, color="grey", ls="--", lw=1, label="MLP best - 0.5")
-    ax.set_title(f"{setting}, seed {first} (star: freeze)")
-    ax.set_xlabel("training wall time (s, evaluation excluded)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    target = None if mlp is None else mlp.result.best_acc - TOLERANCE
+    plot_runs([r.result for r in runs], path, f"{setting}, seed {first} (star: freeze)", target)
 
 
 def load_records(path: Path) -> tuple[dict, list[Record]]:
