@@ -217,13 +217,19 @@ def _gate_impl(a, weight, bias, config=None, out=None):
 
 def _masked(op, a, b, b_strides, N, bias, words, reduction, config, out):
     """``p * (a B + bias)`` with ``B`` ``[K, N]`` addressed by ``b_strides``; the shared launcher of
-    ``masked_forward`` (``B = W^T``) and ``backward_data`` (``B = W``)."""
+    ``masked_forward`` (``B = W^T``) and ``backward_data`` (``B = W``). ``b`` is the layer's weight."""
     M, K = a.shape
     _check_words(op, words, M, N, reduction, a.device)
+    if out is not None:
+        _check_out(op, "out", out, (M, N), a.dtype, a.device)
+    if a.dtype == torch.float64:  # the reference computes fp64 exactly
+        if op == "masked_forward":
+            res = reference.masked_forward(a, b, bias, words, reduction)
+        else:
+            res = reference.backward_data(a, b, words, reduction)
+        return res if out is None else out.copy_(res)
     if out is None:
         out = torch.empty((M, N), dtype=a.dtype, device=a.device)
-    else:
-        _check_out(op, "out", out, (M, N), a.dtype, a.device)
     if M == 0 or N == 0:
         return out
     precision = dot_precision(a.dtype)
@@ -248,10 +254,6 @@ def _masked_forward_impl(h, weight, bias, words, reduction, config=None, out=Non
     _check_shape(op, "weight", weight, (N, K))
     if bias is not None:
         _check_shape(op, "bias", bias, (N,))
-    if h.dtype == torch.float64:
-        _check_words(op, words, h.shape[0], N, reduction, h.device)
-        res = reference.masked_forward(h, weight, bias, words, reduction)
-        return res if out is None else out.copy_(res)
     # B = W^T: element (k, n) is W[n, k].
     b_strides = (weight.stride(1), weight.stride(0))
     return _masked(op, h, weight, b_strides, N, bias, words, reduction, config, out)
@@ -263,10 +265,6 @@ def _backward_data_impl(g, weight, words, reduction, config=None, out=None):
     _check_2d(op, g=g, weight=weight)
     N, K = g.shape[1], weight.shape[1]
     _check_shape(op, "weight", weight, (N, K))
-    if g.dtype == torch.float64:
-        _check_words(op, words, g.shape[0], K, reduction, g.device)
-        res = reference.backward_data(g, weight, words, reduction)
-        return res if out is None else out.copy_(res)
     # B = W, [N, K]: the GEMM's reduction runs over the layer's outputs N and its columns are the inputs K.
     b_strides = (weight.stride(0), weight.stride(1))
     return _masked(op, g, weight, b_strides, K, None, words, reduction, config, out)

@@ -424,6 +424,13 @@ def test_float64_goes_to_reference():
     assert torch.equal(
         triton_ops.masked_forward(h, w, None, words, 2), ref.masked_forward(h, w, None, words, 2)
     )
+    # `out` is checked on this path as on the others: no silent cast into a float32 buffer.
+    with pytest.raises(TypeError, match="out must be torch.float64"):
+        triton_ops.masked_forward(h, w, None, words, 2, out=torch.empty(5, 6, device=DEVICE))
+    with pytest.raises(ValueError, match=r"out must have shape \(5, 7\)"):
+        triton_ops.backward_data(
+            h[:, :6], w, None, 1, out=torch.empty(5, 6, dtype=torch.float64, device=DEVICE)
+        )
 
 
 def test_opcheck_registered_ops():
