@@ -114,15 +114,14 @@ class GLAIMLP(nn.Module):
         self.reduction = reduction
         self.bias = bool(bias)
         self.backend = check_backend_name(backend)
-        self._phase = "structural"
         self.layers = self._make_layers(self.structural_widths, device=device, dtype=dtype)
-        self.register_module("structure", None)
+        self.register_module("structure", None)  # the frozen structure once frozen: it alone says the phase
 
     # ----------------------------------------------------------------- shape bookkeeping
     @property
     def phase(self) -> str:
         """``"structural"`` or ``"quantitative"``."""
-        return self._phase
+        return "structural" if self.structure is None else "quantitative"
 
     @property
     def depth(self) -> int:
@@ -157,7 +156,7 @@ class GLAIMLP(nn.Module):
     # ----------------------------------------------------------------- phases
     def freeze(self) -> GLAIMLP:
         """End the structural phase: keep ``S``'s hidden layers as the frozen structure, train ``Q`` from now on."""
-        if self._phase == "quantitative":
+        if self.phase == "quantitative":
             raise PhaseError("freeze() was already called: the model is in the quantitative phase")
         hidden = list(self.layers[:-1])
         self._become_quantitative()
@@ -177,7 +176,7 @@ class GLAIMLP(nn.Module):
         Patterns then follow what ``Q`` has learnt since the freeze; the function is unchanged at the refresh,
         as at the freeze. Caches built before it no longer match ``structure_digest()`` and must be rebuilt.
         """
-        if self._phase != "quantitative":
+        if self.phase != "quantitative":
             raise PhaseError("refreeze() needs a frozen model: call freeze() first")
         if self.reduction != 1:
             raise PhaseError(
@@ -192,25 +191,23 @@ class GLAIMLP(nn.Module):
         self.structure = FrozenStructure((self.in_features, *self.structural_widths), self.bias, **factory)
         if self.reduction > 1:
             self.layers = self._make_layers(self.hidden_features, **factory)
-        self._phase = "quantitative"
 
     def _become_structural(self) -> None:
         if self.reduction > 1:
             self.layers = self._make_layers(self.structural_widths, **self._factory())
         self.structure = None
-        self._phase = "structural"
 
     def get_extra_state(self) -> dict:
-        return {"phase": self._phase}
+        return {"phase": self.phase}
 
     def set_extra_state(self, state) -> None:
         # Called before the children load, so reshaping here lets the checkpoint's tensors land in place.
         phase = state.get("phase") if isinstance(state, dict) else None
         if phase not in PHASES:
             raise ValueError(f"GLAIMLP state must name a phase in {PHASES}, got {state!r}")
-        if phase == "quantitative" and self._phase == "structural":
+        if phase == "quantitative" and self.phase == "structural":
             self._become_quantitative()
-        elif phase == "structural" and self._phase == "quantitative":
+        elif phase == "structural" and self.phase == "quantitative":
             self._become_structural()
 
     # ----------------------------------------------------------------- compute
@@ -221,7 +218,7 @@ class GLAIMLP(nn.Module):
         From the trainable ``S`` in the structural phase, from the frozen structure afterwards.
         """
         check_input(x, self.in_features)
-        if self._phase == "structural":
+        if self.phase == "structural":
             hidden = self.layers[:-1]
             weights, biases = [m.weight for m in hidden], [m.bias for m in hidden]
         else:
@@ -232,7 +229,7 @@ class GLAIMLP(nn.Module):
         check_input(x, self.in_features)
         weights = [m.weight for m in self.layers]
         biases = [m.bias for m in self.layers]
-        if self._phase == "structural":
+        if self.phase == "structural":
             if patterns is not None:
                 raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
             if not torch.is_autocast_enabled(x.device.type):
@@ -249,7 +246,7 @@ class GLAIMLP(nn.Module):
 
     def structure_digest(self) -> str:
         """A short hash of the frozen structure: patterns cached under one digest are valid only for it."""
-        if self._phase != "quantitative":
+        if self.phase != "quantitative":
             raise PhaseError(
                 "the structure is only fixed after freeze(); it has no digest in the structural phase"
             )
@@ -262,5 +259,5 @@ class GLAIMLP(nn.Module):
         return (
             f"in_features={self.in_features}, hidden_features={list(self.hidden_features)}, "
             f"out_features={self.out_features}, reduction={self.reduction}, bias={self.bias}, "
-            f"phase={self._phase}, backend={self.backend}"
+            f"phase={self.phase}, backend={self.backend}"
         )
