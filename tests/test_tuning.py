@@ -149,6 +149,17 @@ def test_tuning_labels_fp32_by_the_precision_the_ops_run(fake_gpu, monkeypatch):
         == "float32"
     )
 
+    # An error of 1e-3 is TF32 rounding, but no IEEE fp32 result is that far off: a wrong result there.
+    def gate_off(a, weight, bias, *, config):
+        out, words = reference.gate(a, weight, bias)
+        return out * (1 + 1e-3), words
+
+    ops.gate = gate_off
+    kw = dict(ops=ops, timer=lambda fn: 1.0, quiet=True, device="cpu")
+    assert autotune.tune("gate", [(40, 48, 24)], torch.float32, **kw) == []
+    precision["now"] = "tf32"
+    assert autotune.tune("gate", [(40, 48, 24)], torch.float32, **kw)
+
     matmul = types.SimpleNamespace(fp32_precision="none")
     monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
     assert autotune.operand_dtype("tf32") == torch.float32 and matmul.fp32_precision == "tf32"
