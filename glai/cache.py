@@ -58,8 +58,12 @@ class PatternCache:
     def build(cls, model: GLAIMLP, data, *, batch_size: int = 4096, path=None, device=None) -> PatternCache:
         """Compute the patterns of every sample of ``data`` (tensor ``[N, in]`` or dataset) with ``model``'s
         frozen structure, in batches; with ``path`` the rows go straight to a memory-mapped file there."""
+        if not isinstance(model, GLAIMLP):
+            raise TypeError(f"PatternCache.build expects a GLAIMLP, got {type(model).__name__}")
         if model.phase != "quantitative":
             raise PhaseError("a pattern cache needs frozen patterns: call model.freeze() before building it")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         n = data.shape[0] if isinstance(data, torch.Tensor) else len(data)
         shape = (n, sum(model.pattern_words))
         if path is None:

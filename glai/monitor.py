@@ -59,6 +59,9 @@ class FreezeMonitor:
             isinstance(max_checks, bool) or not isinstance(max_checks, int) or max_checks < 1
         ):
             raise ValueError(f"max_checks must be None or an int >= 1, got {max_checks!r}")
+        if on_freeze is not None and not callable(on_freeze):
+            # Found out only after the model had frozen, otherwise.
+            raise TypeError(f"on_freeze must be a callable taking the model, got {type(on_freeze).__name__}")
         check_input(probe, model.in_features, "probe")
         if probe.numel() == 0:
             # No bits to compare: the rate would read 0 at every check and freeze the model unseen.

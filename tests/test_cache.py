@@ -90,6 +90,10 @@ def test_stale_or_broken_cache_is_refused(frozen, tmp_path):
 def test_needs_a_frozen_model():
     with pytest.raises(PhaseError, match="freeze"):
         PatternCache.build(GLAIMLP(3, 8, 2), torch.randn(4, 3))
+    with pytest.raises(TypeError, match="expects a GLAIMLP, got Linear"):
+        PatternCache.build(torch.nn.Linear(3, 2), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        PatternCache.build(GLAIMLP(3, 8, 2).freeze(), torch.randn(4, 3), batch_size=0)
 
 
 def test_rows_must_fit_the_widths():

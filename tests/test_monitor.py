@@ -88,6 +88,8 @@ def test_bad_arguments():
         FreezeMonitor(model, torch.randn(0, 5))
     with pytest.raises(TypeError, match="probe must be a floating-point tensor.*got torch.int64"):
         FreezeMonitor(model, torch.ones(3, 5, dtype=torch.long))
+    with pytest.raises(TypeError, match="on_freeze must be a callable taking the model, got int"):
+        FreezeMonitor(model, torch.randn(3, 5), on_freeze=1)
     with pytest.raises(TypeError, match="threshold must be a number in \\[0, 1\\], got NoneType"):
         FreezeMonitor(model, torch.randn(3, 5), threshold=None)
 
