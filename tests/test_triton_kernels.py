@@ -394,6 +394,24 @@ def test_forced_config():
     assert torch.equal(res["gate"][1], expected["gate"][1])
 
 
+def test_ops_ask_config_for_with_their_dot_precision(monkeypatch):
+    """fp32 under TF32 has tuned tiles of its own (the dtype key "tf32"): every op asks ``config_for`` with
+    the precision it launches its dots with."""
+    asked = []
+    real = triton_ops.config_for
+
+    def spy(kernel, M, N, K, dtype, precision="ieee"):
+        asked.append((kernel, precision))
+        return real(kernel, M, N, K, dtype, precision)
+
+    monkeypatch.setattr(triton_ops, "config_for", spy)
+    monkeypatch.setattr(triton_ops, "dot_precision", lambda dtype: "tf32")
+    _run_all(seed=41)
+    assert sorted(asked) == [
+        (k, "tf32") for k in ("backward_data", "backward_weights", "gate", "masked_forward")
+    ]
+
+
 def test_empty_batch():
     w, b = torch.randn(33, 31, device=DEVICE), torch.randn(33, device=DEVICE)
     x = torch.randn(0, 31, device=DEVICE)
