@@ -42,10 +42,7 @@ def _device() -> torch.device:
 
 
 def _grid(config) -> dict:
-    name = config.getoption("--glai-grid")
-    if name == "auto":
-        name = "gpu" if torch.cuda.is_available() else "cpu"
-    return harness.GRIDS[name]
+    return harness.grid(config.getoption("--glai-grid"), _device())
 
 
 def pytest_generate_tests(metafunc):

@@ -51,6 +51,15 @@ GRIDS = {
     "quick": {"shapes": [(4096, 1024, 1024), (16384, 4096, 4096)], "r": (1, 4), "dtypes": ("bfloat16",)},
 }
 _ROTATION_BYTES = {"cuda": 512 << 20, "cpu": 32 << 20}
+
+
+def grid(name: str, device: torch.device) -> dict:
+    """The shape grid ``name`` of :data:`GRIDS`; ``"auto"`` is the GPU grid on CUDA and the CPU grid elsewhere."""
+    if name == "auto":
+        name = "gpu" if device.type == "cuda" else "cpu"
+    return GRIDS[name]
+
+
 _CPU_SECONDS = 0.3  # measuring time per CPU benchmark, after warm-up
 
 _rows: list[tuple[str, dict]] = []

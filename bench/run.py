@@ -42,11 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(harness.RESULTS), help="folder of the result CSV files")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    grid = (
-        harness.GRIDS["gpu" if device.type == "cuda" else "cpu"]
-        if args.grid == "auto"
-        else harness.GRIDS[args.grid]
-    )
+    grid = harness.grid(args.grid, device)
     print(
         f"{harness.device_name(device)}: torch {torch.__version__}, triton {harness.triton_version() or '-'}"
     )
