@@ -140,6 +140,11 @@ def measure(benchmark, fn, sets: list[tuple], device: torch.device) -> tuple[flo
     return _quantiles_ms(times)
 
 
+def op_bytes(op: str, batch: int, in_f: int, out_f: int, r: int, dtype: str) -> int:
+    """:func:`glai_kernels.costs.op_bytes` for elements of the dtype named ``dtype`` (a CSV column)."""
+    return costs.op_bytes(op, batch, in_f, out_f, r, getattr(torch, dtype).itemsize)
+
+
 def record(
     op, provider, batch, in_f, out_f, r, dtype: str, times, device, *, unit="ms", file=OPS_CSV
 ) -> dict:
@@ -156,8 +161,7 @@ def record(
         if flops:
             row["tflops"] = f"{flops / (med * 1e-3) / 1e12:.6g}"
         if op in costs.MEMORY_OPS:
-            itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-            nbytes = costs.op_bytes(op, batch, in_f, out_f, r, itemsize)
+            nbytes = op_bytes(op, batch, in_f, out_f, r, dtype)
             row["gbps"] = f"{nbytes / (med * 1e-3) / 1e9:.6g}"
     _rows.append((file, row))
     return row

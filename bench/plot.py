@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from bench.harness import MEMORY_CSV, OPS_CSV, RESULTS, read_csv
+from bench.harness import MEMORY_CSV, OPS_CSV, RESULTS, op_bytes, read_csv
 from glai_kernels import costs
 
 OP_ORDER = (
@@ -34,10 +34,7 @@ def _size(row) -> float:
     """The x coordinate of a row: its FLOPs, or its bytes for a memory-bound op."""
     b, i, o, r = (int(row[k]) for k in ("batch", "in_features", "out_features", "r"))
     if row["op"] in costs.MEMORY_OPS:
-        import torch
-
-        itemsize = torch.empty((), dtype=getattr(torch, row["dtype"])).element_size()
-        return costs.op_bytes(row["op"], b, i, o, r, itemsize)
+        return op_bytes(row["op"], b, i, o, r, row["dtype"])
     return costs.op_flops(row["op"], b, i, o, r)
 
 
