@@ -168,6 +168,14 @@ def _check_words(op: str, words, M: int, units: int, reduction: int, device) -> 
         raise ValueError(f"{op}: words must be on {device} like the operands, got {words.device}")
 
 
+def _out_pair(op: str, out, what: str) -> tuple:
+    """The two output buffers of a two-output op, or a TypeError naming the pair expected."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = f"{len(out)} items" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise TypeError(f"{op}: out must be a pair {what}, got {got}")
+    return tuple(out)
+
+
 def _check_out(op: str, name: str, out, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(out).__name__}")
@@ -194,7 +202,7 @@ def _gate_impl(a, weight, bias, config=None, out=None):
         relu = torch.empty((M, N), dtype=a.dtype, device=a.device)
         words = torch.empty((M, words_for(N)), dtype=PATTERN_DTYPE, device=a.device)
     else:
-        relu, words = out
+        relu, words = _out_pair(op, out, "(relu [M, N], words int32 [M, ceil(N / 32)])")
         _check_out(op, "out[0]", relu, (M, N), a.dtype, a.device)
         _check_out(op, "out[1]", words, (M, words_for(N)), PATTERN_DTYPE, a.device)
     if a.dtype == torch.float64:
@@ -280,7 +288,7 @@ def _backward_weights_impl(g, h, need_bias, config=None, out=None):
         dw = torch.empty((N, K), dtype=g.dtype, device=g.device)
         db = torch.empty((N,), dtype=g.dtype, device=g.device) if need_bias else None
     else:
-        dw, db = out
+        dw, db = _out_pair(op, out, "(dW [N, K], db [N] or None)")
         _check_out(op, "out[0]", dw, (N, K), g.dtype, g.device)
         if need_bias:
             _check_out(op, "out[1]", db, (N,), g.dtype, g.device)

@@ -490,6 +490,10 @@ def test_bad_arguments_are_named():
         triton_ops.masked_forward(x, w, None, None, 1, config=dict(OTHER_CONFIG, BLOCK_K=48))
     with pytest.raises(ValueError, match="out must have shape"):
         triton_ops.masked_forward(x, w, None, None, 1, out=torch.empty(5, 7, device=DEVICE))
+    with pytest.raises(TypeError, match=r"gate: out must be a pair \(relu"):
+        triton_ops.gate(x, w, None, out=torch.empty(5, 6, device=DEVICE))
+    with pytest.raises(TypeError, match=r"backward_weights: out must be a pair \(dW .*got 1 items"):
+        triton_ops.backward_weights(torch.randn(5, 6, device=DEVICE), x, True, out=(torch.empty(6, 7),))
 
 
 @pytest.mark.skipif(CUDA, reason="about CPU tensors on a machine without CUDA")
