@@ -21,7 +21,7 @@ import torch
 
 from glai_kernels import words_for
 
-from .nn import GLAIMLP, PhaseError
+from .nn import GLAIMLP, PhaseError, check_glaimlp
 
 FORMAT = "glai-pattern-cache"
 VERSION = 1
@@ -58,8 +58,7 @@ class PatternCache:
     def build(cls, model: GLAIMLP, data, *, batch_size: int = 4096, path=None, device=None) -> PatternCache:
         """Compute the patterns of every sample of ``data`` (tensor ``[N, in]`` or dataset) with ``model``'s
         frozen structure, in batches; with ``path`` the rows go straight to a memory-mapped file there."""
-        if not isinstance(model, GLAIMLP):
-            raise TypeError(f"PatternCache.build expects a GLAIMLP, got {type(model).__name__}")
+        check_glaimlp(model, "PatternCache.build")
         if model.phase != "quantitative":
             raise PhaseError("a pattern cache needs frozen patterns: call model.freeze() before building it")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from glai_kernels import unpack_patterns
 from glai_kernels.checks import check_input
 
-from .nn import GLAIMLP, PhaseError
+from .nn import GLAIMLP, PhaseError, check_glaimlp
 
 
 class FreezeMonitor:
@@ -47,8 +47,7 @@ class FreezeMonitor:
         on_freeze: Callable[[GLAIMLP], None] | None = None,
         process_group=None,
     ):
-        if not isinstance(model, GLAIMLP):
-            raise TypeError(f"FreezeMonitor expects a GLAIMLP, got {type(model).__name__}")
+        check_glaimlp(model, "FreezeMonitor")
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
             raise TypeError(f"threshold must be a number in [0, 1], got {type(threshold).__name__}")
         if not 0.0 <= threshold <= 1.0:

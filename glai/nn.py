@@ -31,6 +31,17 @@ class PhaseError(RuntimeError, ValueError):
     """An operation that the model's current phase does not allow (e.g. ``freeze()`` twice)."""
 
 
+def check_glaimlp(model, what: str) -> None:
+    """Raise a TypeError unless ``model`` is a :class:`GLAIMLP`, naming the wrapped one when it is wrapped."""
+    if isinstance(model, GLAIMLP):
+        return
+    hint = ""
+    for attr in ("module", "_orig_mod"):  # (Distributed)DataParallel, torch.compile
+        if isinstance(getattr(model, attr, None), GLAIMLP):
+            hint = f": pass the GLAIMLP inside the wrapper, model.{attr}"
+    raise TypeError(f"{what} expects a GLAIMLP, got {type(model).__name__}{hint}")
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -84,6 +84,10 @@ def test_bad_arguments():
         FreezeMonitor(model, torch.randn(3, 5), patience=0)
     with pytest.raises(TypeError, match="GLAIMLP"):
         FreezeMonitor(torch.nn.Linear(5, 2), torch.randn(3, 5))
+    with pytest.raises(
+        TypeError, match="got DataParallel: pass the GLAIMLP inside the wrapper, model.module"
+    ):
+        FreezeMonitor(torch.nn.DataParallel(model), torch.randn(3, 5))
     with pytest.raises(ValueError, match=r"probe must hold at least one sample, got shape \(0, 5\)"):
         FreezeMonitor(model, torch.randn(0, 5))
     with pytest.raises(TypeError, match="probe must be a floating-point tensor.*got torch.int64"):
