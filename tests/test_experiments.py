@@ -123,6 +123,10 @@ def test_unknown_variant_is_refused(capsys):
         main(["--preset", "tiny", "--settings", "scratch", "--variants", "freeze@1,frezee@1"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "unknown variants ['frezee@1']" in err and "'freeze@1'" in err
+    for flag in ("--settings", "--variants"):
+        with pytest.raises(SystemExit) as exc:
+            main(["--preset", "tiny", flag, " , "])
+        assert exc.value.code == 2 and "need at least one name" in capsys.readouterr().err
 
 
 def test_wilcoxon_exact_values():

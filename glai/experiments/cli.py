@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         None if args.variants is None else {v.strip() for v in args.variants.split(",") if v.strip()}
     )
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    if not args.settings or args.variants == set():
+        p.error("--settings and --variants need at least one name each when given")
     unknown = sorted(set(args.settings) - set(SETTINGS))
     if unknown:
         p.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
