@@ -62,9 +62,11 @@ class GLAIStackFunction(torch.autograd.Function):
                 dw, db = ops.backward_weights(g, inputs[i], need_b[i])
                 grad_w[i] = dw if need_w[i] else None
                 grad_b[i] = db
+            if not (need[0] or any(need_w[:i]) or any(need_b[:i])):
+                break  # nothing below layer i wants a gradient (frozen first layers): stop the data chain
             if i > 0:
                 g = ops.backward_data(g, weights[i], patterns[i - 1], r)
-            elif need[0]:
+            else:  # i == 0, reached only when x needs its gradient
                 grad_x = ops.backward_data(g, weights[0], None, r)
         return (grad_x, None, None, None, *grad_w, *grad_b, *([None] * len(patterns)))
 

@@ -114,3 +114,26 @@ def test_argument_errors_name_expected_and_got():
         glai_mlp(x, [weights[0], weights[1].t()], None, patterns)
     with pytest.raises(ValueError, match="reduction=3 must divide"):
         glai_mlp(x, weights, biases, patterns, reduction=3)
+
+
+def test_backward_stops_where_no_layer_below_needs_a_gradient(monkeypatch):
+    """With the first layers frozen and no input gradient, the data gradient is not carried below the lowest
+    trainable layer: one backward_data call (into layer 2) for a 3-layer stack whose layer 0 is frozen."""
+    from glai_kernels import reference
+
+    x, weights, biases, patterns = make_stack([6, 8, 12, 3], 1)
+    x = x.detach()
+    weights[0].requires_grad_(False)
+    biases[0].requires_grad_(False)
+    calls = []
+    real = reference.backward_data
+    monkeypatch.setattr(reference, "backward_data", lambda *a: calls.append(a[1].shape) or real(*a))
+    y = glai_mlp(x, weights, biases, patterns, backend="torch")
+    y.square().sum().backward()
+    assert calls == [weights[2].shape]  # g_1 = (g_2 W_2) * p_1 only; nothing below reaches layer 0
+    assert weights[0].grad is None and weights[1].grad is not None
+    refs = torch.autograd.grad(
+        formula(x, weights, biases, patterns, 1).square().sum(), weights[1:] + biases[1:]
+    )
+    for got, want in zip(weights[1:] + biases[1:], refs):
+        torch.testing.assert_close(got.grad, want)
