@@ -105,7 +105,10 @@ class PatternCache:
         return [rows[..., cols] for cols in self._columns]
 
     def lookup(self, index, device=None) -> list[torch.Tensor]:
-        """``cache[index]`` moved to ``device`` (contiguous per layer, ready for ``model(x, patterns=...)``)."""
+        """``cache[index]`` moved to ``device`` (contiguous per layer, ready for ``model(x, patterns=...)``).
+
+        The rows live on the host: an index tensor on a GPU is copied back first, which waits for the GPU, so a
+        training loop keeps a CPU copy of its batch indices for this."""
         return [p.contiguous().to(device, non_blocking=True) for p in self[index]]
 
     def _write_meta(self, folder: Path) -> None:
