@@ -35,24 +35,24 @@ def int_at_least(minimum: int):
     return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction of flipped bits in [0, 1], got {text!r}")
-    return value
+def float_in(accept, expected: str):
+    """An argparse type: a float for which ``accept(value)`` holds (NaN never does), refused naming
+    ``expected`` and what came otherwise."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+_fraction = float_in(lambda v: 0.0 <= v <= 1.0, "a fraction of flipped bits in [0, 1]")
+_positive_float = float_in(lambda v: v > 0, "a number > 0")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
