@@ -307,17 +307,11 @@ def main(argv=None) -> int:
         for d in (args.dtypes or ",".join(QUICK_DTYPES if args.quick else DEFAULT_DTYPES)).split(",")
     ]
     dtypes = [d for d in dtypes if d]
-    for k in kernels:
-        if k not in tuning.KERNELS:
+    for what, names, known in (("kernel", kernels, tuning.KERNELS), ("dtype", dtypes, cache.DTYPE_KEYS)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
             print(
-                f"glai-autotune: unknown kernel {k!r}; choose from {', '.join(tuning.KERNELS)}",
-                file=sys.stderr,
-            )
-            return 2
-    for d in dtypes:
-        if d not in cache.DTYPE_KEYS:
-            print(
-                f"glai-autotune: unsupported dtype {d!r}; choose from {', '.join(cache.DTYPE_KEYS)}",
+                f"glai-autotune: unknown {what} {unknown[0]!r}; choose from {', '.join(known)}",
                 file=sys.stderr,
             )
             return 2
