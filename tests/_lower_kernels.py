@@ -7,6 +7,10 @@ driver, given the target. The interpreter tests run the kernels' Python semantic
 over them, so an API or a construct the compiler rejects (a layout conversion it cannot do, a constexpr it
 cannot fold, a Triton version without some feature) fails on a CPU-only machine, too.
 
+Each case also reports what the machine code costs: registers per thread, spill stores and loads, stack frame
+(from ``ptxas -v`` run again on the kernel's PTX, as Triton runs it), shared memory, and whether the products
+reach ``wgmma`` (Hopper's warpgroup MMA) and the loads the bulk tensor copy engine (TMA).
+
 Signatures follow what the JIT specialises for contiguous operands: strides equal to 1 become constants, other
 integers and pointers are marked divisible by 16. Prints one JSON line per case; exits 1 if any failed.
 Must run without ``TRITON_INTERPRET`` (the kernels would be interpreter objects, not compilable ones).
@@ -14,7 +18,10 @@ Must run without ``TRITON_INTERPRET`` (the kernels would be interpreter objects,
 
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -67,8 +74,45 @@ def lower(kernel, dtype, pointers, ints, constexprs, capability=90, num_warps=8,
         "cubin_bytes": len(compiled.asm.get("cubin", b"")),
         "wgmma": "wgmma" in ptx,
         "mma": "mma.sync" in ptx,
+        "tma": "cp.async.bulk.tensor" in ptx,
         "shared": compiled.metadata.shared,
+        **ptxas_resources(ptx, capability),
     }
+
+
+_PTXAS_FIELDS = {
+    "registers": r"Used (\d+) registers",
+    "spill_stores": r"(\d+) bytes spill stores",
+    "spill_loads": r"(\d+) bytes spill loads",
+    "stack_frame": r"(\d+) bytes stack frame",
+}
+
+
+def ptxas_resources(ptx: str, capability: int) -> dict:
+    """Registers, spills and stack frame of the kernel in ``ptx``, read from ``ptxas -v``: the report Triton's own
+    compile prints only on request. The ptxas and the ``sm_XXa`` name are the ones Triton used for the cubin."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        cmd = [
+            get_ptxas(capability).path,
+            "-v",
+            f"--gpu-name={sm_arch_from_capability(capability)}",
+            str(src),
+        ]
+        log = subprocess.run(
+            cmd + ["-o", str(src.with_suffix(".o"))], capture_output=True, text=True, check=True
+        )
+    text = log.stderr + log.stdout
+    found = {}
+    for key, pattern in _PTXAS_FIELDS.items():
+        match = re.search(pattern, text)
+        if match is None:
+            raise RuntimeError(f"ptxas -v printed no {key!r} figure:\n{text}")
+        found[key] = int(match.group(1))
+    return found
 
 
 def cases():

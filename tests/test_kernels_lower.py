@@ -39,3 +39,5 @@ def test_kernels_lower_to_cubin():
         # 16-bit and TF32 products must reach the tensor cores: wgmma on sm_90, mma on sm_80.
         if "ieee" not in r["case"]:
             assert r["wgmma"] if r["case"].endswith("sm90") else r["mma"], r
+        # A spill moves registers through local memory on every use: no compiled case may need one.
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["registers"] <= 255, r
