@@ -42,8 +42,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def _provenance(pre: dict) -> dict:
-    return {"device": pre.get("gpu", "unknown"), "torch": pre.get("torch", ""), "triton": pre.get("triton", ""),
-            "date": pre.get("date", "")}  # fmt: skip
+    fields = {"device": "gpu", "torch": "torch", "triton": "triton", "date": "date"}
+    return {k: str(pre.get(v, "")) for k, v in fields.items()}
 
 
 def csv_rows(records, pre: dict) -> int:
@@ -74,8 +74,9 @@ def csv_rows(records, pre: dict) -> int:
             shape = f"B{r['batch']}xI{r['in_features']}xW{r['width']}x{r['depth']}xO{r['out_features']}"
             times = (num(r["value"]), num(r.get("p20")), num(r.get("p80")))
             flops = round(num(r["tflops"]) * num(r["value"]) * 1e9)
-            harness.record("head_step", r["variant"], r["batch"], r["in_features"], r["out_features"], 1, dtype,
-                           times, None, file=HEAD_CSV, shape=shape, flops=flops, provenance=prov)  # fmt: skip
+            sizes = (r["batch"], r["in_features"], r["out_features"], 1)
+            harness.record("head_step", r["variant"], *sizes, dtype, times, None, file=HEAD_CSV, shape=shape,
+                           flops=flops, provenance=prov)  # fmt: skip
             n += 1
     return n
 

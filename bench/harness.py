@@ -151,10 +151,10 @@ def record(
 ) -> dict:  # fmt: skip
     """Keep one result row for the end of the session (``times`` = median, p20, p80 in ``unit``).
 
-    ``shape`` and ``flops`` replace the shape key and the FLOP count for an op :mod:`glai_kernels.costs` does not
-    describe (a head's training step); ``provenance`` (``device``, ``torch``, ``triton``, ``date``) the fields of
-    this process for a result measured elsewhere (``bench.gpu_report`` reading a GPU run back); ``device`` is
-    then not used."""
+    ``shape`` and ``flops`` replace the shape key and the FLOP count for an op that :mod:`glai_kernels.costs`
+    does not describe (a head's training step); ``provenance`` (``device``, ``torch``, ``triton``, ``date``)
+    replaces this process's for a result measured elsewhere (``bench.gpu_report`` reading a GPU run back), and
+    ``device`` is then unused."""
     med, p20, p80 = times
     if provenance is None:
         provenance = dict(
@@ -163,7 +163,8 @@ def record(
         )  # fmt: skip
     prov = {k: provenance[k] for k in ("device", "torch", "triton", "date")}
     row = dict(
-        op=op, provider=provider, shape=shape or shape_key(batch, in_f, out_f, r), batch=batch, in_features=in_f,
+        op=op, provider=provider, shape=shape or shape_key(batch, in_f, out_f, r), batch=batch,
+        in_features=in_f,
         out_features=out_f, r=r, dtype=dtype, median=f"{med:.6g}", p20=f"{p20:.6g}", p80=f"{p80:.6g}", unit=unit,
         tflops="", pct_gemm="", gbps="", pct_mem="", **prov,
     )  # fmt: skip

@@ -166,9 +166,16 @@ def test_stdout_of_a_full_gpu_run_stays_small():
         for case in section.cases:
             rec = {"kind": "check", "section": section.name, "case": case.id, "status": "ok", **case.base}
             if section.name == "kernels" and case.base["what"] != "copy":
+                cfg = {
+                    "BLOCK_M": 128,
+                    "BLOCK_N": 256,
+                    "BLOCK_K": 64,
+                    "GROUP_M": 8,
+                    "num_warps": 8,
+                    "num_stages": 4,
+                }
                 rec.update(kind="timing", value=12.345, tflops=987.0, baseline_ms=11.234, pct_of_cublas=101.2,
-                           config={"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8,
-                                   "num_warps": 8, "num_stages": 4}, config_source="tuning cache")  # fmt: skip
+                           config=cfg, config_source="tuning cache (nearest bucket)")  # fmt: skip
             elif section.name in ("steps", "compiled"):
                 rec.update(kind="step", value=123.456, floor_ms=12.345)
             records.append(rec)

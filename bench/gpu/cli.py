@@ -1,4 +1,4 @@
-"""``python bench/gpu_check.py --out DIR``: check and time the kernels on a GPU, every result on disk as it comes.
+"""``python bench/gpu_check.py --out DIR``: check and time the kernels on a GPU, every result kept as it comes.
 
 Exit status: 0 every check passed and no case crashed; 1 a check failed or a case crashed (the run went on);
 2 a bad flag or environment, or no CUDA (one line, after the preflight); 128 + n when stopped by signal n
@@ -60,8 +60,8 @@ def _folder(text: str) -> Path:
 def parser() -> Parser:
     p = Parser(
         prog="python bench/gpu_check.py",
-        description="Check the GLAI Triton kernels against the float64 reference on CUDA, then time them against "
-        "cuBLAS and training steps of a classification head against a plain PyTorch MLP (eager and "
+        description="Check the GLAI Triton kernels against the float64 reference on CUDA, then time them "
+        "against cuBLAS and training steps of a classification head against a plain PyTorch MLP (eager and "
         "torch.compile). Needs a CUDA GPU, builds and installs nothing; every result is appended to "
         f"DIR/{FILE_NAME} as it comes. `python -m bench.gpu_report DIR/{FILE_NAME}` makes the tables, CSV "
         "rows and plots.",
@@ -83,8 +83,8 @@ def parser() -> Parser:
                    help="the whole plan on the CPU under Triton's interpreter at tiny shapes (no GPU needed; "
                    "the figures mean nothing)")  # fmt: skip
     p.add_argument("--count-compiles", action="store_true",
-                   help="replay the GPU plan on meta tensors with launches stubbed and print how many Triton "
-                   "kernel specialisations, launchers and torch.compile builds it will do; runs nothing")  # fmt: skip
+                   help="replay the GPU plan on meta tensors with launches stubbed and print how many "
+                   "Triton kernel specialisations, launchers and torch.compile builds it will do")  # fmt: skip
     return p
 
 
@@ -99,6 +99,7 @@ def fail(message: str) -> int:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     only = tuple(s for s in args.only if not (args.no_timing and s in ("kernels", "steps", "compiled")))
     if args.count_compiles and args.dry_run:
         return fail("--count-compiles: replays the GPU plan; expected it without --dry-run, got both")
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
             "TRITON_INTERPRET is set: expected it unset for a GPU run (the kernels would run in Triton's CPU "
             "interpreter), got TRITON_INTERPRET="
             + repr(os.environ["TRITON_INTERPRET"])
-            + "; unset it, or pass --dry-run"
+            + ("; unset it" if args.count_compiles else "; unset it, or pass --dry-run")
         )
     if args.count_compiles:
         return count_compiles(args, only)
@@ -151,7 +152,7 @@ def _run(args, only, journal: Journal) -> int:
                 "the kernels were imported before TRITON_INTERPRET was set: expected interpreted kernels"
             )
     grid = "dry" if args.dry_run else args.grid
-    run.write("preflight", ok=problem is None, error=problem, argv=sys.argv[1:], grid=grid,
+    run.write("preflight", ok=problem is None, error=problem, argv=args.argv, grid=grid,
               budget_s=args.budget_s, only=list(only), **info)  # fmt: skip
     if problem is not None:
         return fail(problem)
@@ -164,7 +165,12 @@ def _run(args, only, journal: Journal) -> int:
 
     target = targets.make("dry" if args.dry_run else "cuda")
     sizes = plan.DRY if args.dry_run else plan.GPU
-    sections = plan.build(target, ops, ref, sizes, grid, run.state, only, args.no_compile)
+    try:
+        sections = plan.build(target, ops, ref, sizes, grid, run.state, only, args.no_compile)
+    except Exception as exc:  # nothing can run: say why in the file as well
+        run.write("crash", case="plan", status="crash", ok=False, error=f"{type(exc).__name__}: {exc}")
+        echo(f"{PROG}: the plan could not be built: {type(exc).__name__}: {exc}")
+        return 1
     run.write("plan", grid=grid, **plan.describe(sections))
     stopped = None
     previous = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -183,7 +189,10 @@ def _run(args, only, journal: Journal) -> int:
               wall_s=round(run.elapsed(), 1), cases=total.cases, ok_lines=total.ok, failed_lines=total.fail,
               crashed_cases=total.crash, skipped_cases=total.skipped)  # fmt: skip
     echo()
-    echo(report.terminal(journal.lines))
+    try:
+        echo(report.terminal(journal.lines))
+    except Exception as exc:  # the results are in the file; a table bug must not change the exit status
+        echo(f"{PROG}: no table ({type(exc).__name__}: {exc}); the JSONL holds every result")
     echo(f"{PROG}: {journal.path}; tables, CSV and plots: python -m bench.gpu_report {journal.path}")
     return status
 

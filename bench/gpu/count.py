@@ -25,8 +25,10 @@ records ``first_call_s``, the measured cost of its first call, to check these ag
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import contextmanager, nullcontext
+
+SM_COUNT = 132  # multiprocessors of the H200 the plan is made for
 
 SECONDS = {
     "kernel": 1.0,
@@ -88,8 +90,8 @@ def stubbed(launches: list):
 
     from glai_kernels import backend, triton_ops
 
-    saved = {n: getattr(triton_ops, n) for n in ("_launch", "gate", "masked_forward", "backward_data",
-                                                  "backward_weights")}  # fmt: skip
+    saved = {n: getattr(triton_ops, n) for n in ("_launch", "_batch_splits", "gate", "masked_forward",
+                                                  "backward_data", "backward_weights")}  # fmt: skip
     saved_resolve = backend.resolve_backend
 
     def record(kernel, M, N, cfg, device, *args, splits=1, **constexprs):
@@ -107,6 +109,12 @@ def stubbed(launches: list):
         triton_ops._backward_data_impl(g, w, words, r, config, out)
     )
     triton_ops.backward_weights = backward_weights
+    # The weight gradient splits the batch (fp32 partials: other pointer types) when its tiles alone do not
+    # fill the GPU's multiprocessors: decided as on the H200, whose SM count is filled in for a CUDA device.
+    cuda0 = torch.device("cuda", 0)
+    had_count = cuda0 in triton_ops._SM_COUNT
+    triton_ops._SM_COUNT.setdefault(cuda0, SM_COUNT)
+    triton_ops._batch_splits = lambda cfg, N, K, M, device: saved["_batch_splits"](cfg, N, K, M, cuda0)
     backend.resolve_backend = lambda name, device: "triton" if name in ("auto", "triton") else name
     # Autocast knows no meta device: the stack's `autocast(device, enabled=False)` and the structural phase's
     # `is_autocast_enabled(device)` see none there.
@@ -120,6 +128,8 @@ def stubbed(launches: list):
     finally:
         for name, value in saved.items():
             setattr(triton_ops, name, value)
+        if not had_count:
+            triton_ops._SM_COUNT.pop(cuda0, None)
         backend.resolve_backend = saved_resolve
         torch.autocast, torch.is_autocast_enabled = autocast, is_enabled
 
@@ -160,60 +170,43 @@ def replay(sections, target) -> dict:
     """Run ``sections`` on the replay target with launches stubbed; the estimate."""
     from bench.gpu.journal import Journal, Run
 
-    per_section = defaultdict(lambda: {"launches": [], "compiles": [], "timed": 0})
+    per_section = {}
     launches: list = []
-    timed = [0]
-    original_time = target.time
-
-    def counting_time(fn, rep_ms=100):
-        timed[0] += 1
-        return original_time(fn, rep_ms)
-
-    target.time = counting_time
     run = Run(Journal(None), budget_s=float("inf"), echo=lambda *a, **k: None)
     with stubbed(launches):
         for section in sections:
             launches.clear()
-            n_compiles, timed[0] = len(target.compiles), 0
+            n_compiles, n_timed = len(target.compiles), target.timed
             run.run_section(section)
-            rec = per_section[section.name]
-            rec["launches"] = list(launches)
-            rec["compiles"] = target.compiles[n_compiles:]
-            rec["timed"] = timed[0]
-    crashes = [r for r in run.journal.lines if r.get("status") == "crash"]
+            per_section[section.name] = {"launches": list(launches), "compiles": target.compiles[n_compiles:],
+                                         "timed": target.timed - n_timed}  # fmt: skip
     result = estimate(per_section)
-    result["crashes"] = [f"{r['case']}: {r['error']}" for r in crashes]
+    result["crashes"] = [
+        f"{r['case']}: {r['error']}" for r in run.journal.lines if r.get("status") == "crash"
+    ]
     return result
 
 
 def render(result: dict, grid: str) -> str:
+    columns = ("kernels", "ieee_fp32", "launchers", "compiles", "timed")
     lines = [
         f"compile estimate, GPU plan with head grid '{grid}' (replayed on meta tensors, launches stubbed):"
     ]
-    lines.append(
-        f"  {'section':<12} {'kernels':>8} {'ieee fp32':>9} {'launchers':>9} {'compiles':>8} {'timed':>6}"
-    )
+    lines.append(f"  {'section':<12}" + "".join(f"{c:>11}" for c in columns))
     for name, r in result["sections"].items():
-        lines.append(
-            f"  {name:<12} {r['kernels']:>8} {r['ieee_fp32']:>9} {r['launchers']:>9} {r['compiles']:>8} {r['timed']:>6}"
-        )
+        lines.append(f"  {name:<12}" + "".join(f"{r[c]:>11}" for c in columns))
     s, sec = result["assumed_seconds"], result["seconds"]
-    total = sum(sec.values())
-    lines.append(
+    timed = sum(r["timed"] for r in result["sections"].values())
+    lines += [
         f"  total: {result['kernels']} Triton kernel specialisations ({result['ieee_fp32']} IEEE fp32) x "
         f"{s['kernel']:g} s ({s['kernel_ieee_fp32']:g} s IEEE fp32) = {sec['kernels']:.0f} s; "
         f"{result['launchers']} launchers x {s['launcher']:g} s = {sec['launchers']:.0f} s; "
-        f"{result['compiles']} torch.compile builds ({s['compile_first']:g} s, then {s['compile']:g} s each) = "
-        f"{sec['torch.compile']:.0f} s"
-    )
-    lines.append(
-        f"  timing: {sum(r['timed'] for r in result['sections'].values())} timed calls x {s['timed']:g} s = "
-        f"{sec['timing']:.0f} s; compiling and timing together about {total / 60:.1f} min"
-    )
-    lines.append(
+        f"{result['compiles']} torch.compile builds ({s['compile_first']:g} s, then {s['compile']:g} s each) "
+        f"= {sec['torch.compile']:.0f} s",
+        f"  timing: {timed} timed calls x {s['timed']:g} s = {sec['timing']:.0f} s; compiling and timing "
+        f"together about {sum(sec.values()) / 60:.1f} min",
         "  specialisations per kernel: "
-        + ", ".join(f"{k} {n}" for k, n in sorted(result["by_kernel"].items()))
-    )
-    for crash in result["crashes"][:5]:
-        lines.append(f"  replay crash (not counted): {crash}")
+        + ", ".join(f"{k} {n}" for k, n in sorted(result["by_kernel"].items())),
+    ]
+    lines += [f"  replay crash (not counted): {crash}" for crash in result["crashes"][:5]]
     return "\n".join(lines)

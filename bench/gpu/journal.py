@@ -105,7 +105,7 @@ class Tally:
 class Run:
     """The clock, the budget (counted from the end of the preflight) and the journal of one run."""
 
-    MAX_NOTES = 6  # failures named per section on standard output; every one is in the JSONL
+    MAX_NOTES = 3  # failures named per section on standard output (the JSONL has every one)
 
     def __init__(self, journal: Journal, budget_s: float, echo: Callable[[str], None] = print):
         self.journal = journal
@@ -139,7 +139,7 @@ class Run:
             for case in section.cases:
                 self.run_case(section.name, case, tally)
         finally:
-            parts = [f"{tally.ok} ok"] + [
+            parts = [f"{tally.ok} lines ok"] + [
                 f"{n} {what}" for what, n in (("FAILED", tally.fail), ("CRASHED", tally.crash)) if n
             ]
             if tally.skipped:
@@ -173,7 +173,8 @@ class Run:
                 tally.ok += 1
             else:
                 tally.fail += 1
-                tally.notes.append(f"FAIL {case.id}: {fields.get('what', '')} {_figure(fields)}".rstrip())
+                note = f"FAIL {case.id}: {fields.get('what', '')} {_figure(fields)}".rstrip()
+                tally.notes.append(note[:160])
             self.write(kind, **fields, status=status, ok=ok)
 
         try:
@@ -183,7 +184,7 @@ class Run:
             error = f"{type(exc).__name__}: {exc}"
             trace = traceback.format_exc().strip().splitlines()[-12:]
             self.write("crash", **base, status="crash", ok=False, error=error, trace=trace)
-            tally.notes.append(f"CRASH {case.id}: {error.splitlines()[0][:160]}")
+            tally.notes.append(f"CRASH {case.id}: {error.splitlines()[0]}"[:160])
 
     # ------------------------------------------------------------------ totals
     def totals(self) -> Tally:

@@ -87,27 +87,33 @@ def _poison(shape, dtype, device):
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
-def launch(ops, name: str, t: dict, r: int, out: bool = True):
-    """One kernel on the operands ``t``: a tensor or a tuple; outputs preallocated and poisoned if ``out``."""
+def poisoned(name: str, t: dict):
+    """The outputs of kernel ``name`` on the operands ``t``, filled with NaN (pattern words with garbage), so
+    an element the kernel does not write fails."""
     from glai_kernels.layout import PATTERN_DTYPE, words_for
 
-    x, w, b, g = t["x"], t["w"], t["b"], t["g"]
-    (M, K), N, dt, dev = x.shape, w.shape[0], x.dtype, x.device
-
-    def o(value):
-        return {"out": value} if out else {}
-
+    (M, K), N, dt, dev = t["x"].shape, t["w"].shape[0], t["x"].dtype, t["x"].device
     if name == "gate":
         junk = torch.full((M, words_for(N)), 0x5A5A5A5A, dtype=PATTERN_DTYPE, device=dev)
-        return ops.gate(x, w, b, **o((_poison((M, N), dt, dev), junk)))
-    if name == "masked_forward":
-        return ops.masked_forward(x, w, b, t["words_out"], r, **o(_poison((M, N), dt, dev)))
-    if name == "masked_forward_ungated":
-        return ops.masked_forward(x, w, b, None, 1, **o(_poison((M, N), dt, dev)))
-    if name == "backward_data":
-        return ops.backward_data(g, w, t["words_in"], r, **o(_poison((M, K), dt, dev)))
+        return _poison((M, N), dt, dev), junk
     if name == "backward_weights":
-        return ops.backward_weights(g, x, True, **o((_poison((N, K), dt, dev), _poison((N,), dt, dev))))
+        return _poison((N, K), dt, dev), _poison((N,), dt, dev)
+    return _poison((M, K) if name == "backward_data" else (M, N), dt, dev)
+
+
+def launch(ops, name: str, t: dict, r: int, out):
+    """One kernel on the operands ``t``, writing into ``out`` (see :func:`poisoned`)."""
+    x, w, b, g = t["x"], t["w"], t["b"], t["g"]
+    if name == "gate":
+        return ops.gate(x, w, b, out=out)
+    if name == "masked_forward":
+        return ops.masked_forward(x, w, b, t["words_out"], r, out=out)
+    if name == "masked_forward_ungated":
+        return ops.masked_forward(x, w, b, None, 1, out=out)
+    if name == "backward_data":
+        return ops.backward_data(g, w, t["words_in"], r, out=out)
+    if name == "backward_weights":
+        return ops.backward_weights(g, x, True, out=out)
     raise ValueError(f"unknown kernel {name!r}; expected one of {KERNELS}")
 
 
@@ -168,7 +174,7 @@ def _check(target, ops, ref, pool, name, key):
 
         t = pool.get(*key)
         with precision(label), configs.recording() as seen:
-            got = launch(ops, name, t, r)
+            got = launch(ops, name, t, r, poisoned(name, t))
         expected = reference(ref, name, t, r)
         got = got if isinstance(got, tuple) else (got,)
         expected = expected if isinstance(expected, tuple) else (expected,)
@@ -223,8 +229,8 @@ def determinism_cases(target, ops, shape) -> list[Case]:
             def run(emit, name=name, label=label):
                 t = pool.get(M, K, N, r, label, 7)
                 with configs.recording() as seen:
-                    a = launch(ops, name, t, r)
-                b = launch(ops, name, t, r)
+                    a = launch(ops, name, t, r, poisoned(name, t))
+                b = launch(ops, name, t, r, poisoned(name, t))
                 a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
                 same = all(target.equal(u, v) for u, v in zip(a, b))
                 config, source = configs.summary(seen)
@@ -261,16 +267,18 @@ def timing_cases(target, ops, shapes, labels) -> list[Case]:
                         "backward_data": lambda: g @ w,
                         "backward_weights": lambda: g.t() @ x,
                     }[name]
+                    out = poisoned(name, t)  # written in place by every call: no allocation is timed
                     with precision(label):
                         with configs.recording() as seen:
-                            first = target.first_call(lambda: launch(ops, name, t, 1, out=False))
-                        ms = target.time(lambda: launch(ops, name, t, 1, out=False))
+                            first = target.first_call(lambda: launch(ops, name, t, 1, out))
+                        ms = target.time(lambda: launch(ops, name, t, 1, out))
                         ms_ref = target.time(cublas)
                     flops = costs.op_flops(name, M, K, N)
                     config, source = configs.summary(seen)
                     emit("timing", what=name, value=ms[0], unit="ms", p20=ms[1], p80=ms[2],
                          tflops=flops / ms[0] / 1e9, baseline=CUBLAS[name], baseline_ms=ms_ref[0],
-                         baseline_p20=ms_ref[1], baseline_p80=ms_ref[2], baseline_tflops=flops / ms_ref[0] / 1e9,
+                         baseline_p20=ms_ref[1], baseline_p80=ms_ref[2],
+                         baseline_tflops=flops / ms_ref[0] / 1e9,
                          pct_of_cublas=100.0 * ms_ref[0] / ms[0], first_call_s=first, batch=M, in_features=K,
                          out_features=N, config=config, config_source=source)  # fmt: skip
 
@@ -283,8 +291,8 @@ def timing_cases(target, ops, shapes, labels) -> list[Case]:
 
 
 def memory_rate_case(target, elements: int, state: dict) -> Case:
-    """A device-to-device copy of ``elements`` bf16 values: bytes read plus bytes written over the median time,
-    the memory rate the step floors are computed with."""
+    """A device-to-device copy of ``elements`` bf16 values: bytes read plus bytes written over the median
+    time, the memory rate the step floors are computed with."""
 
     def run(emit):
         g = target.generator(5)

@@ -149,8 +149,8 @@ def facts(dry_run: bool) -> tuple[dict, str | None]:
         return info, f"no C compiler ({how}): Triton {info['triton']} builds a C launcher per kernel with one"
     if not header.is_file():
         return info, (
-            f"no Python headers at {header}: Triton {info['triton']} builds its kernel launchers against them "
-            f"(install python{sys.version_info.major}.{sys.version_info.minor}-dev)"
+            f"no Python headers at {header}: Triton {info['triton']} builds its kernel launchers against "
+            f"them (install python{sys.version_info.major}.{sys.version_info.minor}-dev)"
         )
     return info, None
 
@@ -180,7 +180,8 @@ def describe(info: dict) -> list[str]:
         f"{k} {info[k]}" for k in ("python", "torch", "triton", "numpy") if info.get(k) is not None
     )
     header = "found" if info.get("python_h_found") else "MISSING"
-    tool = f"C compiler {info.get('cc') or 'MISSING'} ({info.get('cc_lookup')}); Python.h {header} ({info['python_h']})"
+    cc = info.get("cc") or "MISSING"
+    tool = f"C compiler {cc} ({info.get('cc_lookup')}); Python.h {header} ({info['python_h']})"
     lines = [head, versions, tool]
     if info.get("tuning_cache"):
         lines[1] += f"; tuning cache: {info['tuning_cache']}"

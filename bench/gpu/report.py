@@ -139,26 +139,23 @@ def step_table(records) -> tuple[list[str], list[list[str]]]:
         eager = cells.get("eager")
         base = num(eager.get("value")) if eager and eager.get("status") == "ok" else math.nan
         row = [shape, DTYPE_ABBREV.get(dtype, dtype), _ms(base)]
-        for c in columns[1:]:
-            rec = cells.get(c)
-            if rec is None:
-                row.append("")
-            elif rec.get("status") == "ok":
-                row.append(
-                    f"{base / num(rec.get('value')):.2f}"
-                    if not math.isnan(base)
-                    else _ms(num(rec.get("value")))
-                )
-            else:
-                row.append(
-                    {"crash": "CRASH", "fail": "FAIL"}.get(
-                        rec.get("status"), "n/a" if "unavailable" in str(rec.get("error")) else "-"
-                    )
-                )
+        row += [_cell(cells.get(c), base) for c in columns[1:]]
         floor = num(eager.get("floor_ms")) if eager else math.nan
         row.append(_ms(floor))
         rows.append(row)
     return head, rows
+
+
+def _cell(rec: dict | None, base: float) -> str:
+    """A variant's speedup over the eager MLP (its ms without an eager figure), or why there is none."""
+    if rec is None:
+        return ""
+    if rec.get("status") == "ok":
+        ms = num(rec.get("value"))
+        return _ms(ms) if math.isnan(base) else f"{base / ms:.2f}"
+    if rec.get("status") in ("crash", "fail"):
+        return rec["status"].upper()
+    return "n/a" if "unavailable" in str(rec.get("error")) else "-"
 
 
 def _ms(x: float) -> str:
@@ -180,9 +177,10 @@ def kernel_table(records) -> tuple[list[str], list[list[str]]]:
     for r in kernel_rows(records):
         cfg = r.get("config")
         cfg_s = configs.short(cfg) if isinstance(cfg, dict) else str(cfg)
-        rows.append([r["what"], DTYPE_ABBREV.get(r["dtype"], r["dtype"]), r["shape"], _ms(num(r["value"])),
-                     f"{num(r.get('tflops')):.0f}", _ms(num(r.get("baseline_ms"))),
-                     f"{num(r.get('pct_of_cublas')):.1f}", f"{cfg_s} ({r.get('config_source')})"])  # fmt: skip
+        dtype = DTYPE_ABBREV.get(r["dtype"], r["dtype"])
+        rows.append([r["what"], dtype, r["shape"], _ms(num(r["value"])), f"{num(r.get('tflops')):.0f}",
+                     _ms(num(r.get("baseline_ms"))), f"{num(r.get('pct_of_cublas')):.1f}",
+                     f"{cfg_s} ({r.get('config_source')})"])  # fmt: skip
     return head, rows
 
 

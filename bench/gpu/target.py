@@ -1,6 +1,8 @@
 """Where the plan runs, and how it times and compiles there: one plan, three targets.
 
-- ``Cuda``: the GPU. Medians of ``triton.testing.do_bench`` (device events, L2 flushed between calls),
+- ``Cuda``: the GPU. Kernels: medians of ``triton.testing.do_bench`` (device events, L2 flushed between
+  calls). Training steps: back-to-back steps as a training loop runs them, between two device events, so the
+  host's launch overhead counts where it holds the GPU up (``do_bench``'s cache flush would hide some of it).
   ``torch.compile`` with Inductor.
 - ``Dry``: the CPU under Triton's interpreter at tiny shapes (``--dry-run``): the figures mean nothing, the
   logic is the same; ``torch.compile`` uses Dynamo with the ``eager`` backend (Inductor on CPU would compile C++
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -78,6 +81,25 @@ class Cuda(Target):
         med, p20, p80 = do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
         return float(med), float(p20), float(p80)
 
+    def time_loop(self, fn, rounds: int = 9, round_ms: float = 8.0) -> tuple[float, float, float]:
+        """Median, 20th and 80th percentile of the time per call over ``rounds`` rounds of back-to-back calls."""
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        n = max(1, min(1000, int(round_ms / max((time.perf_counter() - start) * 1e3, 1e-3))))
+        per_call = []
+        for _ in range(rounds):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            end.synchronize()
+            per_call.append(begin.elapsed_time(end) / n)
+        q = statistics.quantiles(per_call, n=10, method="inclusive")
+        return statistics.median(per_call), q[1], q[7]
+
     def compile(self, fn, mode: str, key: tuple, fullgraph: bool = False):
         return torch.compile(fn, mode=None if mode == "default" else mode, fullgraph=fullgraph)
 
@@ -96,6 +118,8 @@ class Dry(Target):
         ms = (time.perf_counter() - start) * 1e3
         return ms, ms, ms
 
+    time_loop = time
+
     def compile(self, fn, mode: str, key: tuple, fullgraph: bool = False):
         return torch.compile(fn, backend="eager", fullgraph=fullgraph)
 
@@ -108,7 +132,8 @@ class Replay(Target):
 
     def __init__(self):
         super().__init__("meta")
-        self.compiles: list[tuple] = []
+        self.compiles: list[tuple] = []  # (mode, *key) of every torch.compile the plan asked for
+        self.timed = 0  # calls that would be timed
 
     def generator(self, seed: int):
         return None
@@ -124,8 +149,11 @@ class Replay(Target):
         return math.nan
 
     def time(self, fn, rep_ms: int = 100) -> tuple[float, float, float]:
+        self.timed += 1
         fn()
         return (math.nan,) * 3
+
+    time_loop = time
 
     def compile(self, fn, mode: str, key: tuple, fullgraph: bool = False):
         self.compiles.append((mode, *key))
