@@ -89,6 +89,35 @@ def test_refuses_without_cuda_after_the_preflight(tmp_path):
     assert first["torch"] == torch.__version__ and "cc" in first and "python_h_found" in first
 
 
+def test_preflight_refuses_a_gpu_machine_without_compiler_or_headers(monkeypatch, tmp_path):
+    """Triton 3.6 builds a C launcher per kernel: a missing compiler or Python.h is one clear line before
+    anything compiles (a GPU faked here: only the preflight's own checks run)."""
+    from types import SimpleNamespace
+
+    from bench.gpu import preflight
+
+    props = SimpleNamespace(
+        name="NVIDIA H200", multi_processor_count=132, major=9, minor=0, total_memory=2**37
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)
+    info, problem = preflight.facts(dry_run=False)
+    assert info["gpu"] == "NVIDIA H200" and info["sm_count"] == 132 and info["capability"] == "9.0"
+    assert problem.startswith("no C compiler (gcc or clang on the PATH, or $CC)")
+    monkeypatch.setenv("CC", "/no/such/cc")
+    assert preflight.facts(dry_run=False)[1].startswith("no C compiler ($CC=/no/such/cc)")
+    monkeypatch.setenv("CC", sys.executable)  # any file that exists
+    monkeypatch.setattr(preflight, "python_header", lambda: tmp_path / "Python.h")
+    problem = preflight.facts(dry_run=False)[1]
+    assert problem.startswith(f"no Python headers at {tmp_path / 'Python.h'}")
+    (tmp_path / "Python.h").write_text("")
+    assert preflight.facts(dry_run=False)[1] is None
+    assert "132 SMs, sm_90" in preflight.describe(info)[0]
+
+
 # ----------------------------------------------------------------------------- the dry run
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):

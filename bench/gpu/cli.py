@@ -193,7 +193,8 @@ def _run(args, only, journal: Journal) -> int:
         echo(report.terminal(journal.lines))
     except Exception as exc:  # the results are in the file; a table bug must not change the exit status
         echo(f"{PROG}: no table ({type(exc).__name__}: {exc}); the JSONL holds every result")
-    echo(f"{PROG}: {journal.path}; tables, CSV and plots: python -m bench.gpu_report {journal.path}")
+    results = " --results DIR" if args.dry_run else ""  # a dry run's rows never go to bench/results unasked
+    echo(f"{PROG}: {journal.path}; tables, CSV, plots: python -m bench.gpu_report {journal.path}{results}")
     return status
 
 

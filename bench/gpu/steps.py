@@ -26,30 +26,25 @@ from bench.gpu.kernels import DTYPES, precision
 
 @dataclass(frozen=True)
 class Variant:
+    """One way to run a training step. ``model``: "mlp" or "glai"; GLAI: ``phase`` "structural" or
+    "quantitative", ``patterns`` "cached" (computed once, passed in) or "structure" (each step), ``fused``
+    False for the per-layer kernels and True for the fused head path; ``compile``: a torch.compile mode."""
+
     name: str  # as recorded in the JSONL
-    short: str  # a table column
-    model: str  # "mlp" or "glai"
-    phase: str | None = None  # GLAI: "structural" or "quantitative"
-    patterns: str | None = (
-        None  # quantitative: "cached" (computed once, passed in) or "structure" (each step)
-    )
-    fused: bool | None = None  # GLAI: False = the per-layer kernels, True = the fused head path
-    compile: str | None = None  # torch.compile mode, or None for eager
+    short: str  # a table column and a CSV provider
+    model: str
+    phase: str | None = None
+    patterns: str | None = None
+    fused: bool | None = None
+    compile: str | None = None
 
 
+# fmt: off
 VARIANTS = (
     Variant("mlp eager", "eager", "mlp"),
-    Variant(
-        "glai per-layer, quantitative, cached patterns", "q-cache", "glai", "quantitative", "cached", False
-    ),
-    Variant(
-        "glai per-layer, quantitative, patterns from structure",
-        "q-struct",
-        "glai",
-        "quantitative",
-        "structure",
-        False,
-    ),  # fmt: skip
+    Variant("glai per-layer, quantitative, cached patterns", "q-cache", "glai", "quantitative", "cached", False),
+    Variant("glai per-layer, quantitative, patterns from structure", "q-struct", "glai", "quantitative",
+            "structure", False),
     # The structural phase without the fused path is the ReLU MLP S in PyTorch: the MLP step, plus the model.
     Variant("glai structural, not fused", "struct", "glai", "structural", None, False),
     Variant("glai fused, structural", "f-struct", "glai", "structural", None, True),
@@ -59,11 +54,12 @@ VARIANTS = (
     Variant("mlp torch.compile default", "c-dflt", "mlp", compile="default"),
     Variant("mlp torch.compile reduce-overhead", "c-ro", "mlp", compile="reduce-overhead"),
 )
+# fmt: on
 
 
 @dataclass(frozen=True)
 class Point:
-    """One head: ``in_f -> width x depth -> out_f`` at ``batch`` rows in ``dtype`` (``"tf32"``: fp32 with TF32)."""
+    """A head ``in_f -> width x depth -> out_f`` at ``batch`` rows in ``dtype`` ("tf32": fp32 under TF32)."""
 
     dtype: str
     batch: int
@@ -87,9 +83,7 @@ def unavailable(variant: Variant) -> str | None:
         from glai.nn import GLAIMLP
 
         if "fused" not in inspect.signature(GLAIMLP).parameters:
-            return (
-                "unavailable: GLAIMLP takes no fused= keyword (the fused head path is not in this checkout)"
-            )
+            return "unavailable: GLAIMLP takes no fused= keyword (no fused head path in this checkout)"
     return None
 
 
