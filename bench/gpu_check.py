@@ -1,7 +1,7 @@
 """One command for a lent GPU: check every Triton kernel against the float64 reference, then time it.
 
-    make gpu                                          # = python bench/gpu_check.py --out gpu-out
-    PYTHONPATH=. python3 bench/gpu_check.py --out DIR # a bare GPU machine: no make, no venv, nothing installed
+    make gpu                                            # = python bench/gpu_check.py --out gpu-out
+    PYTHONPATH=. python3 bench/gpu_check.py --out DIR   # a bare GPU machine: no make, no venv
 
 Order: a preflight (GPU, versions, the C compiler and Python headers Triton needs, a one-element kernel), then
 correctness at realistic sizes (fp32 IEEE, TF32, fp16, bf16), determinism, kernel timings against cuBLAS and a

@@ -1,4 +1,4 @@
-"""``python bench/gpu_check.py --out DIR``: check and time the kernels on a GPU, every result kept as it comes.
+"""``python bench/gpu_check.py --out DIR``: check and time the kernels on a GPU, each result kept as it comes.
 
 Exit status: 0 every check passed and no case crashed; 1 a check failed or a case crashed (the run went on);
 2 a bad flag or environment, or no CUDA (one line, after the preflight); 128 + n when stopped by signal n
@@ -84,7 +84,7 @@ def parser() -> Parser:
                    "the figures mean nothing)")  # fmt: skip
     p.add_argument("--count-compiles", action="store_true",
                    help="replay the GPU plan on meta tensors with launches stubbed and print how many "
-                   "Triton kernel specialisations, launchers and torch.compile builds it will do")  # fmt: skip
+                   "Triton kernel specialisations, launchers and torch.compile builds it does")  # fmt: skip
     return p
 
 

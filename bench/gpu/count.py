@@ -2,8 +2,8 @@
 
 Each Triton launch of ``glai_kernels.triton_ops`` goes through ``_launch(kernel, M, N, cfg, device, *args,
 **constexprs)``. The replay swaps it for a recorder (and routes the public ops past their ``torch.library``
-wrappers, whose fake implementations would otherwise answer for meta tensors without launching) and keeps,
-per launch, what Triton 3.6 specialises a compiled kernel on:
+wrappers, whose fake implementations would otherwise answer for meta tensors without launching) and keeps, per
+launch, what Triton 3.6 specialises a compiled kernel on:
 
 - the kernel, its ``tl.constexpr`` values, the tile sizes, ``num_warps`` and ``num_stages``;
 - per pointer argument its element type and whether its address is a multiple of 16 (meta tensors report 0:
@@ -11,16 +11,17 @@ per launch, what Triton 3.6 specialises a compiled kernel on:
 - per integer argument whether it equals 1 (then a constant), whether it is a multiple of 16, and whether it
   needs 64 bits; ``None`` arguments are constants.
 
-Distinct keys are kernel specialisations (each a compile: TTIR to cubin); distinct argument-type signatures are
-launchers (a C file Triton 3.6 builds with the C compiler). ``torch.compile`` calls of the plan are counted by
-the replay target: each is a Dynamo trace and a forward and a backward Inductor graph.
+Distinct keys are kernel specialisations (each a compile: TTIR to cubin); distinct argument-type signatures
+are launchers (a C file Triton 3.6 builds with the C compiler). ``torch.compile`` calls of the plan are
+counted by the replay target: each is a Dynamo trace and a forward and a backward Inductor graph.
 
 The per-unit times are assumptions, stated here once: lowering a 16-bit or TF32 GEMM kernel to a cubin took
-0.3-1.1 s and an IEEE fp32 one 3.5 s on a 2-core development machine without a GPU (``tests/_lower_kernels.py``
-with a cold cache), so 1 s and 4 s are taken; a launcher build is a ``gcc -O3`` of one small C file, 0.5 s; a
-``torch.compile`` build of a small MLP step (trace, two Inductor graphs, their Triton kernels) 20 s for the
-first (Inductor's imports and compile workers) and 8 s for each after it. Each timing line of a GPU run
-records ``first_call_s``, the measured cost of its first call, to check these against.
+0.3-1.1 s and an IEEE fp32 one 3.5 s on a 2-core development machine without a GPU
+(``tests/_lower_kernels.py`` with a cold cache), so 1 s and 4 s are taken; a launcher build is a ``gcc -O3``
+of one small C file, 0.5 s; a ``torch.compile`` build of a small MLP step (trace, two Inductor graphs, their
+Triton kernels) 20 s for the first (Inductor's imports and compile workers) and 8 s for each after it. Each
+timing line of a GPU run records ``first_call_s``, the measured cost of its first call, to check these
+against.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def estimate(per_section: dict) -> dict:
             1 for k in new_k if ("PRECISION", "ieee") in k[1] and any(s[0] == "*float32" for s in k[4])
         )
         rows[name] = {"kernels": len(new_k), "ieee_fp32": ieee, "launchers": len(new_l),
-                      "compiles": len(new_c), "timed": rec["timed"], "launches": len(rec["launches"])}  # fmt: skip
+                      "compiles": len(new_c), "timed": rec["timed"],
+                      "launches": len(rec["launches"])}  # fmt: skip
     n_k = sum(r["kernels"] for r in rows.values())
     n_ieee = sum(r["ieee_fp32"] for r in rows.values())
     n_l = sum(r["launchers"] for r in rows.values())

@@ -1,8 +1,8 @@
 """The run's record: one JSON line per check or timing, on disk the moment it is known, and the run's clock.
 
-A line is written with one ``os.write`` of the whole line to a file opened for appending, then ``fsync``: a run
-killed at any point (timeout, OOM kill, a hung kernel, the lease ending) leaves every line written before it
-complete. Non-finite floats become the strings ``"nan"``, ``"inf"`` and ``"-inf"``, so every line is strict
+A line is written with one ``os.write`` of the whole line to a file opened for appending, then ``fsync``: a
+run killed at any point (timeout, OOM kill, a hung kernel, the lease ending) leaves every line written before
+it complete. Non-finite floats become the strings ``"nan"``, ``"inf"`` and ``"-inf"``, so every line is strict
 JSON.
 
 Line kinds: ``preflight`` (always first), ``plan`` (every case the run means to do, per section), ``check``,

@@ -1,10 +1,10 @@
 """What this machine is, and whether the run can go on: seconds, before anything is compiled.
 
 Triton 3.6 builds a small C launcher per kernel signature at the first launch, with ``$CC`` or else ``gcc`` or
-``clang`` from the ``PATH``, and the headers of ``sysconfig``'s include folder (``Python.h``); without them every
-kernel would fail, each after its own compile. So both are looked for first, then a one-element kernel is
-compiled and launched: the whole tool chain (Triton's compiler, ``ptxas``, the launcher, the driver) has worked
-once before the first real case starts.
+``clang`` from the ``PATH``, and the headers of ``sysconfig``'s include folder (``Python.h``); without them
+every kernel would fail, each after its own compile. So both are looked for first, then a one-element kernel
+is compiled and launched: the whole tool chain (Triton's compiler, ``ptxas``, the launcher, the driver) has
+worked once before the first real case starts.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def describe(info: dict) -> list[str]:
             f"{info['memory_gib']} GiB; driver {info['driver']}, CUDA {info['cuda_runtime']}"
         )
     else:
-        head = info.get("gpu") or "no CUDA device"
+        head = info.get("gpu") or ("no CUDA device" if "torch" in info else "no GPU known: torch is missing")
     versions = ", ".join(
         f"{k} {info[k]}" for k in ("python", "torch", "triton", "numpy") if info.get(k) is not None
     )

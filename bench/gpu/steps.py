@@ -42,7 +42,8 @@ class Variant:
 # fmt: off
 VARIANTS = (
     Variant("mlp eager", "eager", "mlp"),
-    Variant("glai per-layer, quantitative, cached patterns", "q-cache", "glai", "quantitative", "cached", False),
+    Variant("glai per-layer, quantitative, cached patterns", "q-cache", "glai", "quantitative", "cached",
+            False),
     Variant("glai per-layer, quantitative, patterns from structure", "q-struct", "glai", "quantitative",
             "structure", False),
     # The structural phase without the fused path is the ReLU MLP S in PyTorch: the MLP step, plus the model.

@@ -5,8 +5,8 @@
   host's launch overhead counts where it holds the GPU up (``do_bench``'s cache flush would hide some of it).
   ``torch.compile`` with Inductor.
 - ``Dry``: the CPU under Triton's interpreter at tiny shapes (``--dry-run``): the figures mean nothing, the
-  logic is the same; ``torch.compile`` uses Dynamo with the ``eager`` backend (Inductor on CPU would compile C++
-  for minutes, and ``mode="reduce-overhead"`` needs CUDA graphs).
+  logic is the same; ``torch.compile`` uses Dynamo with the ``eager`` backend (Inductor on CPU would compile
+  C++ for minutes, and ``mode="reduce-overhead"`` needs CUDA graphs).
 - ``Replay``: meta tensors at the GPU's shapes, with the kernel launches and the compiles stubbed out
   (``--count-compiles``): nothing is computed, what would be compiled is counted.
 """
@@ -82,7 +82,7 @@ class Cuda(Target):
         return float(med), float(p20), float(p80)
 
     def time_loop(self, fn, rounds: int = 9, round_ms: float = 8.0) -> tuple[float, float, float]:
-        """Median, 20th and 80th percentile of the time per call over ``rounds`` rounds of back-to-back calls."""
+        """Median, 20th and 80th percentile of the time per call, over rounds of back-to-back calls."""
         self.sync()
         start = time.perf_counter()
         fn()
