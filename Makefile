@@ -1,4 +1,4 @@
-# The two commands of the README:  `make demo`  and  `make test`.
+# The two commands of the README:  `make demo`  and  `make test`;  `make gpu` on a CUDA machine.
 # Both install into a local virtual environment (.venv) first; nothing is installed by hand.
 #
 # torch: an importable torch (for example a CUDA build the user already has) is kept: the venv then sees the
@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.glai-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench gpu install clean
 
 $(STAMP): pyproject.toml Makefile
 	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
@@ -41,6 +41,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench/ --benchmark-only -q $(ARGS)
+
+# The GPU check installs nothing (the GPU machine reaches no package index and has its own torch, Triton and
+# numpy): the venv's python when `make install` made one, else $(PYTHON), with the checkout on PYTHONPATH.
+# Results go to $(GPU_OUT)/gpu_check.jsonl line by line; `make gpu ARGS=--dry-run` runs it on a CPU.
+GPU_OUT ?= gpu-out
+
+gpu:
+	@py=$(PYTHON); if [ -x $(PY) ] && $(PY) -c "import torch, triton" >/dev/null 2>&1; then py=$(PY); fi; \
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $$py bench/gpu_check.py --out $(GPU_OUT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -146,18 +146,30 @@ def op_bytes(op: str, batch: int, in_f: int, out_f: int, r: int, dtype: str) -> 
 
 
 def record(
-    op, provider, batch, in_f, out_f, r, dtype: str, times, device, *, unit="ms", file=OPS_CSV
-) -> dict:
-    """Keep one result row for the end of the session (``times`` = median, p20, p80 in ``unit``)."""
+    op, provider, batch, in_f, out_f, r, dtype: str, times, device, *, unit="ms", file=OPS_CSV,
+    shape: str | None = None, flops: int | None = None, provenance: dict | None = None,
+) -> dict:  # fmt: skip
+    """Keep one result row for the end of the session (``times`` = median, p20, p80 in ``unit``).
+
+    ``shape`` and ``flops`` replace the shape key and the FLOP count for an op that :mod:`glai_kernels.costs`
+    does not describe (a head's training step); ``provenance`` (``device``, ``torch``, ``triton``, ``date``)
+    replaces this process's for a result measured elsewhere (``bench.gpu_report`` reading a GPU run back), and
+    ``device`` is then unused."""
     med, p20, p80 = times
+    if provenance is None:
+        provenance = dict(
+            device=device_name(device), torch=torch.__version__, triton=triton_version(),
+            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        )  # fmt: skip
+    prov = {k: provenance[k] for k in ("device", "torch", "triton", "date")}
     row = dict(
-        op=op, provider=provider, shape=shape_key(batch, in_f, out_f, r), batch=batch, in_features=in_f,
+        op=op, provider=provider, shape=shape or shape_key(batch, in_f, out_f, r), batch=batch,
+        in_features=in_f,
         out_features=out_f, r=r, dtype=dtype, median=f"{med:.6g}", p20=f"{p20:.6g}", p80=f"{p80:.6g}", unit=unit,
-        tflops="", pct_gemm="", gbps="", pct_mem="", device=device_name(device), torch=torch.__version__,
-        triton=triton_version(), date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        tflops="", pct_gemm="", gbps="", pct_mem="", **prov,
     )  # fmt: skip
     if unit == "ms":
-        flops = costs.op_flops(op, batch, in_f, out_f, r)
+        flops = costs.op_flops(op, batch, in_f, out_f, r) if flops is None else flops
         if flops:
             row["tflops"] = f"{flops / (med * 1e-3) / 1e12:.6g}"
         if op in costs.MEMORY_OPS:

@@ -1,0 +1,223 @@
+"""``python bench/gpu_check.py --out DIR``: check and time the kernels on a GPU, each result kept as it comes.
+
+Exit status: 0 every check passed and no case crashed; 1 a check failed or a case crashed (the run went on);
+2 a bad flag or environment, or no CUDA (one line, after the preflight); 128 + n when stopped by signal n
+(SIGTERM, SIGINT), after writing the summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from bench.gpu import plan
+from bench.gpu.journal import FILE_NAME, Interrupted, Journal, Run
+
+ROOT = Path(__file__).resolve().parents[2]
+PROG = "gpu_check"
+DEFAULT_BUDGET_S = 240.0
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the flag, what was expected and what came; never a usage dump
+        sys.stderr.write(f"{PROG}: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    wrong = [n for n in names if n not in plan.SECTIONS]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(plan.SECTIONS)}, got {text!r}"
+        )
+    return names
+
+
+def _folder(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got the file {text!r}")
+    return path
+
+
+def parser() -> Parser:
+    p = Parser(
+        prog="python bench/gpu_check.py",
+        description="Check the GLAI Triton kernels against the float64 reference on CUDA, then time them "
+        "against cuBLAS and training steps of a classification head against a plain PyTorch MLP (eager and "
+        "torch.compile). Needs a CUDA GPU, builds and installs nothing; every result is appended to "
+        f"DIR/{FILE_NAME} as it comes. `python -m bench.gpu_report DIR/{FILE_NAME}` makes the tables, CSV "
+        "rows and plots.",
+    )
+    p.add_argument("--out", type=_folder, default=ROOT / "gpu-out", metavar="DIR",
+                   help=f"folder of {FILE_NAME} (default: gpu-out/ in the repository)")  # fmt: skip
+    p.add_argument("--budget-s", type=_seconds, default=DEFAULT_BUDGET_S, metavar="S",
+                   help="cases that would start later than S seconds after the preflight are recorded as "
+                   f"skipped (default {DEFAULT_BUDGET_S:g})")  # fmt: skip
+    p.add_argument("--grid", choices=plan.GRIDS, default="subset",
+                   help="head grid of the training steps: the subset that fits 5 minutes (default), or the "
+                   "full grid (many torch.compile builds: see --count-compiles)")  # fmt: skip
+    p.add_argument("--only", type=_sections, default=plan.SECTIONS, metavar="SECTIONS",
+                   help=f"run only these sections, comma-separated: {','.join(plan.SECTIONS)}")  # fmt: skip
+    p.add_argument("--no-compile", action="store_true",
+                   help="record the torch.compile baselines as skipped instead of running them")  # fmt: skip
+    p.add_argument("--no-timing", action="store_true", help="correctness and determinism only")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the whole plan on the CPU under Triton's interpreter at tiny shapes (no GPU needed; "
+                   "the figures mean nothing)")  # fmt: skip
+    p.add_argument("--count-compiles", action="store_true",
+                   help="replay the GPU plan on meta tensors with launches stubbed and print how many "
+                   "Triton kernel specialisations, launchers and torch.compile builds it does")  # fmt: skip
+    return p
+
+
+def echo(msg: str = "", end: str = "\n") -> None:
+    print(msg, end=end, flush=True)
+
+
+def fail(message: str) -> int:
+    sys.stderr.write(f"{PROG}: {message}\n")
+    return 2
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    only = tuple(s for s in args.only if not (args.no_timing and s in ("kernels", "steps", "compiled")))
+    if args.count_compiles and args.dry_run:
+        return fail("--count-compiles: replays the GPU plan; expected it without --dry-run, got both")
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if interpreting and not args.dry_run:
+        return fail(
+            "TRITON_INTERPRET is set: expected it unset for a GPU run (the kernels would run in Triton's CPU "
+            "interpreter), got TRITON_INTERPRET="
+            + repr(os.environ["TRITON_INTERPRET"])
+            + ("; unset it" if args.count_compiles else "; unset it, or pass --dry-run")
+        )
+    if args.count_compiles:
+        return count_compiles(args, only)
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+        # The interpreter computes masked-out lanes of a tile from whatever the masked loads returned; numpy
+        # warns when those are NaN. Those lanes are never stored: the warning says nothing about a result.
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
+    os.environ["GLAI_AUTOTUNE"] = "0"  # the run times the kernels as configured: nothing is tuned during it
+    try:
+        journal = Journal(args.out / FILE_NAME)
+    except OSError as exc:
+        return fail(
+            f"--out: expected a folder this process can write, got {str(args.out)!r} ({exc.strerror})"
+        )
+    try:
+        return _run(args, only, journal)
+    finally:
+        journal.close()
+
+
+def _run(args, only, journal: Journal) -> int:
+    from bench.gpu import preflight
+
+    run = Run(journal, args.budget_s, echo)
+    info, problem = preflight.facts(args.dry_run)
+    for line in preflight.describe(info):
+        echo(f"{PROG}: {line}")
+    ops = ref = None
+    if problem is None:
+        problem = preflight.smoke(info)
+    if problem is None:
+        from glai_kernels import backend, reference
+
+        ops, ref = backend.triton_ops(), reference
+        if ops is None:
+            problem = f"the Triton kernels do not import here ({backend._triton_error})"
+        elif args.dry_run and not ops.INTERPRETED:
+            problem = (
+                "the kernels were imported before TRITON_INTERPRET was set: expected interpreted kernels"
+            )
+    grid = "dry" if args.dry_run else args.grid
+    run.write("preflight", ok=problem is None, error=problem, argv=args.argv, grid=grid,
+              budget_s=args.budget_s, only=list(only), **info)  # fmt: skip
+    if problem is not None:
+        return fail(problem)
+    if "smoke_s" in info:
+        echo(f"{PROG}: preflight done in {run.elapsed():.1f} s; budget {args.budget_s:g} s from now; "
+             f"results: {journal.path}")  # fmt: skip
+    run.start_budget()
+    from bench.gpu import report
+    from bench.gpu import target as targets
+
+    target = targets.make("dry" if args.dry_run else "cuda")
+    sizes = plan.DRY if args.dry_run else plan.GPU
+    try:
+        sections = plan.build(target, ops, ref, sizes, grid, run.state, only, args.no_compile)
+    except Exception as exc:  # nothing can run: say why in the file as well
+        run.write("crash", case="plan", status="crash", ok=False, error=f"{type(exc).__name__}: {exc}")
+        echo(f"{PROG}: the plan could not be built: {type(exc).__name__}: {exc}")
+        return 1
+    run.write("plan", grid=grid, **plan.describe(sections))
+    stopped = None
+    previous = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for section in sections:
+            run.run_section(section)
+    except Interrupted as exc:
+        stopped = exc.signum
+        echo(f"\n{PROG}: stopped by signal {stopped}; every line before this one is in {journal.path}")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    status = run.exit_status() if stopped is None else 128 + stopped
+    total = run.totals()
+    run.write("summary", complete=stopped is None, signal=stopped, exit_status=status, gpu=info.get("gpu"),
+              wall_s=round(run.elapsed(), 1), cases=total.cases, ok_lines=total.ok, failed_lines=total.fail,
+              crashed_cases=total.crash, skipped_cases=total.skipped)  # fmt: skip
+    echo()
+    try:
+        echo(report.terminal(journal.lines))
+    except Exception as exc:  # the results are in the file; a table bug must not change the exit status
+        echo(f"{PROG}: no table ({type(exc).__name__}: {exc}); the JSONL holds every result")
+    results = " --results DIR" if args.dry_run else ""  # a dry run's rows never go to bench/results unasked
+    echo(f"{PROG}: {journal.path}; tables, CSV, plots: python -m bench.gpu_report {journal.path}{results}")
+    return status
+
+
+def _raise(signum, frame):
+    raise Interrupted(signum)
+
+
+def count_compiles(args, only) -> int:
+    start = time.perf_counter()
+    from bench.gpu import count
+    from bench.gpu import target as targets
+
+    try:
+        from glai_kernels import backend, reference
+
+        ops = backend.triton_ops()
+    except Exception as exc:  # torch or triton missing
+        return fail(f"--count-compiles: the kernels do not import here ({type(exc).__name__}: {exc})")
+    if ops is None:
+        return fail(f"--count-compiles: the Triton kernels do not import here ({backend._triton_error})")
+    target = targets.make("replay")
+    sections = plan.build(target, ops, reference, plan.GPU, args.grid, {}, only, args.no_compile)
+    result = count.replay(sections, target)
+    echo(count.render(result, args.grid))
+    echo(f"  (replayed in {time.perf_counter() - start:.1f} s)")
+    return 1 if result["crashes"] else 0

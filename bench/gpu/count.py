@@ -1,0 +1,214 @@
+"""How much a GPU run will compile: the plan replayed on meta tensors with every launch and compile stubbed.
+
+Each Triton launch of ``glai_kernels.triton_ops`` goes through ``_launch(kernel, M, N, cfg, device, *args,
+**constexprs)``. The replay swaps it for a recorder (and routes the public ops past their ``torch.library``
+wrappers, whose fake implementations would otherwise answer for meta tensors without launching) and keeps, per
+launch, what Triton 3.6 specialises a compiled kernel on:
+
+- the kernel, its ``tl.constexpr`` values, the tile sizes, ``num_warps`` and ``num_stages``;
+- per pointer argument its element type and whether its address is a multiple of 16 (meta tensors report 0:
+  the caching allocator's blocks are aligned far beyond that, and the plan slices nothing);
+- per integer argument whether it equals 1 (then a constant), whether it is a multiple of 16, and whether it
+  needs 64 bits; ``None`` arguments are constants.
+
+Distinct keys are kernel specialisations (each a compile: TTIR to cubin); distinct argument-type signatures
+are launchers (a C file Triton 3.6 builds with the C compiler). ``torch.compile`` calls of the plan are
+counted by the replay target: each is a Dynamo trace and a forward and a backward Inductor graph.
+
+The per-unit times are assumptions, stated here once: lowering a 16-bit or TF32 GEMM kernel to a cubin took
+0.3-1.1 s and an IEEE fp32 one 3.5 s on a 2-core development machine without a GPU
+(``tests/_lower_kernels.py`` with a cold cache), so 1 s and 4 s are taken; a launcher build is a ``gcc -O3``
+of one small C file, 0.5 s; a ``torch.compile`` build of a small MLP step (trace, two Inductor graphs, their
+Triton kernels) 20 s for the first (Inductor's imports and compile workers) and 8 s for each after it. Each
+timing line of a GPU run records ``first_call_s``, the measured cost of its first call, to check these
+against.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+
+SM_COUNT = 132  # multiprocessors of the H200 the plan is made for
+
+SECONDS = {
+    "kernel": 1.0,
+    "kernel_ieee_fp32": 4.0,
+    "launcher": 0.5,
+    "compile_first": 20.0,
+    "compile": 8.0,
+    "timed": 0.2,  # one do_bench: 25 ms warm-up, 100 ms of repeats, its own estimate and the L2 flushes
+}
+
+
+def _int_sig(v: int) -> tuple:
+    if v == 1:
+        return ("constexpr", 1)
+    width = "i32" if -(2**31) <= v < 2**31 else "i64"
+    return (width, "D" if v % 16 == 0 else "")
+
+
+def arg_signature(arg) -> tuple:
+    """What Triton specialises one runtime argument on (see the module docstring)."""
+    import torch
+
+    if arg is None:
+        return ("constexpr", None)
+    if isinstance(arg, bool):
+        return ("i1",)
+    if isinstance(arg, int):
+        return _int_sig(arg)
+    if isinstance(arg, float):
+        return ("fp32",)
+    if isinstance(arg, torch.Tensor):
+        aligned = arg.data_ptr() % 16 == 0
+        return ("*" + str(arg.dtype).removeprefix("torch."), "D" if aligned else "")
+    return (type(arg).__name__,)
+
+
+def kernel_name(kernel) -> str:
+    fn = getattr(kernel, "fn", kernel)
+    return getattr(fn, "__name__", str(kernel))
+
+
+def specialisation(kernel, cfg: dict, args, constexprs: dict) -> tuple:
+    meta = tuple(sorted((k, cfg[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")))
+    options = (cfg.get("num_warps"), cfg.get("num_stages"))
+    consts = tuple(sorted((k, str(v)) for k, v in constexprs.items()))
+    return (kernel_name(kernel), consts, meta, options, tuple(arg_signature(a) for a in args))
+
+
+def launcher(key: tuple) -> tuple:
+    """The launcher signature of a specialisation: argument types, constants marked, values and
+    divisibility left out."""
+    return (key[0], tuple(s[0] for s in key[4]))
+
+
+@contextmanager
+def stubbed(launches: list):
+    """Every Triton launch recorded into ``launches`` instead of run; backends resolved without a GPU."""
+    import torch
+
+    from glai_kernels import backend, triton_ops
+
+    saved = {n: getattr(triton_ops, n) for n in ("_launch", "_batch_splits", "gate", "masked_forward",
+                                                  "backward_data", "backward_weights")}  # fmt: skip
+    saved_resolve = backend.resolve_backend
+
+    def record(kernel, M, N, cfg, device, *args, splits=1, **constexprs):
+        launches.append(specialisation(kernel, cfg, args, constexprs))
+
+    def backward_weights(g, h, need_bias, *, config=None, out=None):
+        return triton_ops._backward_weights_impl(g, h, need_bias, config, out)
+
+    triton_ops._launch = record
+    triton_ops.gate = lambda a, w, b, *, config=None, out=None: triton_ops._gate_impl(a, w, b, config, out)
+    triton_ops.masked_forward = lambda h, w, b, words, r, *, config=None, out=None: (
+        triton_ops._masked_forward_impl(h, w, b, words, r, config, out)
+    )
+    triton_ops.backward_data = lambda g, w, words, r, *, config=None, out=None: (
+        triton_ops._backward_data_impl(g, w, words, r, config, out)
+    )
+    triton_ops.backward_weights = backward_weights
+    # The weight gradient splits the batch (fp32 partials: other pointer types) when its tiles alone do not
+    # fill the GPU's multiprocessors: decided as on the H200, whose SM count is filled in for a CUDA device.
+    cuda0 = torch.device("cuda", 0)
+    had_count = cuda0 in triton_ops._SM_COUNT
+    triton_ops._SM_COUNT.setdefault(cuda0, SM_COUNT)
+    triton_ops._batch_splits = lambda cfg, N, K, M, device: saved["_batch_splits"](cfg, N, K, M, cuda0)
+    backend.resolve_backend = lambda name, device: "triton" if name in ("auto", "triton") else name
+    # Autocast knows no meta device: the stack's `autocast(device, enabled=False)` and the structural phase's
+    # `is_autocast_enabled(device)` see none there.
+    autocast, is_enabled = torch.autocast, torch.is_autocast_enabled
+    torch.autocast = lambda device_type, *a, **k: (
+        nullcontext() if device_type == "meta" else autocast(device_type, *a, **k)
+    )
+    torch.is_autocast_enabled = lambda *a: False if a and a[0] == "meta" else is_enabled(*a)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(triton_ops, name, value)
+        if not had_count:
+            triton_ops._SM_COUNT.pop(cuda0, None)
+        backend.resolve_backend = saved_resolve
+        torch.autocast, torch.is_autocast_enabled = autocast, is_enabled
+
+
+def estimate(per_section: dict) -> dict:
+    """Totals and seconds from ``{section: {"launches": [...], "compiles": [...], "timed": n}}``."""
+    seen_k, seen_l, seen_c = set(), set(), set()
+    rows = {}
+    for name, rec in per_section.items():
+        new_k = [k for k in dict.fromkeys(rec["launches"]) if k not in seen_k]
+        seen_k.update(new_k)
+        new_l = [x for x in dict.fromkeys(launcher(k) for k in new_k) if x not in seen_l]
+        seen_l.update(new_l)
+        new_c = [c for c in dict.fromkeys(rec["compiles"]) if c not in seen_c]
+        seen_c.update(new_c)
+        ieee = sum(
+            1 for k in new_k if ("PRECISION", "ieee") in k[1] and any(s[0] == "*float32" for s in k[4])
+        )
+        rows[name] = {"kernels": len(new_k), "ieee_fp32": ieee, "launchers": len(new_l),
+                      "compiles": len(new_c), "timed": rec["timed"],
+                      "launches": len(rec["launches"])}  # fmt: skip
+    n_k = sum(r["kernels"] for r in rows.values())
+    n_ieee = sum(r["ieee_fp32"] for r in rows.values())
+    n_l = sum(r["launchers"] for r in rows.values())
+    n_c = sum(r["compiles"] for r in rows.values())
+    s = SECONDS
+    seconds = {
+        "kernels": (n_k - n_ieee) * s["kernel"] + n_ieee * s["kernel_ieee_fp32"],
+        "launchers": n_l * s["launcher"],
+        "torch.compile": (s["compile_first"] + (n_c - 1) * s["compile"]) if n_c else 0.0,
+        "timing": sum(r["timed"] for r in rows.values()) * s["timed"],
+    }
+    by_kernel = Counter(k[0] for k in seen_k)
+    return {"sections": rows, "kernels": n_k, "ieee_fp32": n_ieee, "launchers": n_l, "compiles": n_c,
+            "seconds": seconds, "by_kernel": dict(by_kernel), "assumed_seconds": dict(s)}  # fmt: skip
+
+
+def replay(sections, target) -> dict:
+    """Run ``sections`` on the replay target with launches stubbed; the estimate."""
+    from bench.gpu.journal import Journal, Run
+
+    per_section = {}
+    launches: list = []
+    run = Run(Journal(None), budget_s=float("inf"), echo=lambda *a, **k: None)
+    with stubbed(launches):
+        for section in sections:
+            launches.clear()
+            n_compiles, n_timed = len(target.compiles), target.timed
+            run.run_section(section)
+            per_section[section.name] = {"launches": list(launches), "compiles": target.compiles[n_compiles:],
+                                         "timed": target.timed - n_timed}  # fmt: skip
+    result = estimate(per_section)
+    result["crashes"] = [
+        f"{r['case']}: {r['error']}" for r in run.journal.lines if r.get("status") == "crash"
+    ]
+    return result
+
+
+def render(result: dict, grid: str) -> str:
+    columns = ("kernels", "ieee_fp32", "launchers", "compiles", "timed")
+    lines = [
+        f"compile estimate, GPU plan with head grid '{grid}' (replayed on meta tensors, launches stubbed):"
+    ]
+    lines.append(f"  {'section':<12}" + "".join(f"{c:>11}" for c in columns))
+    for name, r in result["sections"].items():
+        lines.append(f"  {name:<12}" + "".join(f"{r[c]:>11}" for c in columns))
+    s, sec = result["assumed_seconds"], result["seconds"]
+    timed = sum(r["timed"] for r in result["sections"].values())
+    lines += [
+        f"  total: {result['kernels']} Triton kernel specialisations ({result['ieee_fp32']} IEEE fp32) x "
+        f"{s['kernel']:g} s ({s['kernel_ieee_fp32']:g} s IEEE fp32) = {sec['kernels']:.0f} s; "
+        f"{result['launchers']} launchers x {s['launcher']:g} s = {sec['launchers']:.0f} s; "
+        f"{result['compiles']} torch.compile builds ({s['compile_first']:g} s, then {s['compile']:g} s each) "
+        f"= {sec['torch.compile']:.0f} s",
+        f"  timing: {timed} timed calls x {s['timed']:g} s = {sec['timing']:.0f} s; compiling and timing "
+        f"together about {sum(sec.values()) / 60:.1f} min",
+        "  specialisations per kernel: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(result["by_kernel"].items())),
+    ]
+    lines += [f"  replay crash (not counted): {crash}" for crash in result["crashes"][:5]]
+    return "\n".join(lines)

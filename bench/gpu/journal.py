@@ -1,0 +1,209 @@
+"""The run's record: one JSON line per check or timing, on disk the moment it is known, and the run's clock.
+
+A line is written with one ``os.write`` of the whole line to a file opened for appending, then ``fsync``: a
+run killed at any point (timeout, OOM kill, a hung kernel, the lease ending) leaves every line written before
+it complete. Non-finite floats become the strings ``"nan"``, ``"inf"`` and ``"-inf"``, so every line is strict
+JSON.
+
+Line kinds: ``preflight`` (always first), ``plan`` (every case the run means to do, per section), ``check``,
+``timing``, ``step``, ``skip`` (a case not run, with the reason), ``crash`` (a case that raised) and
+``summary`` (last, only when the run reached its end or was stopped by a signal it could handle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FILE_NAME = "gpu_check.jsonl"
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: stop the run, write the summary line. A BaseException so no case's
+    ``except Exception`` takes it for a failure of that case."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def dumps(record: dict) -> str:
+    return json.dumps(_clean(record), allow_nan=False, default=str)
+
+
+class Journal:
+    """Appends lines to ``path`` (``None``: keeps them in memory only, as the compile-count replay does)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.lines: list[dict] = []
+        self._fd = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():  # a run starts its file afresh; the previous one is kept once
+                os.replace(path, path.with_suffix(".prev.jsonl"))
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, record: dict) -> None:
+        self.lines.append(record)
+        if self._fd is None:
+            return
+        data = (dumps(record) + "\n").encode()
+        while data:  # a regular file takes the whole line in one write; the loop only guards short writes
+            data = data[os.write(self._fd, data) :]
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class Case:
+    """One unit of work in its own ``try``. ``fn(emit)`` runs it and calls ``emit(**fields)`` once per line;
+    ``base`` holds the fields every line of the case shares (what, shape, dtype)."""
+
+    id: str
+    fn: Callable
+    base: dict = field(default_factory=dict)
+    unavailable: str | None = None  # recorded as skipped with this reason, never run
+
+
+@dataclass
+class Section:
+    name: str
+    cases: list[Case]
+
+
+@dataclass
+class Tally:
+    cases: int = 0
+    ok: int = 0
+    fail: int = 0
+    crash: int = 0
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Run:
+    """The clock, the budget (counted from the end of the preflight) and the journal of one run."""
+
+    MAX_NOTES = 3  # failures named per section on standard output (the JSONL has every one)
+
+    def __init__(self, journal: Journal, budget_s: float, echo: Callable[[str], None] = print):
+        self.journal = journal
+        self.budget_s = budget_s
+        self.echo = echo
+        self.t0 = time.perf_counter()
+        self.t_budget = self.t0  # reset when the preflight ends
+        self.tallies: dict[str, Tally] = {}
+        self.state: dict = {}  # figures later cases use (the measured memory rate)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t_budget
+
+    def start_budget(self) -> None:
+        self.t_budget = time.perf_counter()
+
+    def write(self, kind: str, **fields) -> dict:
+        record = {"kind": kind, "t": round(self.elapsed(), 3), **fields}
+        self.journal.write(record)
+        return record
+
+    # ------------------------------------------------------------------ cases
+    def run_section(self, section: Section) -> Tally:
+        tally = self.tallies.setdefault(section.name, Tally())
+        start = time.perf_counter()
+        self.echo(f"[{self.elapsed():6.1f}s] {section.name} ({len(section.cases)} cases) ...", end="")
+        try:
+            for case in section.cases:
+                self.run_case(section.name, case, tally)
+        finally:
+            parts = [f"{tally.ok} lines ok"] + [
+                f"{n} {what}" for what, n in (("FAILED", tally.fail), ("CRASHED", tally.crash)) if n
+            ]
+            if tally.skipped:
+                parts.append(f"{tally.skipped} skipped")
+            self.echo(f" {', '.join(parts)} ({time.perf_counter() - start:.1f} s)")
+            for note in tally.notes[: self.MAX_NOTES]:
+                self.echo(f"    {note}")
+            if len(tally.notes) > self.MAX_NOTES:
+                self.echo(f"    ... and {len(tally.notes) - self.MAX_NOTES} more in the JSONL")
+        return tally
+
+    def run_case(self, section: str, case: Case, tally: Tally) -> None:
+        tally.cases += 1
+        base = {"section": section, "case": case.id, **case.base}
+        if case.unavailable is not None:
+            tally.skipped += 1
+            self.write("skip", **base, status="skipped", ok=None, error=case.unavailable)
+            return
+        if self.spent() > self.budget_s:
+            tally.skipped += 1
+            reason = f"time budget: {self.spent():.0f} s spent of --budget-s {self.budget_s:g}"
+            self.write("skip", **base, status="skipped", ok=None, error=reason)
+            return
+
+        def emit(kind: str = "check", ok: bool | None = True, **fields) -> None:
+            fields = {**base, **fields}
+            status = fields.pop("status", None) or ("ok" if ok else "fail")
+            if status == "skipped":
+                tally.skipped += 1
+            elif ok:
+                tally.ok += 1
+            else:
+                tally.fail += 1
+                note = f"FAIL {case.id}: {fields.get('what', '')} {_figure(fields)}".rstrip()
+                tally.notes.append(note[:160])
+            self.write(kind, **fields, status=status, ok=ok)
+
+        try:
+            case.fn(emit)
+        except Exception as exc:
+            tally.crash += 1
+            error = f"{type(exc).__name__}: {exc}"
+            trace = traceback.format_exc().strip().splitlines()[-12:]
+            self.write("crash", **base, status="crash", ok=False, error=error, trace=trace)
+            tally.notes.append(f"CRASH {case.id}: {error.splitlines()[0]}"[:160])
+
+    # ------------------------------------------------------------------ totals
+    def totals(self) -> Tally:
+        total = Tally()
+        for t in self.tallies.values():
+            for name in ("cases", "ok", "fail", "crash", "skipped"):
+                setattr(total, name, getattr(total, name) + getattr(t, name))
+        return total
+
+    def exit_status(self) -> int:
+        total = self.totals()
+        return 1 if total.fail or total.crash else 0
+
+
+def _figure(fields: dict) -> str:
+    value, unit = fields.get("value"), fields.get("unit", "")
+    if isinstance(value, float):
+        tol = fields.get("tol")
+        return f"{value:.2e} {unit}" + (f" (tolerance {tol:.0e})" if tol else "")
+    if fields.get("error"):
+        return str(fields["error"])[:120]
+    return ""
