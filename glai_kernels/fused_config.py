@@ -27,7 +27,7 @@ MIN_PAD = 16  # tl.dot needs every dimension >= 16
 
 _INTERPRETER = {
     "chain": {"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16, "CHUNK": 32, "num_warps": 1, "num_stages": 1},
-    "weights": {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "SPLITS": 1, "num_warps": 1, "num_stages": 1},
+    "weights": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "SPLITS": 1, "num_warps": 1, "num_stages": 1},
 }
 _DEFAULTS = {
     80: {
