@@ -26,7 +26,10 @@ WORST: dict = {}
 def _report_worst():
     yield
     if WORST:
-        print("\nfused kernels, largest relative error vs float64: " + ", ".join(f"{k}: {v:.2e}" for k, v in WORST.items()))
+        print(
+            "\nfused kernels, largest relative error vs float64: "
+            + ", ".join(f"{k}: {v:.2e}" for k, v in WORST.items())
+        )
 
 
 def rel_err(out, expected) -> float:
@@ -115,7 +118,11 @@ def test_forward(M, IN, hidden, OUT, r, mode, dtype, bias, strided):
     if mode == FROM_STRUCTURE:
         s_ws, s_bs = stack(g, IN, s_n, 1, dtype, bias)
         structure = (s_ws[:-1], s_bs[:-1])
-    out = (nan(M, OUT, dtype=dtype), [nan(M, n, dtype=dtype) for n in hidden], [garbage_words(M, n) for n in s_n])
+    out = (
+        nan(M, OUT, dtype=dtype),
+        [nan(M, n, dtype=dtype) for n in hidden],
+        [garbage_words(M, n) for n in s_n],
+    )
     y, hid, words = fl.forward(x, ws, bs, mode, r, patterns, structure, out=out)
     assert y is out[0] and all(a is b for a, b in zip(hid, out[1]))
     if mode == FROM_STRUCTURE:  # the structural chain's bits, against its float64 reference
@@ -199,7 +206,7 @@ def test_grad_weights(M, IN, hidden, OUT, dtype, first, splits, bias):
         check(dws[i], rw, dtype, f"dW of layer {i}")
         if bias:
             check(dbs[i], rb, dtype, f"db of layer {i}")
-    for (_, counters) in fl._WORKSPACES.values():
+    for _, counters in fl._WORKSPACES.values():
         assert not counters.any(), "the last program of each tile must reset its counter"
 
 
