@@ -49,6 +49,22 @@ GRIDS = {
         "dtypes": ("bfloat16", "float32"),
     },
     "quick": {"shapes": [(4096, 1024, 1024), (16384, 4096, 4096)], "r": (1, 4), "dtypes": ("bfloat16",)},
+    # Head-sized training steps (bench/heads.py): the product below in bfloat16, plus one float16 and one TF32
+    # case; a copy of each dtype gives the memory rate of the same run.
+    "head": {
+        "shapes": [],
+        "r": (1,),
+        "dtypes": (),
+        "heads": {
+            "batches": (1024, 16384, 131072),
+            "in": (64, 512),
+            "widths": (32, 64, 128, 256),
+            "depths": (2, 3),
+            "out": (10, 128),
+            "dtype": "bfloat16",
+            "extra": [("float16", (16384, 512, 128, 2, 10)), ("tf32", (16384, 512, 128, 2, 10))],
+        },
+    },
 }
 _ROTATION_BYTES = {"cuda": 512 << 20, "cpu": 32 << 20}
 
@@ -146,9 +162,26 @@ def op_bytes(op: str, batch: int, in_f: int, out_f: int, r: int, dtype: str) -> 
 
 
 def record(
-    op, provider, batch, in_f, out_f, r, dtype: str, times, device, *, unit="ms", file=OPS_CSV
+    op,
+    provider,
+    batch,
+    in_f,
+    out_f,
+    r,
+    dtype: str,
+    times,
+    device,
+    *,
+    unit="ms",
+    file=OPS_CSV,
+    shape=None,
+    flops=None,
+    nbytes=None,
 ) -> dict:
-    """Keep one result row for the end of the session (``times`` = median, p20, p80 in ``unit``)."""
+    """Keep one result row for the end of the session (``times`` = median, p20, p80 in ``unit``).
+
+    ``shape``, ``flops`` and ``nbytes`` replace the shape key and the counts of :mod:`glai_kernels.costs`, for
+    cases those do not describe (the head grid)."""
     med, p20, p80 = times
     row = dict(
         op=op, provider=provider, shape=shape_key(batch, in_f, out_f, r), batch=batch, in_features=in_f,
@@ -156,12 +189,15 @@ def record(
         tflops="", pct_gemm="", gbps="", pct_mem="", device=device_name(device), torch=torch.__version__,
         triton=triton_version(), date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     )  # fmt: skip
+    if shape is not None:
+        row["shape"] = shape
     if unit == "ms":
-        flops = costs.op_flops(op, batch, in_f, out_f, r)
+        flops = costs.op_flops(op, batch, in_f, out_f, r) if flops is None else flops
         if flops:
             row["tflops"] = f"{flops / (med * 1e-3) / 1e12:.6g}"
-        if op in costs.MEMORY_OPS:
+        if nbytes is None and op in costs.MEMORY_OPS:
             nbytes = op_bytes(op, batch, in_f, out_f, r, dtype)
+        if nbytes:
             row["gbps"] = f"{nbytes / (med * 1e-3) / 1e9:.6g}"
     _rows.append((file, row))
     return row

@@ -21,11 +21,12 @@ CPU tensor. Eagerly the launches are called directly; under ``torch.compile`` ea
 from __future__ import annotations
 
 import torch
+from torch._functorch.utils import unwrap_dead_wrappers
 from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
-from .fused_config import MAX_WIDTH
+from .fused_config import MAX_WIDTH, default_config
 from .layout import PATTERN_DTYPE, words_for
 
 GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # forward modes: patterns given, made, from the frozen structure
@@ -34,10 +35,16 @@ _PER_LAYER = "per-layer"
 _PLANS: dict = {}
 
 
-def _launch():
-    from . import fused_launch  # imports Triton: only once the backend resolved to it
+_LAUNCH = None
 
-    return fused_launch
+
+def _launch():
+    global _LAUNCH
+    if _LAUNCH is None:
+        from . import fused_launch  # imports Triton: only once the backend resolved to it
+
+        _LAUNCH = fused_launch
+    return _LAUNCH
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -46,18 +53,16 @@ def check_fused_flag(fused) -> None:
         raise TypeError(f"fused must be None (auto), True or False, got {fused!r}")
 
 
-def width_problem(hidden, structural=()) -> str | None:
+def width_problem(hidden, structural=(), limit: int = MAX_WIDTH, where: str = "") -> str | None:
     """Why these hidden widths cannot take the fused path, or None."""
     for what, widths in (("hidden", hidden), ("structural", structural)):
         for i, n in enumerate(widths):
-            if n > MAX_WIDTH:
-                return (
-                    f"the fused path takes hidden widths up to {MAX_WIDTH}, got {what} width {n} at layer {i}"
-                )
+            if n > limit:
+                return f"the fused path takes hidden widths up to {limit}{where}, got {what} width {n} at layer {i}"
     return None
 
 
-def why_not_fused(backend_name: str, n_layers: int, dtype: torch.dtype, hidden, structural=()) -> str | None:
+def why_not_fused(backend_name: str, n_layers: int, dtype, hidden, structural=(), device=None) -> str | None:
     """Why a stack cannot take the fused path (one sentence naming the limit and the value), or None."""
     if backend_name != "triton":
         return (
@@ -67,7 +72,10 @@ def why_not_fused(backend_name: str, n_layers: int, dtype: torch.dtype, hidden, 
         return "the fused path needs at least one hidden layer, got a single linear layer"
     if dtype not in FUSED_DTYPES:
         return f"the fused path takes float32, float16 or bfloat16 operands, got {dtype}"
-    return width_problem(hidden, structural)
+    if device is None:
+        return width_problem(hidden, structural)
+    limit = default_config(device, _backend.interpreting())["max_width"]
+    return width_problem(hidden, structural, limit, f" on {device}")
 
 
 # ----------------------------------------------------------------------------- entry
@@ -116,8 +124,12 @@ def fused_mlp(
     x2 = x.reshape(-1, x.shape[-1])
     if mode == GIVEN:
         extra_w = [p.reshape(-1, p.shape[-1]) for p in extra_w]
-    with torch.autocast(kind, enabled=False):
-        out = FusedStackFunction.apply(x2, mode, reduction, L, *weights, *biases, *extra_w, *extra_b)
+    args = (x2, mode, reduction, L, *weights, *biases, *extra_w, *extra_b)
+    if autocast is not None:
+        with torch.autocast(kind, enabled=False):
+            out = _apply(args)
+    else:
+        out = _apply(args)
     y = out[0]
     return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
 
@@ -161,7 +173,7 @@ def _validate(x, weights, biases, patterns, structure, mode, reduction, backend,
     if autocast is None:
         match_dtypes(x, weights, biases)
     name = _backend.resolve_backend(backend, x.device)
-    reason = why_not_fused(name, len(weights), dtype, hidden, structural_hidden)
+    reason = why_not_fused(name, len(weights), dtype, hidden, structural_hidden, x.device)
     if reason is None:
         return "fused"
     if fused:
@@ -226,6 +238,18 @@ class FusedStackFunction(torch.autograd.Function):
         dws = [d if need_w[i] else None for i, d in enumerate(dws)]
         dbs = [d if need_b[i] else None for i, d in enumerate(dbs)]
         return (dx, None, None, None, *dws, *dbs, *([None] * ctx.n_extra))
+
+
+# Function.apply binds its arguments with inspect.signature on every call when setup_context is defined (tens of
+# microseconds, to fill in defaults this forward has none of); eagerly, with no torch.func transform active, the
+# C implementation it ends in is called directly.
+_C_APPLY = super(torch.autograd.Function, FusedStackFunction).apply
+
+
+def _apply(args):
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return FusedStackFunction.apply(*args)
+    return _C_APPLY(*unwrap_dead_wrappers(args))
 
 
 # ----------------------------------------------------------------------------- launches as ops

@@ -13,7 +13,6 @@ that run one after another on a stream, not two at once on two streams.
 from __future__ import annotations
 
 import torch
-import triton
 
 from . import fused_config
 from .fused_config import padded
@@ -56,9 +55,14 @@ def launch(kernel, grid: tuple, cfg: dict, device: torch.device, *args, **conste
             kernel[grid](*args, **constexprs, **options)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _mat(ts) -> tuple:
     """Pointers and (row, column) strides of a list of 2-d tensors, as the kernels' tuples."""
-    return tuple(ts), tuple(t.stride(0) for t in ts), tuple(t.stride(1) for t in ts)
+    strides = [t.stride() for t in ts]
+    return tuple(ts), tuple(s[0] for s in strides), tuple(s[1] for s in strides)
 
 
 def _bias(biases, weights) -> tuple:
@@ -102,7 +106,8 @@ def forward(x, weights, biases, mode, reduction=1, patterns=None, structure=None
     if M == 0:
         return y, hidden, words
     cfg = config_for(dev, config)["chain"]
-    chunk = cfg["CHUNK"]
+    pad, s_pad = tuple(padded(n) for n in hidden_n), tuple(padded(n) for n in s_n)
+    chunk = fused_config.chunk_for(cfg, pad + s_pad)
     if mode == FROM_STRUCTURE:
         s_w, s_b = list(structure[0]), list(structure[1])
         # A structural layer wider than a chunk stages its rows in memory (its activations are not kept).
@@ -113,11 +118,10 @@ def forward(x, weights, biases, mode, reduction=1, patterns=None, structure=None
     b_ptrs, b_s, has_b = _bias(biases, weights)
     w, w_sn, w_sk = _mat(weights)
     launch(
-        fused_forward_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),), cfg, dev,
+        fused_forward_kernel, (_cdiv(M, cfg["BLOCK_M"]),), cfg, dev,
         x, y, M, IN, OUT, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
         w, w_sn, w_sk, b_ptrs, b_s, *_mat(hidden), *_mat(words), *_mat(s_w), sb_ptrs, sb_s, *_mat(staging),
-        HIDDEN=hidden_n, PAD=tuple(padded(n) for n in hidden_n), HAS_B=has_b, S_HIDDEN=s_n,
-        S_PAD=tuple(padded(n) for n in s_n), S_HAS_B=s_has_b, MODE=mode, REDUCTION=reduction,
+        HIDDEN=hidden_n, PAD=pad, HAS_B=has_b, S_HIDDEN=s_n, S_PAD=s_pad, S_HAS_B=s_has_b, MODE=mode, REDUCTION=reduction,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=chunk,
         WORD_BITS=WORD_BITS, UPCAST=INTERPRETED, PRECISION=dot_precision(dt),
     )  # fmt: skip
@@ -128,7 +132,6 @@ def grad_data(dy, weights, words, reduction, lowest, need_dx, *, config=None, ou
     """``(grads, dx)``: ``grads[l]`` the gradient at hidden layer ``l``'s output for ``l >= lowest`` (None
     below), ``dx`` when ``need_dx`` (which needs ``lowest == 0``). ``out``: ``(grads, dx)`` buffers."""
     M, OUT = dy.shape
-    L = len(weights)
     hidden_n = tuple(w.shape[0] for w in weights[:-1])
     IN = weights[0].shape[1]
     dev, dt = dy.device, dy.dtype
@@ -142,17 +145,17 @@ def grad_data(dy, weights, words, reduction, lowest, need_dx, *, config=None, ou
     if M == 0:
         return grads, dx
     cfg = config_for(dev, config)["chain"]
+    pad = tuple(padded(n) for n in hidden_n)
     g = [t if t is not None else dy for t in grads]  # never written: below the chain's end
     launch(
-        fused_grad_data_kernel, (triton.cdiv(M, cfg["BLOCK_M"]),), cfg, dev,
+        fused_grad_data_kernel, (_cdiv(M, cfg["BLOCK_M"]),), cfg, dev,
         dy, dx if need_dx else dy, M, IN, OUT, dy.stride(0), dy.stride(1),
         dx.stride(0) if need_dx else 0, dx.stride(1) if need_dx else 0,
         *_mat(weights), *_mat(words), *_mat(g),
-        HIDDEN=hidden_n, PAD=tuple(padded(n) for n in hidden_n), LOWEST=lowest, NEED_DX=need_dx,
+        HIDDEN=hidden_n, PAD=pad, LOWEST=lowest, NEED_DX=need_dx,
         REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"],
-        CHUNK=cfg["CHUNK"], WORD_BITS=WORD_BITS, UPCAST=INTERPRETED, PRECISION=dot_precision(dt),
+        CHUNK=fused_config.chunk_for(cfg, pad), WORD_BITS=WORD_BITS, UPCAST=INTERPRETED, PRECISION=dot_precision(dt),
     )  # fmt: skip
-    assert L >= 2
     return grads, dx
 
 
@@ -196,10 +199,10 @@ def grad_weights(grads, inputs, has_bias, first, *, config=None, out=None):
         return dws, dbs
     cfg = config_for(dev, config)["weights"]
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    tiles_k = tuple(triton.cdiv(k, bn) for k in Ks)
+    tiles_k = tuple(_cdiv(k, bn) for k in Ks)
     start = [0]
     for i in range(L):
-        start.append(start[-1] + (triton.cdiv(Ns[i], bm) * tiles_k[i] if i >= first else 0))
+        start.append(start[-1] + (_cdiv(Ns[i], bm) * tiles_k[i] if i >= first else 0))
     splits, m_split = fused_config.weight_splits(cfg, start[-1], M, dev)
     # Workspace layout per split: every layer's [N, K] partial, then its [N] bias partial.
     ws_dw, ws_db, size = [], [], 0

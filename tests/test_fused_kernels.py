@@ -103,6 +103,7 @@ FORWARD_CASES = [  # (batch, in, hidden, out, r, mode, dtype, bias, strided)
     (33, 300, (100, 36), 130, 2, FROM_STRUCTURE, F16, True, False),
     (33, 7, (256, 33), 10, 1, STRUCTURAL, F16, False, False),
     (33, 7, (100, 100, 100), 1, 4, FROM_STRUCTURE, F32, True, False),
+    (33, 7, (512,), 10, 2, GIVEN, F32, True, False),  # the widest the fused path takes
 ]
 
 

@@ -139,13 +139,17 @@ def test_a_step_is_three_launches_whatever_the_depth(launches, phase, hidden):
     assert dict(launches) == expected
 
 
-def test_auto_rule(launches):
-    """fused=None: the fused path on the triton backend when the widths fit, the per-layer kernels when a
-    width is over the limit, and the torch reference (no launch) on the torch backend."""
+def test_auto_rule(launches, monkeypatch):
+    """fused=None: the fused path on the triton backend when the widths fit the device's limit, the per-layer
+    kernels when a width is over it, and the torch reference (no launch) on the torch backend. (The limit is
+    lowered to 32 here, which keeps the interpreter's work small; the rule is the same at 512.)"""
+    real = fused.default_config
+    monkeypatch.setattr(fused, "default_config", lambda *a: {**real(*a), "max_width": 32})
+    monkeypatch.setattr(fused, "_PLANS", {})
     x = torch.randn(5, 7, device=DEVICE)
     for hidden, backend, expect in (
-        ([fused.MAX_WIDTH], "triton", "fused"),
-        ([fused.MAX_WIDTH + 1], "triton", "per-layer"),
+        ([32, 17], "triton", "fused"),
+        ([17, 33], "triton", "per-layer"),
         ([17], "torch", "none"),
     ):
         model = GLAIMLP(7, hidden, 3, backend=backend).to(DEVICE).freeze()
