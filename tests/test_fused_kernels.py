@@ -17,8 +17,8 @@ fl = pytest.importorskip("glai_kernels.fused_launch", reason="the fused kernels 
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-F32, F16 = torch.float32, torch.float16
-TOL = {F32: 1e-5, F16: 5e-3, torch.bfloat16: 1e-2}
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+TOL = {F32: 1e-5, F16: 5e-3, BF16: 1e-2}
 WORST: dict = {}
 
 
@@ -104,7 +104,7 @@ FORWARD_CASES = [  # (batch, in, hidden, out, r, mode, dtype, bias, strided)
     (33, 7, (256, 33), 10, 1, STRUCTURAL, F16, False, False),
     (33, 7, (100, 100, 100), 1, 4, FROM_STRUCTURE, F32, True, False),
     (33, 7, (512,), 10, 2, GIVEN, F32, True, False),  # the widest the fused path takes
-]
+] + ([(300, 300, (100, 36), 130, 2, FROM_STRUCTURE, BF16, True, True)] if CUDA else [])  # bf16: a GPU only
 
 
 @pytest.mark.parametrize("M,IN,hidden,OUT,r,mode,dtype,bias,strided", FORWARD_CASES)
@@ -151,7 +151,7 @@ DATA_CASES = [  # (batch, in, hidden, out, r, dtype, lowest, need_dx, strided)
     (33, 7, (256, 256), 130, 4, F32, 1, False, False),
     (33, 7, (1, 17, 33, 100), 10, 1, F16, 2, False, False),
     (33, 300, (256,), 130, 1, F32, 0, True, True),
-]
+] + ([(300, 300, (100, 36), 130, 2, BF16, 0, True, True)] if CUDA else [])
 
 
 @pytest.mark.parametrize("M,IN,hidden,OUT,r,dtype,lowest,need_dx,strided", DATA_CASES)
@@ -180,11 +180,11 @@ WEIGHT_CASES = [  # (batch, in, hidden, out, dtype, first, splits, bias)
     (300, 7, (256,), 130, F32, 1, 2, False),
     (300, 7, (100, 36, 17), 1, F16, 0, 4, True),
     (33, 7, (1, 17, 33, 100), 10, F32, 2, 1, True),
-]
+] + ([(3000, 300, (100, 36), 130, BF16, 0, 4, True)] if CUDA else [])
 
 
 @pytest.mark.parametrize("M,IN,hidden,OUT,dtype,first,splits,bias", WEIGHT_CASES)
-def test_grad_weights(M, IN, hidden, OUT, dtype, first, splits, bias):
+def test_grad_weights(M, IN, hidden, OUT, dtype, first, splits, bias, monkeypatch):
     """Every layer's dW and db in one launch; with splits > 1 the batch is cut and the partials are added in
     split order by the last program of each tile, which also leaves the workspace counters at zero."""
     g = torch.Generator().manual_seed(M + IN * 3 + sum(hidden) + OUT * 5 + splits)
@@ -197,8 +197,13 @@ def test_grad_weights(M, IN, hidden, OUT, dtype, first, splits, bias):
         [nan(dims[i + 1], dims[i], dtype=dtype) if i >= first else None for i in range(L)],
         [nan(dims[i + 1], dtype=dtype) if i >= first and bias else None for i in range(L)],
     )
-    cfg = dict(fl.config_for(DEVICE, None)["weights"], SPLITS=splits)
-    dws, dbs = fl.grad_weights(grads, inputs, has_bias, first, config={"weights": cfg}, out=out)
+    if splits == 1:  # the default configuration, remembered per signature with its workspace
+        dws, dbs = fl.grad_weights(grads, inputs, has_bias, first, out=out)
+    else:
+        with_splits = {**fl.config_for(DEVICE, None)["weights"], "SPLITS": splits}
+        monkeypatch.setitem(fl._CONFIGS, DEVICE, {**fl.config_for(DEVICE, None), "weights": with_splits})
+        monkeypatch.setattr(fl, "_STATIC", {})
+        dws, dbs = fl.grad_weights(grads, inputs, has_bias, first, out=out)
     for i in range(L):
         if i < first:
             assert dws[i] is None and dbs[i] is None
@@ -207,7 +212,9 @@ def test_grad_weights(M, IN, hidden, OUT, dtype, first, splits, bias):
         check(dws[i], rw, dtype, f"dW of layer {i}")
         if bias:
             check(dbs[i], rb, dtype, f"db of layer {i}")
-    for _, counters in fl._WORKSPACES.values():
+    workspaces = [st["workspace"] for st in fl._STATIC.values() if st.get("workspace")]
+    assert workspaces or splits == 1
+    for _, counters in workspaces:
         assert not counters.any(), "the last program of each tile must reset its counter"
 
 
