@@ -62,8 +62,8 @@ def _cdiv(a: int, b: int) -> int:
 
 def _mat(ts) -> tuple:
     """Pointers and (row, column) strides of a list of 2-d tensors, as the kernels' tuples."""
-    strides = [t.stride() for t in ts]
-    return tuple(ts), tuple(s[0] for s in strides), tuple(s[1] for s in strides)
+    rows, cols = zip(*[t.stride() for t in ts])
+    return tuple(ts), rows, cols
 
 
 def _bias(biases, weights) -> tuple:
@@ -92,8 +92,8 @@ def forward(x, weights, biases, mode, reduction=1, patterns=None, structure=None
     dev, dt = x.device, x.dtype
     s_w, s_b = structure if mode == FROM_STRUCTURE else (weights[:-1], biases[:-1])
     key = (
-        "forward", mode, reduction, dev, dt, IN, tuple(w.shape[0] for w in weights),
-        tuple(b is None for b in biases), tuple(w.shape[0] for w in s_w), tuple(b is None for b in s_b),
+        "forward", mode, reduction, dev, dt, IN, tuple([w.shape[0] for w in weights]),
+        tuple([b is None for b in biases]), tuple([w.shape[0] for w in s_w]), tuple([b is None for b in s_b]),
     )  # fmt: skip
     st = _memo(key, config, lambda: _forward_static(key, config))
     if out is None:
@@ -147,7 +147,7 @@ def grad_data(dy, weights, words, reduction, lowest, need_dx, *, config=None, ou
     below), ``dx`` when ``need_dx`` (which needs ``lowest == 0``). ``out``: ``(grads, dx)`` buffers."""
     M, OUT = dy.shape
     dev, dt = dy.device, dy.dtype
-    key = ("grad_data", reduction, lowest, need_dx, dev, dt, tuple(w.shape[0] for w in weights[:-1]))
+    key = ("grad_data", reduction, lowest, need_dx, dev, dt, tuple([w.shape[0] for w in weights[:-1]]))
     st = _memo(key, config, lambda: _grad_data_static(key, config))
     IN = weights[0].shape[1]
     if out is None:
@@ -188,8 +188,8 @@ def grad_weights(grads, inputs, has_bias, first, *, config=None, out=None):
     kept per signature (zeroed ticket counters that the kernel resets itself)."""
     x = inputs[0]
     M, dev, dt = x.shape[0], x.device, x.dtype
-    Ns = tuple(g.shape[1] if i >= first else 1 for i, g in enumerate(grads))
-    Ks = tuple(a.shape[1] for a in inputs)
+    Ns = tuple([g.shape[1] if i >= first else 1 for i, g in enumerate(grads)])
+    Ks = tuple([a.shape[1] for a in inputs])
     key = ("grad_weights", first, tuple(has_bias), dev, dt, M, Ns, Ks)
     st = _memo(key, config, lambda: _grad_weights_static(key, config))
     if out is None:
