@@ -60,6 +60,7 @@ CHAIN_KEYS = ("BLOCK_M", "BLOCK_K", "BLOCK_N", "CHUNK", "WEIGHT_BLOCK", "num_war
 WEIGHT_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLITS", "num_warps", "num_stages")
 MIN_SPLIT_ROWS = 512
 MAX_SPLITS = 32
+PROGRAMS_PER_SM = 2  # the weight-gradient kernel fits two programs a multiprocessor (116-156 registers, 34-42 KB)
 
 
 @functools.cache
@@ -122,9 +123,10 @@ _SM_COUNT: dict = {}
 
 
 def weight_splits(cfg: dict, tiles: int, rows: int, device: torch.device) -> tuple[int, int]:
-    """``(S, rows per split)`` of the weight gradient: ``cfg["SPLITS"]`` when set, else about one program per
-    multiprocessor (``S = SMs // tiles``), each split at least :data:`MIN_SPLIT_ROWS` rows, at most
-    :data:`MAX_SPLITS`. Splits are whole ``BLOCK_K`` steps and none is empty."""
+    """``(S, rows per split)`` of the weight gradient: ``cfg["SPLITS"]`` when set, else enough splits for
+    :data:`PROGRAMS_PER_SM` programs a multiprocessor (``S = ceil(2 SMs / tiles)``: head-sized layers have few
+    ``dW`` tiles and a long batch), each split at least :data:`MIN_SPLIT_ROWS` rows, at most :data:`MAX_SPLITS`.
+    Splits are whole ``BLOCK_K`` steps and none is empty."""
     bk = cfg["BLOCK_K"]
     want = cfg["SPLITS"]
     if want is None:
@@ -132,7 +134,8 @@ def weight_splits(cfg: dict, tiles: int, rows: int, device: torch.device) -> tup
         if device.type == "cuda":
             if device not in _SM_COUNT:
                 _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-            want = max(1, min(_SM_COUNT[device] // max(tiles, 1), rows // MIN_SPLIT_ROWS, MAX_SPLITS))
+            programs = PROGRAMS_PER_SM * _SM_COUNT[device]
+            want = max(1, min(-(-programs // max(tiles, 1)), rows // MIN_SPLIT_ROWS, MAX_SPLITS))
     steps = max(1, -(-rows // bk))
     want = max(1, min(want, steps))
     per_split = -(-steps // want) * bk
