@@ -74,8 +74,14 @@ def why_not_fused(backend_name: str, n_layers: int, dtype, hidden, structural=()
         return f"the fused path takes float32, float16 or bfloat16 operands, got {dtype}"
     if device is None:
         return width_problem(hidden, structural)
-    limit = default_config(device, _backend.interpreting())["max_width"]
+    limit = _max_width(str(device))
     return width_problem(hidden, structural, limit, f" on {device}")
+
+
+@torch.compiler.assume_constant_result
+def _max_width(device: str) -> int:
+    """The device's widest hidden layer; a constant to torch.compile (which cannot trace the CUDA query)."""
+    return default_config(torch.device(device), _backend.interpreting())["max_width"]
 
 
 # ----------------------------------------------------------------------------- entry

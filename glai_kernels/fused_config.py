@@ -60,7 +60,9 @@ CHAIN_KEYS = ("BLOCK_M", "BLOCK_K", "BLOCK_N", "CHUNK", "WEIGHT_BLOCK", "num_war
 WEIGHT_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLITS", "num_warps", "num_stages")
 MIN_SPLIT_ROWS = 512
 MAX_SPLITS = 32
-PROGRAMS_PER_SM = 2  # the weight-gradient kernel fits two programs a multiprocessor (116-156 registers, 34-42 KB)
+PROGRAMS_PER_SM = (
+    2  # the weight-gradient kernel fits two programs a multiprocessor (116-156 registers, 34-42 KB)
+)
 
 
 @functools.cache

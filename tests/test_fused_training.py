@@ -143,8 +143,7 @@ def test_auto_rule(launches, monkeypatch):
     """fused=None: the fused path on the triton backend when the widths fit the device's limit, the per-layer
     kernels when a width is over it, and the torch reference (no launch) on the torch backend. (The limit is
     lowered to 32 here, which keeps the interpreter's work small; the rule is the same at 512.)"""
-    real = fused.default_config
-    monkeypatch.setattr(fused, "default_config", lambda *a: {**real(*a), "max_width": 32})
+    monkeypatch.setattr(fused, "_max_width", lambda device: 32)
     monkeypatch.setattr(fused, "_PLANS", {})
     x = torch.randn(5, 7, device=DEVICE)
     for hidden, backend, expect in (
@@ -251,6 +250,23 @@ def test_autocast_and_leading_dims():
     for g_ref, g in zip(*grads):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, g_ref, rtol=5e-2, atol=5e-2)
+
+
+def test_glai_mlp_with_given_patterns_and_leading_dims():
+    torch.manual_seed(8)
+    dims = (13, 36, 20, 5)
+    ws = [torch.randn(b, a, device=DEVICE) / a**0.5 for a, b in zip(dims[:-1], dims[1:])]
+    bs = [torch.randn(b, device=DEVICE) for b in dims[1:]]
+    x = torch.randn(2, 5, 13, device=DEVICE)
+    patterns = [
+        torch.randint(-(2**31), 2**31 - 1, (2, 5, 1), dtype=torch.int32, device=DEVICE) for _ in range(2)
+    ]
+    outs = [
+        glai_mlp(x, ws, bs, patterns, reduction=2, backend=b, fused=f)
+        for b, f in (("torch", None), ("triton", True))
+    ]
+    assert outs[1].shape == (2, 5, 5)
+    torch.testing.assert_close(outs[1], outs[0], rtol=2e-5, atol=2e-6)
 
 
 def test_empty_batch():
