@@ -8,9 +8,10 @@ Both phases go through :class:`FusedStackFunction`: the structural phase compute
 **When it runs** (``fused=`` of :func:`fused_mlp`, ``glai_mlp`` and ``GLAIMLP``): ``None`` (auto) takes the
 fused path when the backend resolves to ``"triton"`` (CUDA tensors, or Triton's interpreter) and the stack fits
 its limits; ``True`` forces it and raises a ValueError naming the limit otherwise; ``False`` keeps the per-layer
-kernels. The limits: at least one hidden layer; every hidden width, quantitative and structural, at most
-``fused_config.MAX_WIDTH`` (256, the widest that compiles without spills); float32, float16 or bfloat16
-operands (autocast casts to those). Depth, input and output features, batch and reduction are free.
+kernels. The limits: at least one hidden layer; every hidden width, quantitative and structural, at most the
+device's ``max_width`` (``fused_config``: 512 on sm_80 and sm_90, 256 on sm_86/89, the widest that compiles
+without a spill and fits the shared memory); float32, float16 or bfloat16 operands (autocast casts to those).
+Depth, input and output features, batch, strides and reduction are free. See ``docs/fused.md``.
 
 **Host path.** Arguments are validated once per signature (shapes, strides, dtypes, devices, autocast state,
 flags) and the verdict remembered, so a step does a dictionary lookup, no checks, no host synchronisation, no
