@@ -19,7 +19,8 @@ def pytest_addoption(parser):
         "--glai-grid",
         choices=("auto", *harness.GRIDS),
         default="auto",
-        help="shape grid: cpu (small), gpu, quick (two GPU shapes, bfloat16); auto picks gpu when CUDA is here",
+        help="shape grid: cpu (small), gpu, quick (two GPU shapes, bfloat16), head (head-sized training steps); "
+        "auto picks gpu when CUDA is here",
     )
     group.addoption(
         "--glai-threads",
@@ -54,6 +55,20 @@ def pytest_generate_tests(metafunc):
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             params.append(pytest.param(case, id=case.id, marks=marks))
         metafunc.parametrize("case", params)
+    if "head_case" in metafunc.fixturenames:
+        from bench import heads
+
+        params = []
+        for case in heads.head_cases(_grid(metafunc.config).get("heads", heads.NO_HEADS)):
+            reason = heads.skip_reason(case, device)
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            params.append(pytest.param(case, id=case.id, marks=marks))
+        metafunc.parametrize("head_case", params)
+    if "head_copy" in metafunc.fixturenames:
+        from bench import heads
+
+        dtypes = heads.copy_dtypes(_grid(metafunc.config).get("heads", heads.NO_HEADS))
+        metafunc.parametrize("head_copy", dtypes)
     if "memory_case" in metafunc.fixturenames:
         skip = (
             []

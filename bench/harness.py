@@ -49,6 +49,22 @@ GRIDS = {
         "dtypes": ("bfloat16", "float32"),
     },
     "quick": {"shapes": [(4096, 1024, 1024), (16384, 4096, 4096)], "r": (1, 4), "dtypes": ("bfloat16",)},
+    # Head-sized training steps (bench/heads.py): the product below in bfloat16, plus one float16 and one TF32
+    # case; a copy of each dtype gives the memory rate of the same run.
+    "head": {
+        "shapes": [],
+        "r": (1,),
+        "dtypes": (),
+        "heads": {
+            "batches": (1024, 16384, 131072),
+            "in": (64, 512),
+            "widths": (32, 64, 128, 256),
+            "depths": (2, 3),
+            "out": (10, 128),
+            "dtype": "bfloat16",
+            "extra": [("float16", (16384, 512, 128, 2, 10)), ("tf32", (16384, 512, 128, 2, 10))],
+        },
+    },
 }
 _ROTATION_BYTES = {"cuda": 512 << 20, "cpu": 32 << 20}
 
@@ -147,14 +163,14 @@ def op_bytes(op: str, batch: int, in_f: int, out_f: int, r: int, dtype: str) -> 
 
 def record(
     op, provider, batch, in_f, out_f, r, dtype: str, times, device, *, unit="ms", file=OPS_CSV,
-    shape: str | None = None, flops: int | None = None, provenance: dict | None = None,
+    shape: str | None = None, flops: int | None = None, nbytes: int | None = None, provenance: dict | None = None,
 ) -> dict:  # fmt: skip
     """Keep one result row for the end of the session (``times`` = median, p20, p80 in ``unit``).
 
-    ``shape`` and ``flops`` replace the shape key and the FLOP count for an op that :mod:`glai_kernels.costs`
-    does not describe (a head's training step); ``provenance`` (``device``, ``torch``, ``triton``, ``date``)
-    replaces this process's for a result measured elsewhere (``bench.gpu_report`` reading a GPU run back), and
-    ``device`` is then unused."""
+    ``shape``, ``flops`` and ``nbytes`` replace the shape key and the counts of :mod:`glai_kernels.costs` for a
+    case those do not describe (a head's training step); ``provenance`` (``device``, ``torch``, ``triton``,
+    ``date``) replaces this process's for a result measured elsewhere (``bench.gpu_report`` reading a GPU run
+    back), and ``device`` is then unused."""
     med, p20, p80 = times
     if provenance is None:
         provenance = dict(
@@ -172,8 +188,9 @@ def record(
         flops = costs.op_flops(op, batch, in_f, out_f, r) if flops is None else flops
         if flops:
             row["tflops"] = f"{flops / (med * 1e-3) / 1e12:.6g}"
-        if op in costs.MEMORY_OPS:
+        if nbytes is None and op in costs.MEMORY_OPS:
             nbytes = op_bytes(op, batch, in_f, out_f, r, dtype)
+        if nbytes:
             row["gbps"] = f"{nbytes / (med * 1e-3) / 1e9:.6g}"
     _rows.append((file, row))
     return row

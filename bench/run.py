@@ -63,6 +63,49 @@ def main(argv=None) -> int:
         rate = f"{row['tflops']} TFLOP/s" if row["tflops"] else (f"{row['gbps']} GB/s" if row["gbps"] else "")
         print(f"{case.id:60s} {times[0]:10.4f} ms  {rate}", flush=True)
         del fn, make
+    if grid.get("heads"):
+        from bench import heads
+
+        for dtype in heads.copy_dtypes(grid["heads"]):
+            dt = getattr(torch, dtype)
+            sets = [
+                (
+                    torch.randn(heads.COPY_BATCH, heads.COPY_WIDTH, device=device, dtype=dt),
+                    torch.empty(heads.COPY_BATCH, heads.COPY_WIDTH, device=device, dtype=dt),
+                )
+                for _ in range(2)
+            ]
+            times = harness.measure(Rounds(), lambda x, y: y.copy_(x), sets, device)
+            row = harness.record(
+                "copy", "torch", heads.COPY_BATCH, heads.COPY_WIDTH, heads.COPY_WIDTH, 1, dtype, times, device
+            )
+            print(f"head copy {dtype:49s} {times[0]:10.4f} ms  {row['gbps']} GB/s", flush=True)
+        for case in heads.head_cases(grid["heads"]):
+            if args.select not in case.id:
+                continue
+            reason = heads.skip_reason(case, device)
+            if reason:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            torch.manual_seed(0)
+            with heads.precision(case.dtype):
+                step, make = heads.build(case, device)
+                times = harness.measure(Rounds(), step, harness.input_sets(make, device), device)
+            row = harness.record(
+                "head_step",
+                case.variant,
+                case.batch,
+                case.in_f,
+                case.out_f,
+                1,
+                case.dtype,
+                times,
+                device,
+                shape=case.shape,
+                flops=heads.step_flops(case),
+                nbytes=heads.step_bytes(case),
+            )
+            print(f"{case.id:60s} {times[0]:10.4f} ms  {row['gbps']} GB/s", flush=True)
     if device.type == "cuda" and not args.no_memory:
         for case in providers.memory_cases(grid):
             if args.select in case.id:

@@ -23,6 +23,7 @@ from torch import nn
 from glai_kernels import glai_mlp, structural_patterns, words_for
 from glai_kernels.backend import check_backend_name
 from glai_kernels.checks import check_input, check_reduction, match_dtypes
+from glai_kernels.fused import check_fused_flag, fused_mlp, width_problem
 
 PHASES = ("structural", "quantitative")
 
@@ -100,6 +101,10 @@ class GLAIMLP(nn.Module):
             quantitative units ``j*r .. j*r + r - 1``. Must divide every hidden width.
         bias: whether every layer has a bias.
         backend: ``"auto"`` (Triton on CUDA when available, else PyTorch), ``"torch"`` or ``"triton"``.
+        fused: ``None`` trains both phases through the fused head path (a whole step in three launches) when
+            the backend resolves to ``"triton"`` and the widths fit (``glai_kernels.fused``), and through the
+            per-layer path (``nn.Linear`` + ReLU in the structural phase) otherwise; ``True`` forces it (a
+            ValueError names the limit where it cannot); ``False`` never takes it.
 
     Shape: input ``(*, in_features)``, output ``(*, out_features)``; patterns ``(*, ceil(n_l / r / 32))`` int32.
     """
@@ -114,6 +119,7 @@ class GLAIMLP(nn.Module):
         reduction: int = 1,
         bias: bool = True,
         backend: str = "auto",
+        fused: bool | None = None,
         device=None,
         dtype=None,
     ):
@@ -125,6 +131,12 @@ class GLAIMLP(nn.Module):
         self.reduction = reduction
         self.bias = bool(bias)
         self.backend = check_backend_name(backend)
+        check_fused_flag(fused)
+        if fused:
+            problem = width_problem(self.hidden_features, tuple(n // reduction for n in self.hidden_features))
+            if problem is not None:
+                raise ValueError(f"fused=True: {problem}")
+        self.fused = fused
         self.layers = self._make_layers(self.structural_widths, device=device, dtype=dtype)
         self.register_module("structure", None)  # the frozen structure once frozen: it alone says the phase
 
@@ -243,6 +255,11 @@ class GLAIMLP(nn.Module):
         if self.phase == "structural":
             if patterns is not None:
                 raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
+            # The fused path saves the packed patterns made in its forward (relu(z) = p z); elsewhere
+            # nn.Linear + ReLU, the fastest there.
+            y = fused_mlp(x, weights, biases, structural=True, backend=self.backend, fused=self.fused)
+            if y is not None:
+                return y
             if not torch.is_autocast_enabled(x.device.type):
                 # Only the check: under autocast each nn.Linear casts its own operands, and match_dtypes'
                 # casts would be built and thrown away on every step.
@@ -252,8 +269,18 @@ class GLAIMLP(nn.Module):
                 h = torch.relu(layer(h))
             return self.layers[-1](h)
         if patterns is None:
+            # Fused: the frozen structure runs in the same launch as the quantitative layers.
+            structure = (self.structure.weights, self.structure.biases)
+            y = fused_mlp(
+                x, weights, biases, structure=structure, reduction=self.reduction, backend=self.backend,
+                fused=self.fused,
+            )  # fmt: skip
+            if y is not None:
+                return y
             patterns = self.patterns(x)
-        return glai_mlp(x, weights, biases, patterns, reduction=self.reduction, backend=self.backend)
+        return glai_mlp(
+            x, weights, biases, patterns, reduction=self.reduction, backend=self.backend, fused=self.fused
+        )
 
     def structure_digest(self) -> str:
         """A short hash of the frozen structure: patterns cached under one digest are valid only for it."""

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 from . import backend as _backend
 from . import reference
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from .fused import fused_mlp
 
 
 def _ops(name: str):
@@ -71,7 +72,9 @@ class GLAIStackFunction(torch.autograd.Function):
         return (grad_x, None, None, None, *grad_w, *grad_b, *([None] * len(patterns)))
 
 
-def glai_mlp(x, weights, biases, patterns, *, reduction: int = 1, backend: str = "auto") -> torch.Tensor:
+def glai_mlp(
+    x, weights, biases, patterns, *, reduction: int = 1, backend: str = "auto", fused: bool | None = None
+) -> torch.Tensor:
     """Quantitative forward of a GLAI stack with fixed patterns, differentiable in ``x``, weights and biases.
 
     Args:
@@ -82,9 +85,15 @@ def glai_mlp(x, weights, biases, patterns, *, reduction: int = 1, backend: str =
             at structural width: quantitative unit ``j`` reads bit ``j // reduction``.
         reduction: structural reduction factor ``r``; must divide every hidden width.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        fused: ``None`` runs the whole stack in three launches a step (``glai_kernels.fused``) when the backend
+            resolves to ``"triton"`` and the stack fits that path's limits; ``True`` forces it (a ValueError
+            names the limit where it cannot); ``False`` keeps the per-layer kernels.
 
     Returns ``(*, out_features)``. No gradient flows to ``patterns``.
     """
+    y = fused_mlp(x, weights, biases, patterns=patterns, reduction=reduction, backend=backend, fused=fused)
+    if y is not None:
+        return y
     _backend.check_backend_name(backend)
     weights, biases = check_stack(weights, biases)
     check_input(x, weights[0].shape[1])

@@ -1,0 +1,342 @@
+"""The fused head path: a whole GLAI stack in three launches per training step, in both phases.
+
+One launch runs the forward of every layer for a block of rows (``kernels/fused_forward.py``); the backward is
+one launch for the data-gradient chain and one for every layer's weight gradient (``kernels/fused_backward.py``).
+Both phases go through :class:`FusedStackFunction`: the structural phase computes ``relu(z) = p z`` with
+``p = [z > 0]`` and saves the packed ``p``, so its backward is the quantitative one.
+
+**When it runs** (``fused=`` of :func:`fused_mlp`, ``glai_mlp`` and ``GLAIMLP``): ``None`` (auto) takes the
+fused path when the backend resolves to ``"triton"`` (CUDA tensors, or Triton's interpreter) and the stack fits
+its limits; ``True`` forces it and raises a ValueError naming the limit otherwise; ``False`` keeps the per-layer
+kernels. The limits: at least one hidden layer; every hidden width, quantitative and structural, at most the
+device's ``max_width`` (``fused_config``: 512 on sm_80 and sm_90, 256 on sm_86/89, the widest that compiles
+without a spill and fits the shared memory); float32, float16 or bfloat16 operands (autocast casts to those).
+Depth, input and output features, batch, strides and reduction are free. See ``docs/fused.md``.
+
+**Host path.** Arguments are validated once per signature (shapes, strides, dtypes, devices, autocast state,
+flags) and the verdict remembered, so a step does a dictionary lookup, no checks, no host synchronisation, no
+CPU tensor. Eagerly the launches are called directly; under ``torch.compile`` each launch is one custom op
+(``torch.ops.glai.fused_forward``, ``fused_grad_data``, ``fused_grad_weights``) with a shape-only fake.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._functorch.utils import unwrap_dead_wrappers
+from torch.autograd.function import once_differentiable
+
+from . import backend as _backend
+from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from .fused_config import MAX_WIDTH, default_config
+from .layout import PATTERN_DTYPE, words_for
+
+GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # forward modes: patterns given, made, from the frozen structure
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_PER_LAYER = "per-layer"
+_PLANS: dict = {}
+
+
+_LAUNCH = None
+
+
+def _launch():
+    global _LAUNCH
+    if _LAUNCH is None:
+        from . import fused_launch  # imports Triton: only once the backend resolved to it
+
+        _LAUNCH = fused_launch
+    return _LAUNCH
+
+
+# ----------------------------------------------------------------------------- the rule
+def check_fused_flag(fused) -> None:
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"fused must be None (auto), True or False, got {fused!r}")
+
+
+def width_problem(hidden, structural=(), limit: int = MAX_WIDTH, where: str = "") -> str | None:
+    """Why these hidden widths cannot take the fused path, or None."""
+    for what, widths in (("hidden", hidden), ("structural", structural)):
+        for i, n in enumerate(widths):
+            if n > limit:
+                return f"the fused path takes hidden widths up to {limit}{where}, got {what} width {n} at layer {i}"
+    return None
+
+
+def why_not_fused(backend_name: str, n_layers: int, dtype, hidden, structural=(), device=None) -> str | None:
+    """Why a stack cannot take the fused path (one sentence naming the limit and the value), or None."""
+    if backend_name != "triton":
+        return (
+            f"the fused path runs on the 'triton' backend, but the backend resolved to {backend_name!r} here"
+        )
+    if n_layers < 2:
+        return "the fused path needs at least one hidden layer, got a single linear layer"
+    if dtype not in FUSED_DTYPES:
+        return f"the fused path takes float32, float16 or bfloat16 operands, got {dtype}"
+    if device is None:
+        return width_problem(hidden, structural)
+    limit = _max_width(str(device))
+    return width_problem(hidden, structural, limit, f" on {device}")
+
+
+@torch.compiler.assume_constant_result
+def _max_width(device: str) -> int:
+    """The device's widest hidden layer; a constant to torch.compile (which cannot trace the CUDA query)."""
+    return default_config(torch.device(device), _backend.interpreting())["max_width"]
+
+
+# ----------------------------------------------------------------------------- entry
+def _key(t):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def fused_mlp(
+    x, weights, biases, *, patterns=None, structure=None, structural=False, reduction=1, backend="auto",
+    fused=None,
+):  # fmt: skip
+    """The stack's output through the fused path, or None where the per-layer path must run instead.
+
+    Exactly one of: ``patterns`` (the quantitative phase with given patterns, as ``glai_mlp``), ``structure``
+    (``(weights, biases)`` of the frozen structure's hidden layers: its patterns are computed in the same
+    launch) or ``structural=True`` (the structural phase: ReLU, patterns made in the forward).
+    """
+    if fused is False:
+        return None
+    if fused is None and (backend == "torch" or (backend == "auto" and not getattr(x, "is_cuda", False))):
+        return None  # resolves to the torch backend: decided without building a signature
+    mode = STRUCTURAL if structural else (FROM_STRUCTURE if structure is not None else GIVEN)
+    extra_w = () if mode == STRUCTURAL else (patterns if mode == GIVEN else structure[0])
+    extra_b = structure[1] if mode == FROM_STRUCTURE else ()
+    kind = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    try:
+        key = (mode, reduction, backend, fused, autocast, _key(x), tuple(map(_key, weights)),
+               tuple(map(_key, biases or ())), tuple(map(_key, extra_w)), tuple(map(_key, extra_b)))  # fmt: skip
+        plan = _PLANS.get(key)
+    except (AttributeError, TypeError):  # not tensors: the checks below name what is wrong
+        key, plan = None, None
+    if plan is None or torch.compiler.is_compiling():
+        plan = _validate(x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
+        if key is not None and not torch.compiler.is_compiling():
+            _PLANS[key] = plan
+    if plan is _PER_LAYER:
+        return None
+    L, lead = len(weights), tuple(x.shape[:-1])
+    biases = [None] * L if biases is None else list(biases)
+    if autocast is not None:  # casts in the autograd graph: fp32 master weights get their gradients
+        x, weights, biases = match_dtypes(x, list(weights), biases)
+        if mode == FROM_STRUCTURE:
+            extra_w = [w.to(autocast) for w in extra_w]
+            extra_b = [b if b is None else b.to(autocast) for b in extra_b]
+    x2 = x.reshape(-1, x.shape[-1])
+    if mode == GIVEN:
+        extra_w = [p.reshape(-1, p.shape[-1]) for p in extra_w]
+    args = (x2, mode, reduction, L, *weights, *biases, *extra_w, *extra_b)
+    if autocast is not None:
+        with torch.autocast(kind, enabled=False):
+            out = _apply(args)
+    else:
+        out = _apply(args)
+    y = out[0]
+    return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
+
+
+def _validate(x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast):
+    """The full checks (errors as the per-layer path gives them), then the verdict: a plan or _PER_LAYER."""
+    check_fused_flag(fused)
+    _backend.check_backend_name(backend)
+    weights, biases = check_stack(weights, biases)
+    check_input(x, weights[0].shape[1])
+    hidden = [w.shape[0] for w in weights[:-1]]
+    lead = tuple(x.shape[:-1])
+    structural_hidden = hidden if mode == STRUCTURAL else [n // reduction for n in hidden]
+    if mode == STRUCTURAL:
+        if reduction != 1:
+            raise ValueError(
+                f"the structural phase makes its patterns at full width: reduction must be 1, got {reduction}"
+            )
+    else:
+        check_reduction(reduction, hidden)
+    if mode == GIVEN:
+        check_patterns(patterns, hidden, reduction, lead, x.device)
+    elif mode == FROM_STRUCTURE and hidden:
+        if not isinstance(structure, (tuple, list)) or len(structure) != 2:
+            raise TypeError(
+                f"structure must be a pair (weights, biases) of the frozen hidden layers, got {structure!r}"
+            )
+        s_w, s_b = check_stack(*structure)
+        shapes = [tuple(w.shape) for w in s_w]
+        ins = [x.shape[-1]] + structural_hidden[:-1]
+        expected = [(n, k) for n, k in zip(structural_hidden, ins)]
+        if shapes != expected:
+            raise ValueError(
+                f"the frozen structure must have hidden layers of shapes {expected} (widths / reduction), got {shapes}"
+            )
+        check_devices(x, s_w, s_b)
+        if autocast is None:
+            match_dtypes(x, s_w, s_b)
+    check_devices(x, weights, biases)
+    dtype = autocast if autocast is not None else x.dtype
+    if autocast is None:
+        match_dtypes(x, weights, biases)
+    name = _backend.resolve_backend(backend, x.device)
+    reason = why_not_fused(name, len(weights), dtype, hidden, structural_hidden, x.device)
+    if reason is None:
+        return "fused"
+    if fused:
+        raise ValueError(f"fused=True: {reason}")
+    return _PER_LAYER
+
+
+# ----------------------------------------------------------------------------- the Function
+class FusedStackFunction(torch.autograd.Function):
+    """``apply(x, mode, reduction, n_layers, *weights, *biases, *extra)`` on 2-d ``x``; ``extra`` is the
+    patterns (``GIVEN``), nothing (``STRUCTURAL``) or the structure's weights then biases
+    (``FROM_STRUCTURE``). Returns ``(y, *hidden, *words)`` (words only when made here); only ``y`` is
+    differentiable. Saves ``x``, the weights, the hidden outputs and the packed patterns: nothing else."""
+
+    @staticmethod
+    def forward(x, mode, reduction, n_layers, *tensors):
+        L = n_layers
+        weights, biases, extra = list(tensors[:L]), list(tensors[L : 2 * L]), list(tensors[2 * L :])
+        extra_w, extra_b = (extra[: L - 1], extra[L - 1 :]) if mode == FROM_STRUCTURE else (extra, [])
+        return tuple(_op("forward")(x, weights, biases, extra_w, extra_b, mode, reduction))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, mode, reduction, L = inputs[:4]
+        tensors = inputs[4:]
+        hidden = output[1:L]
+        words = output[L:] if mode != GIVEN else tensors[2 * L :]
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(x, *tensors[:L], *hidden, *words)
+        ctx.n_layers, ctx.n_extra = L, len(tensors) - 2 * L
+        ctx.reduction = 1 if mode == STRUCTURAL else reduction
+        ctx.has_bias = [b is not None for b in tensors[L : 2 * L]]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, *_):
+        L, r = ctx.n_layers, ctx.reduction
+        saved = ctx.saved_tensors
+        x, weights, hidden, words = (
+            saved[0],
+            list(saved[1 : L + 1]),
+            list(saved[L + 1 : 2 * L]),
+            list(saved[2 * L :]),
+        )
+        need = ctx.needs_input_grad
+        need_w, need_b = need[4 : 4 + L], need[4 + L : 4 + 2 * L]
+        wanted = [i for i in range(L) if need_w[i] or need_b[i]]
+        first = wanted[0] if wanted else L  # frozen first layers stop the chain above them
+        lowest = 0 if need[0] else first
+        grads, dx = [None] * (L - 1), None
+        if lowest < L - 1:
+            res = _op("grad_data")(grad_y, weights, words, r, lowest, bool(need[0]))
+            grads[lowest:] = res[: L - 1 - lowest]
+            dx = res[-1] if need[0] else None
+        dws, dbs = [None] * L, [None] * L
+        if first < L:
+            has_b = [ctx.has_bias[i] for i in range(L)]
+            res = _op("grad_weights")(grads[first:] + [grad_y], [x, *hidden], has_b, first)
+            dws[first:] = res[: L - first]
+            it = iter(res[L - first :])
+            dbs = [next(it) if i >= first and has_b[i] else None for i in range(L)]
+        dws = [d if need_w[i] else None for i, d in enumerate(dws)]
+        dbs = [d if need_b[i] else None for i, d in enumerate(dbs)]
+        return (dx, None, None, None, *dws, *dbs, *([None] * ctx.n_extra))
+
+
+# Function.apply binds its arguments with inspect.signature on every call when setup_context is defined (tens of
+# microseconds, to fill in defaults this forward has none of); eagerly, with no torch.func transform active, the
+# C implementation it ends in is called directly.
+_C_APPLY = super(torch.autograd.Function, FusedStackFunction).apply
+
+
+def _apply(args):
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return FusedStackFunction.apply(*args)
+    return _C_APPLY(*unwrap_dead_wrappers(args))
+
+
+# ----------------------------------------------------------------------------- launches as ops
+def _forward_impl(x, weights, biases, extra, extra_biases, mode, reduction):
+    fl = _launch()
+    patterns = extra if mode == GIVEN else None
+    structure = (extra, extra_biases) if mode == FROM_STRUCTURE else None
+    y, hidden, words = fl.forward(x, weights, biases, mode, reduction, patterns, structure)
+    return [y, *hidden] + ([] if mode == GIVEN else list(words))
+
+
+def _grad_data_impl(dy, weights, words, reduction, lowest, need_dx):
+    grads, dx = _launch().grad_data(dy, weights, words, reduction, lowest, need_dx)
+    return grads[lowest:] + ([dx] if need_dx else [])
+
+
+def _grad_weights_impl(grads, inputs, has_bias, first):
+    full = [None] * first + list(grads)
+    dws, dbs = _launch().grad_weights(full, inputs, has_bias, first)
+    return dws[first:] + [d for d in dbs[first:] if d is not None]
+
+
+_IMPLS = {"forward": _forward_impl, "grad_data": _grad_data_impl, "grad_weights": _grad_weights_impl}
+
+
+def _op(name: str):
+    """The launch itself eagerly; the registered custom op (one opaque graph node) under torch.compile."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.glai, "fused_" + name)
+    return _IMPLS[name]
+
+
+@torch.library.custom_op(
+    "glai::fused_forward",
+    mutates_args=(),
+    schema="(Tensor x, Tensor[] weights, Tensor?[] biases, Tensor[] extra, Tensor?[] extra_biases, int mode, "
+    "int reduction) -> Tensor[]",
+)
+def _forward_op(x, weights, biases, extra, extra_biases, mode, reduction):
+    return _forward_impl(x, weights, biases, extra, extra_biases, mode, reduction)
+
+
+@_forward_op.register_fake
+def _(x, weights, biases, extra, extra_biases, mode, reduction):
+    M = x.shape[0]
+    hidden = [w.shape[0] for w in weights[:-1]]
+    out = [x.new_empty(M, weights[-1].shape[0])] + [x.new_empty(M, n) for n in hidden]
+    if mode == GIVEN:
+        return out
+    s_n = hidden if mode == STRUCTURAL else [w.shape[0] for w in extra]
+    return out + [x.new_empty(M, words_for(n), dtype=PATTERN_DTYPE) for n in s_n]
+
+
+@torch.library.custom_op(
+    "glai::fused_grad_data",
+    mutates_args=(),
+    schema="(Tensor dy, Tensor[] weights, Tensor[] words, int reduction, int lowest, bool need_dx) -> Tensor[]",
+)
+def _grad_data_op(dy, weights, words, reduction, lowest, need_dx):
+    return _grad_data_impl(dy, weights, words, reduction, lowest, need_dx)
+
+
+@_grad_data_op.register_fake
+def _(dy, weights, words, reduction, lowest, need_dx):
+    M = dy.shape[0]
+    out = [dy.new_empty(M, w.shape[0]) for w in weights[lowest:-1]]
+    return out + ([dy.new_empty(M, weights[0].shape[1])] if need_dx else [])
+
+
+@torch.library.custom_op(
+    "glai::fused_grad_weights",
+    mutates_args=(),
+    schema="(Tensor[] grads, Tensor[] inputs, bool[] has_bias, int first) -> Tensor[]",
+)
+def _grad_weights_op(grads, inputs, has_bias, first):
+    return _grad_weights_impl(grads, inputs, has_bias, first)
+
+
+@_grad_weights_op.register_fake
+def _(grads, inputs, has_bias, first):
+    L = len(inputs)
+    dws = [g.new_empty(g.shape[1], inputs[i].shape[1]) for i, g in zip(range(first, L), grads)]
+    return dws + [g.new_empty(g.shape[1]) for i, g in zip(range(first, L), grads) if has_bias[i]]
