@@ -22,7 +22,6 @@ CPU tensor. Eagerly the launches are called directly; under ``torch.compile`` ea
 from __future__ import annotations
 
 import torch
-from torch._functorch.utils import unwrap_dead_wrappers
 from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
@@ -250,11 +249,19 @@ class FusedStackFunction(torch.autograd.Function):
 # Function.apply binds its arguments with inspect.signature on every call when setup_context is defined (tens of
 # microseconds, to fill in defaults this forward has none of); eagerly, with no torch.func transform active, the
 # C implementation it ends in is called directly.
-_C_APPLY = super(torch.autograd.Function, FusedStackFunction).apply
+# That shortcut leans on two private names of torch's own Function.apply; a torch without them takes the public
+# path, a few tens of microseconds slower.
+try:
+    from torch._functorch.utils import unwrap_dead_wrappers
+
+    _C_APPLY = super(torch.autograd.Function, FusedStackFunction).apply
+    _TRANSFORMS_ACTIVE = torch._C._are_functorch_transforms_active
+except (ImportError, AttributeError):  # pragma: no cover - older or newer torch internals
+    _C_APPLY = None
 
 
 def _apply(args):
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if _C_APPLY is None or torch.compiler.is_compiling() or _TRANSFORMS_ACTIVE():
         return FusedStackFunction.apply(*args)
     return _C_APPLY(*unwrap_dead_wrappers(args))
 

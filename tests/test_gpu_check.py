@@ -155,7 +155,19 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
             "backward_data",
             "backward_weights",
         }
-    assert all(r["config_source"] == "interpreter" and r["config"]["BLOCK_M"] == 16 for r in checks)
+    layer_checks = [r for r in checks if not r["what"].startswith("fused")]
+    assert all(r["config_source"] == "interpreter" and r["config"]["BLOCK_M"] == 16 for r in layer_checks)
+    # the fused head path: bf16 in every phase (outputs; gradients with given patterns), its launches recorded
+    fused = [r for r in checks if r["what"].startswith("fused")]
+    assert {(r["what"], r["phase"]) for r in fused if r["dtype"] == "bfloat16"} == {
+        ("fused output", "structural"),
+        ("fused output", "structure"),
+        ("fused output", "cache"),
+        ("fused gradients", "cache"),
+    }
+    for r in fused:
+        kernels = {c["kernel"] for c in r["config"]}
+        assert r["config_source"] == "interpreter" and "fused_forward_kernel" in kernels, r
     # kernel timings: four kernels x two shapes x three dtypes against cuBLAS, and the memory rate
     timings = [r for r in body if r["kind"] == "timing" and r["what"] != "copy"]
     assert len(timings) == 4 * 2 * 3 and all(r["baseline_ms"] > 0 and r["unit"] == "ms" for r in timings)
@@ -182,7 +194,7 @@ def test_dry_run_output_is_one_line_per_section_and_the_table_last(dry_run):
     out = res.stdout
     for name in plan.SECTIONS:
         assert sum(1 for line in out.splitlines() if f"] {name} (" in line) == 1, name
-    assert out.index("% cuBLAS") > out.index("] compiled (")
+    assert out.index("%cuBLAS") > out.index("] compiled (")
     assert "largest relative error vs float64, bfloat16" in out and "exit status 0" in out
 
 
@@ -287,8 +299,9 @@ def test_a_wrong_kernel_fails_the_run_and_is_named(ops, monkeypatch, tmp_path, c
 
 
 def test_a_crashing_case_does_not_stop_the_run(ops, monkeypatch, tmp_path):
-    """The gate raises for bf16 only: the bf16 GLAI steps crash (exit 1), every other case still runs, the
-    same variants in fp16 after them included."""
+    """The gate raises for bf16 only: the bf16 GLAI steps that run it crash (the per-layer ones, and the fused
+    one whose cached patterns it computes; exit 1), every other case still runs, the same variants in fp16
+    after them included."""
     real = ops.gate
 
     def gate(a, *args, **kwargs):
@@ -300,13 +313,17 @@ def test_a_crashing_case_does_not_stop_the_run(ops, monkeypatch, tmp_path):
     assert cli.main(["--dry-run", "--only", "steps", "--out", str(tmp_path)]) == 1
     lines = _lines(tmp_path / "gpu_check.jsonl")
     crashed = {r["case"] for r in lines if r.get("status") == "crash"}
-    assert crashed == {"step q-cache bfloat16 B19 24-16x2-10", "step q-struct bfloat16 B19 24-16x2-10"}
+    assert crashed == {
+        "step q-cache bfloat16 B19 24-16x2-10",
+        "step q-struct bfloat16 B19 24-16x2-10",
+        "step f-qcache bfloat16 B19 24-16x2-10",
+    }
     assert all("planted crash" in r["error"] and r["trace"] for r in lines if r.get("status") == "crash")
     ok = {r["case"] for r in lines if r.get("status") == "ok"}
     assert {"step eager bfloat16 B19 24-16x2-10", "step q-cache float16 B19 24-16x3-10"} <= ok
     assert len(ok) + len(crashed) + sum(r.get("status") == "skipped" for r in lines) == len(lines) - 3
     assert (
-        lines[-1]["kind"] == "summary" and lines[-1]["crashed_cases"] == 2 and lines[-1]["exit_status"] == 1
+        lines[-1]["kind"] == "summary" and lines[-1]["crashed_cases"] == 3 and lines[-1]["exit_status"] == 1
     )
 
 
@@ -319,7 +336,7 @@ def test_cases_past_the_budget_are_recorded_as_skipped(ops, tmp_path):
 
 
 def test_fused_variants_run_once_glaimlp_takes_fused(ops, monkeypatch):
-    """With a GLAIMLP that takes fused=, the two fused entries run with fused=True and the per-layer ones ask
+    """With a GLAIMLP that takes fused=, the three fused entries run with fused=True and the per-layer ones ask
     for fused=False; a shape the fused path refuses (ValueError) is recorded as skipped, not as a crash."""
     from bench.gpu.target import Dry
     from glai import nn as glai_nn
@@ -343,7 +360,7 @@ def test_fused_variants_run_once_glaimlp_takes_fused(ops, monkeypatch):
                 assert steps.unavailable(variant) is None
                 case = steps.step_case(Dry(), variant, point, {"memory_gbps": 1.0})
                 case.fn(lambda kind="check", ok=True, **f: lines.append({"kind": kind, "ok": ok, **f}))
-        assert asked == [False, False, False, True, True]
+        assert asked == [False, False, False, True, True, True]
         fused = lines[3:]
         if refuse:
             assert all(r["status"] == "skipped" and "not applicable" in r["error"] for r in fused)
@@ -368,9 +385,11 @@ def test_count_compiles_replays_the_gpu_plan():
     res = _run("--count-compiles", timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    compiled = len(plan.compiled_points("subset")) * sum(1 for v in steps.VARIANTS if v.compile) + 1
+    # the MLP baselines at every compiled head, and the two GLAI models compiled against themselves eager
+    compiled = len(plan.compiled_points("subset")) * sum(1 for v in steps.VARIANTS if v.compile) + 2
     assert f"{compiled} torch.compile builds" in out, out
-    for kernel in ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel"):
+    for kernel in ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel", "fused_forward_kernel",
+                   "fused_grad_data_kernel", "fused_grad_weights_kernel"):  # fmt: skip
         assert kernel in out
     total = int(out.split("total: ")[1].split()[0])
     assert 20 <= total <= 200, out  # the plan's shapes and dtypes, not one per launch

@@ -21,7 +21,7 @@ from bench.gpu.journal import FILE_NAME, Interrupted, Journal, Run
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "gpu_check"
-DEFAULT_BUDGET_S = 240.0
+DEFAULT_BUDGET_S = 300.0
 
 
 class Parser(argparse.ArgumentParser):

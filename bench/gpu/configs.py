@@ -12,6 +12,9 @@ answer with its source, decided the way ``tuning.config_for`` decides:
 
 The gate widens a ``BLOCK_N`` that is not a whole number of pattern words to one word; the recorded
 configuration is the one launched, after that.
+
+The fused head path has no tuning: each launch of ``fused_launch.launch`` is recorded with its warps, stages
+and tile sizes, from ``fused default`` (the table of the device's capability) or the ``interpreter``.
 """
 
 from __future__ import annotations
@@ -97,10 +100,44 @@ def recording():
         return cfg
 
     triton_ops.config_for = config_for
+    fused = _record_fused(seen)
     try:
         yield seen
     finally:
         triton_ops.config_for = original
+        fused()
+
+
+_FUSED_TILES = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "CHUNK", "SPLITS")
+
+
+def _record_fused(seen: list) -> callable:
+    """Wrap ``fused_launch.launch`` so each distinct fused launch configuration lands in ``seen``; returns the
+    function that unwraps it."""
+    try:
+        from glai_kernels import backend, fused_launch
+    except Exception:  # no fused path in this checkout
+        return lambda: None
+    original = fused_launch.launch
+    keys = set()
+
+    def launch(kernel, grid, cfg, device, *args, **constexprs):
+        name = getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
+        used = {k: constexprs[k] for k in _FUSED_TILES if k in constexprs}
+        used.update(num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"))
+        key = (name, tuple(sorted(used.items())))
+        if key not in keys:
+            keys.add(key)
+            source = "interpreter" if backend.interpreting() else "fused default"
+            seen.append({"kernel": name, "config": used, "source": source})
+        return original(kernel, grid, cfg, device, *args, **constexprs)
+
+    fused_launch.launch = launch
+
+    def restore():
+        fused_launch.launch = original
+
+    return restore
 
 
 def summary(seen: list[dict]) -> tuple[object, str]:

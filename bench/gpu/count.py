@@ -1,15 +1,18 @@
 """How much a GPU run will compile: the plan replayed on meta tensors with every launch and compile stubbed.
 
 Each Triton launch of ``glai_kernels.triton_ops`` goes through ``_launch(kernel, M, N, cfg, device, *args,
-**constexprs)``. The replay swaps it for a recorder (and routes the public ops past their ``torch.library``
-wrappers, whose fake implementations would otherwise answer for meta tensors without launching) and keeps, per
-launch, what Triton 3.6 specialises a compiled kernel on:
+**constexprs)``, and each of the fused head path through ``fused_launch.launch(kernel, grid, cfg, device, *args,
+**constexprs)``. The replay swaps both for a recorder (and routes the public ops past their ``torch.library``
+wrappers, whose fake implementations would otherwise answer for meta tensors without launching; the fused path
+calls its launches directly outside ``torch.compile``) and keeps, per launch, what Triton 3.6 specialises a
+compiled kernel on:
 
 - the kernel, its ``tl.constexpr`` values, the tile sizes, ``num_warps`` and ``num_stages``;
 - per pointer argument its element type and whether its address is a multiple of 16 (meta tensors report 0:
   the caching allocator's blocks are aligned far beyond that, and the plan slices nothing);
 - per integer argument whether it equals 1 (then a constant), whether it is a multiple of 16, and whether it
-  needs 64 bits; ``None`` arguments are constants.
+  needs 64 bits; ``None`` arguments are constants; a tuple argument (the fused kernels' per-layer pointers and
+  strides) is specialised element by element.
 
 Distinct keys are kernel specialisations (each a compile: TTIR to cubin); distinct argument-type signatures
 are launchers (a C file Triton 3.6 builds with the C compiler). ``torch.compile`` calls of the plan are
@@ -19,7 +22,9 @@ The per-unit times are assumptions, stated here once: lowering a 16-bit or TF32 
 0.3-1.1 s and an IEEE fp32 one 3.5 s on a 2-core development machine without a GPU
 (``tests/_lower_kernels.py`` with a cold cache), so 1 s and 4 s are taken; a launcher build is a ``gcc -O3``
 of one small C file, 0.5 s; a ``torch.compile`` build of a small MLP step (trace, two Inductor graphs, their
-Triton kernels) 20 s for the first (Inductor's imports and compile workers) and 8 s for each after it. Each
+Triton kernels) 20 s for the first (Inductor's imports and compile workers) and 8 s for each after it. A fused
+head kernel (the whole stack in one program) took 1-7 s to lower on that machine at a load of 6 (three
+processes a core; ``tests/_lower_fused.py``), so 2 s is taken. Each
 timing line of a GPU run records ``first_call_s``, the measured cost of its first call, to check these
 against.
 """
@@ -34,6 +39,7 @@ SM_COUNT = 132  # multiprocessors of the H200 the plan is made for
 SECONDS = {
     "kernel": 1.0,
     "kernel_ieee_fp32": 4.0,
+    "kernel_fused": 2.0,
     "launcher": 0.5,
     "compile_first": 20.0,
     "compile": 8.0,
@@ -63,6 +69,8 @@ def arg_signature(arg) -> tuple:
     if isinstance(arg, torch.Tensor):
         aligned = arg.data_ptr() % 16 == 0
         return ("*" + str(arg.dtype).removeprefix("torch."), "D" if aligned else "")
+    if isinstance(arg, tuple):
+        return ("tuple", tuple(arg_signature(a) for a in arg))
     return (type(arg).__name__,)
 
 
@@ -72,7 +80,9 @@ def kernel_name(kernel) -> str:
 
 
 def specialisation(kernel, cfg: dict, args, constexprs: dict) -> tuple:
-    meta = tuple(sorted((k, cfg[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")))
+    # The per-layer kernels take their tile sizes from the config; the fused ones pass every tile size among
+    # their constexprs already, so the config adds only warps and stages there.
+    meta = tuple(sorted((k, cfg[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M") if k in cfg))
     options = (cfg.get("num_warps"), cfg.get("num_stages"))
     consts = tuple(sorted((k, str(v)) for k, v in constexprs.items()))
     return (kernel_name(kernel), consts, meta, options, tuple(arg_signature(a) for a in args))
@@ -89,13 +99,18 @@ def stubbed(launches: list):
     """Every Triton launch recorded into ``launches`` instead of run; backends resolved without a GPU."""
     import torch
 
-    from glai_kernels import backend, triton_ops
+    from glai_kernels import backend, fused_config, fused_launch, triton_ops
 
     saved = {n: getattr(triton_ops, n) for n in ("_launch", "_batch_splits", "gate", "masked_forward",
                                                   "backward_data", "backward_weights")}  # fmt: skip
+    saved_fused = {n: getattr(fused_launch, n) for n in ("launch", "_CONFIGS", "_STATIC")}
+    saved_splits = fused_config.weight_splits
     saved_resolve = backend.resolve_backend
 
     def record(kernel, M, N, cfg, device, *args, splits=1, **constexprs):
+        launches.append(specialisation(kernel, cfg, args, constexprs))
+
+    def record_fused(kernel, grid, cfg, device, *args, **constexprs):
         launches.append(specialisation(kernel, cfg, args, constexprs))
 
     def backward_weights(g, h, need_bias, *, config=None, out=None):
@@ -116,6 +131,14 @@ def stubbed(launches: list):
     had_count = cuda0 in triton_ops._SM_COUNT
     triton_ops._SM_COUNT.setdefault(cuda0, SM_COUNT)
     triton_ops._batch_splits = lambda cfg, N, K, M, device: saved["_batch_splits"](cfg, N, K, M, cuda0)
+    # The fused path: the H200's (sm_90) launch table for the meta device, its split rule with 132 SMs, and
+    # its per-signature memo kept apart from this process's.
+    fused_launch.launch = record_fused
+    fused_launch._CONFIGS = {torch.device("meta"): fused_config.defaults_for_capability(90)}
+    fused_launch._STATIC = {}
+    had_fused_count = cuda0 in fused_config._SM_COUNT
+    fused_config._SM_COUNT.setdefault(cuda0, SM_COUNT)
+    fused_config.weight_splits = lambda cfg, tiles, rows, device: saved_splits(cfg, tiles, rows, cuda0)
     backend.resolve_backend = lambda name, device: "triton" if name in ("auto", "triton") else name
     # Autocast knows no meta device: the stack's `autocast(device, enabled=False)` and the structural phase's
     # `is_autocast_enabled(device)` see none there.
@@ -131,6 +154,11 @@ def stubbed(launches: list):
             setattr(triton_ops, name, value)
         if not had_count:
             triton_ops._SM_COUNT.pop(cuda0, None)
+        for name, value in saved_fused.items():
+            setattr(fused_launch, name, value)
+        fused_config.weight_splits = saved_splits
+        if not had_fused_count:
+            fused_config._SM_COUNT.pop(cuda0, None)
         backend.resolve_backend = saved_resolve
         torch.autocast, torch.is_autocast_enabled = autocast, is_enabled
 
@@ -149,22 +177,27 @@ def estimate(per_section: dict) -> dict:
         ieee = sum(
             1 for k in new_k if ("PRECISION", "ieee") in k[1] and any(s[0] == "*float32" for s in k[4])
         )
-        rows[name] = {"kernels": len(new_k), "ieee_fp32": ieee, "launchers": len(new_l),
+        fused = sum(1 for k in new_k if k[0].startswith("fused_"))
+        rows[name] = {"kernels": len(new_k), "ieee_fp32": ieee, "fused": fused, "launchers": len(new_l),
                       "compiles": len(new_c), "timed": rec["timed"],
                       "launches": len(rec["launches"])}  # fmt: skip
     n_k = sum(r["kernels"] for r in rows.values())
     n_ieee = sum(r["ieee_fp32"] for r in rows.values())
+    n_fused = sum(r["fused"] for r in rows.values())
     n_l = sum(r["launchers"] for r in rows.values())
     n_c = sum(r["compiles"] for r in rows.values())
     s = SECONDS
     seconds = {
-        "kernels": (n_k - n_ieee) * s["kernel"] + n_ieee * s["kernel_ieee_fp32"],
+        "kernels": (n_k - n_ieee - n_fused) * s["kernel"]
+        + n_ieee * s["kernel_ieee_fp32"]
+        + n_fused * s["kernel_fused"],
         "launchers": n_l * s["launcher"],
         "torch.compile": (s["compile_first"] + (n_c - 1) * s["compile"]) if n_c else 0.0,
         "timing": sum(r["timed"] for r in rows.values()) * s["timed"],
     }
     by_kernel = Counter(k[0] for k in seen_k)
-    return {"sections": rows, "kernels": n_k, "ieee_fp32": n_ieee, "launchers": n_l, "compiles": n_c,
+    return {"sections": rows, "kernels": n_k, "ieee_fp32": n_ieee, "fused": n_fused, "launchers": n_l,
+            "compiles": n_c,
             "seconds": seconds, "by_kernel": dict(by_kernel), "assumed_seconds": dict(s)}  # fmt: skip
 
 
@@ -200,8 +233,9 @@ def render(result: dict, grid: str) -> str:
     s, sec = result["assumed_seconds"], result["seconds"]
     timed = sum(r["timed"] for r in result["sections"].values())
     lines += [
-        f"  total: {result['kernels']} Triton kernel specialisations ({result['ieee_fp32']} IEEE fp32) x "
-        f"{s['kernel']:g} s ({s['kernel_ieee_fp32']:g} s IEEE fp32) = {sec['kernels']:.0f} s; "
+        f"  total: {result['kernels']} Triton kernel specialisations ({result['ieee_fp32']} IEEE fp32, "
+        f"{result['fused']} fused) x {s['kernel']:g} s ({s['kernel_ieee_fp32']:g} s IEEE fp32, "
+        f"{s['kernel_fused']:g} s fused) = {sec['kernels']:.0f} s; "
         f"{result['launchers']} launchers x {s['launcher']:g} s = {sec['launchers']:.0f} s; "
         f"{result['compiles']} torch.compile builds ({s['compile_first']:g} s, then {s['compile']:g} s each) "
         f"= {sec['torch.compile']:.0f} s",

@@ -184,6 +184,33 @@ def kernel_table(records) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def kernel_pivot(records) -> tuple[list[str], list[list[str]]]:
+    """The terminal's kernel table: a row per kernel and shape, each dtype's TFLOP/s and % of cuBLAS side by
+    side (the Markdown report keeps a row per dtype, with times and configurations)."""
+    cells: dict[tuple, dict] = {}
+    dtypes: list[str] = []
+    for r in kernel_rows(records):
+        dtype = DTYPE_ABBREV.get(r["dtype"], r["dtype"])
+        if dtype not in dtypes:
+            dtypes.append(dtype)
+        cells.setdefault((r["what"], r["shape"]), {})[dtype] = r
+    head = ["kernel", "batch x in x out"]
+    for dtype in dtypes:
+        head += [f"{dtype} TFLOP/s", f"{dtype} %cuBLAS"]
+    rows = []
+    for (what, shape), by_dtype in cells.items():
+        row = [what, shape]
+        for dtype in dtypes:
+            r = by_dtype.get(dtype)
+            row += (
+                ["-", "-"]
+                if r is None
+                else [f"{num(r.get('tflops')):.0f}", f"{num(r.get('pct_of_cublas')):.1f}"]
+            )
+        rows.append(row)
+    return head, rows
+
+
 def _drop_empty(head, rows):
     """Without the columns no head has a figure in (the fused variants before that path exists)."""
     keep = [i for i, h in enumerate(head) if i < 3 or any(row[i] not in ("", "-", "n/a") for row in rows)]
@@ -209,9 +236,9 @@ def _markdown(head, rows) -> list[str]:
 def terminal(records, bad: int = 0) -> str:
     """The table printed last by gpu_check: kernels, memory rate, steps (capped), then the status lines."""
     lines = []
-    head, rows = kernel_table(records)
+    _, rows = kernel_table(records)
     if rows:
-        lines += _text(head[:-1], [r[:-1] for r in rows])
+        lines += _text(*kernel_pivot(records))
         used = Counter(r[-1] for r in rows)
         lines.append("launch configs: " + "; ".join(f"{cfg} x{n}" for cfg, n in used.most_common()))
     rate = memory_rate(records)

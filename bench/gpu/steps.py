@@ -49,7 +49,9 @@ VARIANTS = (
     # The structural phase without the fused path is the ReLU MLP S in PyTorch: the MLP step, plus the model.
     Variant("glai structural, not fused", "struct", "glai", "structural", None, False),
     Variant("glai fused, structural", "f-struct", "glai", "structural", None, True),
-    Variant("glai fused, quantitative", "f-quant", "glai", "quantitative", "structure", True),
+    Variant("glai fused, quantitative, cached patterns", "f-qcache", "glai", "quantitative", "cached", True),
+    Variant("glai fused, quantitative, patterns from structure", "f-qstruct", "glai", "quantitative",
+            "structure", True),
     # The eager MLP timed again after the others: the ratio of the two is the timing noise of that head.
     Variant("mlp eager, timed again", "eager2", "mlp"),
     Variant("mlp torch.compile default", "c-dflt", "mlp", compile="default"),
