@@ -6,8 +6,9 @@
 
 from . import nn
 from .cache import PatternCache
+from .conversion import convert
 from .monitor import FreezeMonitor
 from .nn import GLAIMLP, PhaseError
 
-__all__ = ["GLAIMLP", "FreezeMonitor", "PatternCache", "PhaseError", "nn"]
+__all__ = ["GLAIMLP", "FreezeMonitor", "PatternCache", "PhaseError", "convert", "nn"]
 __version__ = "0.1.0"
