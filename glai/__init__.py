@@ -5,10 +5,10 @@
 """
 
 from . import nn
-from .cache import PatternCache
+from .cache import PatternCache, PatternDataset
 from .conversion import convert
 from .monitor import FreezeMonitor
 from .nn import GLAIMLP, PhaseError
 
-__all__ = ["GLAIMLP", "FreezeMonitor", "PatternCache", "PhaseError", "convert", "nn"]
+__all__ = ["GLAIMLP", "FreezeMonitor", "PatternCache", "PatternDataset", "PhaseError", "convert", "nn"]
 __version__ = "0.1.0"

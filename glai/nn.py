@@ -270,6 +270,8 @@ class GLAIMLP(nn.Module):
             return self.layers[-1](h)
         if patterns is None:
             patterns = self.patterns(x)
+        elif hasattr(patterns, "check_model"):
+            patterns.check_model(self)  # looked up in a PatternCache: refused unless built for this structure
         return glai_mlp(x, weights, biases, patterns, reduction=self.reduction, backend=self.backend)
 
     def structure_digest(self) -> str:
