@@ -128,7 +128,9 @@ class PatternCache:
                 return self
             rows = self.words.to(device)
         else:
-            rows = torch.from_numpy(np.ascontiguousarray(self.words)).to(device)
+            rows = torch.from_numpy(np.array(self.words)).to(
+                device
+            )  # a copy: the file's mapping is read-only
         return PatternCache(rows, self.widths, self.reduction, self.digest)
 
     def __len__(self) -> int:

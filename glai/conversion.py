@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
@@ -109,12 +108,12 @@ def mlp_layers(mlp) -> list[tuple[str, nn.Linear]]:
     linears: list[tuple[str, nn.Linear]] = []
     relu_after_last = None
     for position, layer in _flatten(mlp):
+        if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
+            raise _Refused(f"{_where(position, layer)} is not initialised yet: run one forward first")
         _check_plain(layer, position)
         if _is_identity(layer):
             continue
         if isinstance(layer, nn.Linear) and type(layer).forward is nn.Linear.forward:
-            if torch.nn.parameter.is_lazy(layer.weight):
-                raise _Refused(f"{_where(position, layer)} is not initialised yet: run one forward first")
             if linears and relu_after_last is None:
                 raise _Refused(
                     f"{_where(position, layer)} follows the Linear at [{linears[-1][0]}] without a ReLU between: "
