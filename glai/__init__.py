@@ -7,8 +7,17 @@
 from . import nn
 from .cache import PatternCache, PatternDataset
 from .conversion import convert
-from .monitor import FreezeMonitor
+from .monitor import FreezeMonitor, NonFiniteError
 from .nn import GLAIMLP, PhaseError
 
-__all__ = ["GLAIMLP", "FreezeMonitor", "PatternCache", "PatternDataset", "PhaseError", "convert", "nn"]
+__all__ = [
+    "GLAIMLP",
+    "FreezeMonitor",
+    "NonFiniteError",
+    "PatternCache",
+    "PatternDataset",
+    "PhaseError",
+    "convert",
+    "nn",
+]
 __version__ = "0.1.0"
