@@ -147,7 +147,10 @@ class PatternCache:
             return index.to(self.words.device, non_blocking=True)
         if isinstance(index, (int, np.integer, slice)):
             return index
-        return torch.as_tensor(np.asarray(index)).to(self.words.device, non_blocking=True)
+        index = np.asarray(index)
+        if index.size == 0:  # np.asarray([]) is float64, which no tensor accepts as an index
+            index = index.astype(np.int64)
+        return torch.from_numpy(index).to(self.words.device, non_blocking=True)
 
     def _rows(self, index):
         if isinstance(index, tuple):

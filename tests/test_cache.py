@@ -135,6 +135,7 @@ def test_device_resident_cache_looks_up_without_reading_back(frozen, monkeypatch
         assert a.is_contiguous() and torch.equal(a, b) and a.shape == (2, 2, b.shape[-1])
     y = model(data[idx], patterns=got)  # the digest check reads no tensor back either
     monkeypatch.undo()
+    assert [p.shape for p in resident.lookup([])] == [p.shape for p in host.lookup([])] == [(0, 2), (0, 3)]
     torch.testing.assert_close(y, model(data[idx]), rtol=0, atol=0)
 
 
