@@ -97,8 +97,8 @@ def mlp_layers(mlp) -> list[tuple[str, nn.Linear]]:
     """The ``(position, Linear)`` layers of a convertible MLP, or a ValueError naming the offending layer."""
     if not isinstance(mlp, nn.Sequential):
         raise TypeError(
-            f"expects an nn.Sequential of Linear and ReLU layers, got {type(mlp).__name__}"
-            + (": pass the GLAIMLP's to_mlp() or the model itself" if isinstance(mlp, GLAIMLP) else "")
+            f"GLAIMLP.from_mlp expects an nn.Sequential of Linear and ReLU layers, got {type(mlp).__name__}"
+            + (" (it is one already)" if isinstance(mlp, GLAIMLP) else "")
         )
     if type(mlp).forward is not nn.Sequential.forward:
         raise _Refused(
@@ -188,6 +188,9 @@ def from_mlp(mlp, *, reduction: int = 1, backend: str = "auto", cls: type[GLAIML
     )
     for target, source in zip(model.layers, linears):
         _share(target, source)
+    unset = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unset:  # a tensor GLAIMLP.__init__ creates that conversion does not know about
+        raise RuntimeError(f"GLAIMLP.from_mlp left {unset} unset on the meta device")
     return model.train(mlp.training)
 
 
@@ -245,7 +248,7 @@ def convert(
         raise ValueError(
             "the model is itself a convertible MLP and cannot be replaced in place: use GLAIMLP.from_mlp(model)"
         )
-    done: dict[int, GLAIMLP] = {}
+    done: dict[int, tuple[nn.Module, GLAIMLP]] = {}  # by id, the old block kept alive so its id is not reused
     replaced: list[str] = []
 
     def visit(parent: nn.Module, prefix: str) -> None:
@@ -255,14 +258,14 @@ def convert(
             if child is None:
                 continue
             qualified = f"{prefix}.{name}" if prefix else name
-            new = done.get(id(child))
+            new = done[id(child)][1] if id(child) in done else None
             if new is None and isinstance(child, nn.Sequential):
                 new = _wanted(child, qualified, predicate, kwargs)
             if new is None:
                 if not isinstance(child, GLAIMLP):
                     visit(child, qualified)
                 continue
-            done[id(child)] = new
+            done[id(child)] = (child, new)
             setattr(parent, name, new)
             replaced.append(qualified)
 
