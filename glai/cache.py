@@ -128,9 +128,8 @@ class PatternCache:
                 return self
             rows = self.words.to(device)
         else:
-            rows = torch.from_numpy(np.array(self.words)).to(
-                device
-            )  # a copy: the file's mapping is read-only
+            # np.array copies: a memory-mapped file is read-only, and torch wants writable memory.
+            rows = torch.from_numpy(np.array(self.words)).to(device)
         return PatternCache(rows, self.widths, self.reduction, self.digest)
 
     def __len__(self) -> int:
