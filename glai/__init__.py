@@ -5,9 +5,19 @@
 """
 
 from . import nn
-from .cache import PatternCache
-from .monitor import FreezeMonitor
+from .cache import PatternCache, PatternDataset
+from .conversion import convert
+from .monitor import FreezeMonitor, NonFiniteError
 from .nn import GLAIMLP, PhaseError
 
-__all__ = ["GLAIMLP", "FreezeMonitor", "PatternCache", "PhaseError", "nn"]
+__all__ = [
+    "GLAIMLP",
+    "FreezeMonitor",
+    "NonFiniteError",
+    "PatternCache",
+    "PatternDataset",
+    "PhaseError",
+    "convert",
+    "nn",
+]
 __version__ = "0.1.0"

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import torch
 
+from .cli_checks import (
+    ArgumentParser,
+    check_environment,
+    check_output_folder,
+    device_name,
+    finite_float,
+    int_in,
+)
 from .data import NUM_CLASSES, mnist1d
+from .monitor import NonFiniteError
 from .train import FreezePolicy, RunResult, make_head, train_classifier
 
 
@@ -52,11 +61,11 @@ def float_in(accept, expected: str):
 
 
 _fraction = float_in(lambda v: 0.0 <= v <= 1.0, "a fraction of flipped bits in [0, 1]")
-_positive_float = float_in(lambda v: v > 0, "a number > 0")
+_positive_float = finite_float(lambda v: v > 0, "a finite number > 0")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="glai-demo", description=__doc__.splitlines()[0].replace("``", ""))
+    p = ArgumentParser(prog="glai-demo", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument(
         "--samples",
         type=int_at_least(2 * NUM_CLASSES),
@@ -77,9 +86,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--patience", type=int_at_least(1), default=None, help="calm checks before freezing (library default)"
     )
-    p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
-    p.add_argument("--data-seed", type=int, default=42, help="MNIST-1D draw (42 is the published dataset's)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
+    p.add_argument(
+        "--seed", type=int_in(-(2**63), 2**64 - 1), default=0, help="model initialisation and batch order"
+    )
+    p.add_argument(
+        "--data-seed",
+        type=int_in(0, 2**32 - 1),
+        default=42,
+        help="MNIST-1D draw (42 is the published dataset's)",
+    )
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:1, ... or auto")
     p.add_argument("--threads", type=int_at_least(1), default=1, help="CPU threads for torch")
     p.add_argument("--out", type=Path, default=Path("glai-demo-out"), help="folder for the plot and the JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Checked here, not when the GLAI model is built: that comes after the whole MLP run.
     if args.hidden % args.reduction:
         p.error(f"--reduction {args.reduction} must divide --hidden, got {args.hidden}")
+    check_output_folder(p, "--out", args.out)  # the demo's own folder: written over
+    check_environment(p)
     return args
 
 
@@ -181,6 +199,14 @@ def _progress_bar(total: int, desc: str, disable: bool):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return _run(args)
+    except NonFiniteError as exc:
+        print(f"glai-demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     device = pick_device(args.device)
     started = time.perf_counter()

@@ -6,6 +6,10 @@ when the rate stays under ``threshold`` for ``patience`` checks in a row, or at 
 
 Under ``torch.distributed`` the flipped and total bit counts are summed over the ranks before the rate is taken,
 so every rank sees the same rate and freezes at the same check, whatever probe each rank holds.
+
+A pattern bit is ``z > 0``, which is False for a NaN ``z``: a diverged structural network fires nothing and flips
+nothing, and would read as settled. So a probe must be finite, and every check makes sure the structure's
+pre-activations on it are: otherwise it raises :class:`NonFiniteError` instead of counting the patterns.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from glai_kernels import unpack_patterns
 from glai_kernels.checks import check_input
 
 from .nn import GLAIMLP, PhaseError, check_glaimlp
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """Training produced NaN or inf (a loss, or the structural network's pre-activations): it diverged."""
 
 
 class FreezeMonitor:
@@ -65,8 +73,15 @@ class FreezeMonitor:
         if probe.numel() == 0:
             # No bits to compare: the rate would read 0 at every check and freeze the model unseen.
             raise ValueError(f"probe must hold at least one sample, got shape {tuple(probe.shape)}")
+        counts = torch.stack([probe.isnan().sum(), probe.isinf().sum()]).tolist()
+        if any(counts):
+            raise ValueError(
+                f"probe must be finite, got {counts[0]} NaN and {counts[1]} inf entries: a NaN input fires no unit, "
+                "so its pattern bits never flip and would read as settled"
+            )
         self.model, self.probe = model, probe
         model.patterns(self._model_probe())  # any other mismatch shows now, not at the first check
+        self._check_finite()
         self.threshold, self.patience, self.max_checks = float(threshold), patience, max_checks
         self.on_freeze, self.process_group = on_freeze, process_group
         self.history: list[float] = []  # flip rate of every check after the first
@@ -87,6 +102,25 @@ class FreezeMonitor:
     def frozen(self) -> bool:
         return self.frozen_at is not None
 
+    @torch.no_grad()
+    def _check_finite(self) -> None:
+        """Raise unless every hidden pre-activation of the structure on the probe is finite (one host sync)."""
+        h = self._model_probe()
+        bad = []
+        with torch.autocast(h.device.type, enabled=False):
+            for layer in self.model.layers[:-1]:
+                z = torch.nn.functional.linear(h, layer.weight, layer.bias)
+                bad.append(~torch.isfinite(z).all())
+                h = torch.relu(z)
+        flags = torch.stack(bad).tolist()
+        if any(flags):
+            layer = flags.index(True)
+            raise NonFiniteError(
+                f"the structural network's pre-activations on the probe are NaN or inf from hidden layer {layer} on "
+                f"(check {self.checks + 1}): its weights have diverged, and patterns read from them mean nothing, "
+                "so the monitor will not count them as settled; lower the learning rate or check the data"
+            )
+
     def _flip_rate(self, now: list[torch.Tensor]) -> float:
         counts = torch.zeros(2, dtype=torch.float64, device=now[0].device)
         for old, new, n in zip(self._last, now, self.model.structural_widths):
@@ -103,6 +137,7 @@ class FreezeMonitor:
         """
         if self.frozen or self.model.phase != "structural":
             raise PhaseError("the monitor's model is already frozen; stop calling check()")
+        self._check_finite()
         now = self.model.patterns(self._model_probe())
         rate = None if self._last is None else self._flip_rate(now)
         self._last = now

@@ -140,6 +140,23 @@ class GLAIMLP(nn.Module):
         self.layers = self._make_layers(self.structural_widths, device=device, dtype=dtype)
         self.register_module("structure", None)  # the frozen structure once frozen: it alone says the phase
 
+    # ----------------------------------------------------------------- conversion (glai.conversion)
+    @classmethod
+    def from_mlp(cls, mlp: nn.Sequential, *, reduction: int = 1, backend: str = "auto") -> GLAIMLP:
+        """A structural-phase GLAIMLP computing what ``mlp`` computes: an ``nn.Sequential`` of ``Linear`` and
+        ``ReLU`` (dropout ``p=0`` and identities skipped). It takes over ``mlp``'s Parameters (no copy); with
+        ``reduction=r`` the MLP is the structural net and the hidden widths are ``r`` times its widths. Anything
+        else raises an error naming the layer and its position. See :mod:`glai.conversion`."""
+        from .conversion import from_mlp
+
+        return from_mlp(mlp, reduction=reduction, backend=backend, cls=cls)
+
+    def to_mlp(self) -> nn.Sequential:
+        """The structural-phase network as ``nn.Sequential(Linear, ReLU, ..., Linear)``, sharing its Parameters."""
+        from .conversion import to_mlp
+
+        return to_mlp(self)
+
     # ----------------------------------------------------------------- shape bookkeeping
     @property
     def phase(self) -> str:
@@ -278,6 +295,8 @@ class GLAIMLP(nn.Module):
             if y is not None:
                 return y
             patterns = self.patterns(x)
+        elif hasattr(patterns, "check_model"):
+            patterns.check_model(self)  # looked up in a PatternCache: refused unless built for this structure
         return glai_mlp(
             x, weights, biases, patterns, reduction=self.reduction, backend=self.backend, fused=self.fused
         )

@@ -22,7 +22,7 @@ from torch import nn
 
 from .cache import PatternCache
 from .data import Split
-from .monitor import FreezeMonitor
+from .monitor import FreezeMonitor, NonFiniteError
 from .nn import GLAIMLP
 
 
@@ -246,6 +246,11 @@ def train_classifier(
         mean_loss = total.item() / max(
             1, n
         )  # also waits for the epoch's queued GPU work before the clock stops
+        if not math.isfinite(mean_loss):  # a NaN or inf batch loss makes the float64 sum NaN or inf
+            raise NonFiniteError(
+                f"{name}: the training loss is {mean_loss} in epoch {epoch + 1}: training diverged (lower the "
+                "learning rate)"
+            )
         if structural:
             monitor.check()
             result.cost["structural"] += time.perf_counter() - start

@@ -7,69 +7,154 @@ With the patterns fixed (DESIGN section 1, ``d`` the upstream gradient):
 
 The Function saves the layer inputs ``h_{l-1}`` and the packed patterns (one bit a structural unit), never a
 float mask. The per-layer work goes to the backend's ops (``reference`` or ``triton_ops``), which share one
-signature, so both backends run under this single Function.
+signature, so both backends run under this single Function. It is written in the ``setup_context`` style with
+a ``vmap`` rule, so ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) apply to it.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
 from . import reference
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from .first_order import first_order
 from .fused import fused_mlp
+from .layout import unit_gates
 
 
 def _ops(name: str):
     return reference if name == "torch" else _backend.triton_ops()
 
 
+def _split(tensors, n: int):
+    """``*weights, *biases, *patterns`` of an ``n``-layer stack (``n - 1`` patterns)."""
+    return tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
+
+
 class GLAIStackFunction(torch.autograd.Function):
-    """``forward(x, backend, reduction, n_layers, *weights, *biases, *patterns)`` on 2-d ``x``."""
+    """``apply(x, backend, reduction, n_layers, *weights, *biases, *patterns)`` on 2-d ``x``.
+
+    Returns ``(y, h_1, ..., h_{L-1})``: the output and the gated output of every hidden layer. The backward
+    needs the hidden outputs (the inputs of layers ``2..L``); returning them is how ``setup_context`` gets to save
+    them, which torch.func requires of a Function. ``glai_mlp`` keeps ``y`` only.
+
+    torch.func: ``grad``, ``vjp``, ``jacrev`` and ``vmap`` work (the ``vmap`` rule folds the vmapped dimension
+    into the rows, so both backends run it as one larger batch); forward mode (``jvp``, ``jacfwd``) is not
+    implemented. Double backward works on the ``"torch"`` backend, whose backward is made of differentiable
+    torch ops and takes the hidden outputs' gradients too, so the second-order terms through ``h_l`` are
+    exact; on the ``"triton"`` backend it raises an error that says so.
+    """
 
     @staticmethod
-    def forward(ctx, x, backend: str, reduction: int, n_layers: int, *tensors):
+    def forward(x, backend: str, reduction: int, n_layers: int, *tensors):
         ops = _ops(backend)
-        weights, biases, patterns = (
-            tensors[:n_layers],
-            tensors[n_layers : 2 * n_layers],
-            tensors[2 * n_layers :],
-        )
-        inputs = [x]
+        weights, biases, patterns = _split(tensors, n_layers)
+        hidden = []
         h = x
         for i in range(n_layers):
             words = patterns[i] if i < n_layers - 1 else None
             h = ops.masked_forward(h, weights[i], biases[i], words, reduction)
             if i < n_layers - 1:
-                inputs.append(h)
-        ctx.save_for_backward(*inputs, *weights, *patterns)
-        ctx.backend, ctx.reduction, ctx.n_layers = backend, reduction, n_layers
-        return h
+                hidden.append(h)
+        return (h, *hidden)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        ops, r, n = _ops(ctx.backend), ctx.reduction, ctx.n_layers
-        saved = ctx.saved_tensors
-        inputs, weights, patterns = saved[:n], saved[n : 2 * n], saved[2 * n :]
-        need = ctx.needs_input_grad
-        need_w, need_b = need[4 : 4 + n], need[4 + n : 4 + 2 * n]
-        grad_w, grad_b = [None] * n, [None] * n
-        grad_x = None
-        g = grad_out.contiguous()
-        for i in reversed(range(n)):
-            if need_w[i] or need_b[i]:
-                dw, db = ops.backward_weights(g, inputs[i], need_b[i])
-                grad_w[i] = dw if need_w[i] else None
-                grad_b[i] = db
-            if not (need[0] or any(need_w[:i]) or any(need_b[:i])):
-                break  # nothing below layer i wants a gradient (frozen first layers): stop the data chain
-            if i > 0:
+    def setup_context(ctx, inputs, output):
+        x, backend, reduction, n_layers, *tensors = inputs
+        weights, _, patterns = _split(tensors, n_layers)
+        # Saved: the layer inputs h_{l-1} (x and the hidden outputs) and one bit a unit, never a float mask.
+        ctx.save_for_backward(x, *output[1:], *weights, *patterns)
+        ctx.backend, ctx.reduction, ctx.n_layers = backend, reduction, n_layers
+        # The hidden outputs are dropped by glai_mlp: their gradients stay None instead of zero tensors.
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_y, *grad_hidden):
+        if ctx.backend == "torch":
+            return _backward(ctx, grad_y, grad_hidden)
+        return _backward_once(ctx, grad_y, grad_hidden)
+
+    @staticmethod
+    def vmap(info, in_dims, x, backend, reduction, n_layers, *tensors):
+        weights, biases, patterns = _split(tensors, n_layers)
+        dims = in_dims[4:]
+        w_dims, p_dims = dims[: 2 * n_layers], dims[2 * n_layers :]
+        size = info.batch_size
+        if all(d is None for d in w_dims):
+            # Rows are independent: a vmapped batch of [M, in] inputs is one [size * M, in] batch.
+            xs = _leading(x, in_dims[0], size)
+            rows = xs.shape[0] * xs.shape[1]
+            flat = [_leading(p, d, size).reshape(rows, -1) for p, d in zip(patterns, p_dims)]
+            out = GLAIStackFunction.apply(
+                xs.reshape(rows, -1), backend, reduction, n_layers, *weights, *biases, *flat
+            )
+            return tuple(o.reshape(size, xs.shape[1], -1) for o in out), (0,) * len(out)
+        # The weights differ along the vmapped dimension (e.g. an ensemble): one stack per entry.
+        args = (x, *tensors)
+        arg_dims = (in_dims[0], *dims)
+        per_entry = [
+            GLAIStackFunction.apply(
+                *_entry(args[:1], arg_dims[:1], k),
+                backend,
+                reduction,
+                n_layers,
+                *_entry(args[1:], arg_dims[1:], k),
+            )
+            for k in range(size)
+        ]
+        out = tuple(torch.stack(parts) for parts in zip(*per_entry))
+        return out, (0,) * len(out)
+
+
+def _leading(t: torch.Tensor, dim, size: int) -> torch.Tensor:
+    """``t`` with its vmapped dimension first (``size`` copies when it has none)."""
+    return t.unsqueeze(0).expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _entry(tensors, dims, k: int) -> list:
+    return [t if d is None or t is None else t.select(d, k) for t, d in zip(tensors, dims)]
+
+
+def _backward(ctx, grad_y, grad_hidden):
+    """With ``G_l = dL/dz_l`` (``z_l = W_l h_{l-1} + b_l``): ``G_L = dy``, ``dW_l = G_l^T h_{l-1}``,
+    ``db_l = sum_rows G_l``, ``G_{l-1} = (G_l W_l + dh_{l-1}) * p_{l-1}``, ``dx = G_1 W_1``; ``dh_l`` is the
+    gradient reaching a hidden output directly (None except in double backward)."""
+    ops, r, n = _ops(ctx.backend), ctx.reduction, ctx.n_layers
+    saved = ctx.saved_tensors
+    inputs, weights, patterns = saved[:n], saved[n : 2 * n], saved[2 * n :]
+    need = ctx.needs_input_grad
+    need_w, need_b = need[4 : 4 + n], need[4 + n : 4 + 2 * n]
+    grad_w, grad_b = [None] * n, [None] * n
+    grad_x = None
+    g = None if grad_y is None else grad_y.contiguous()
+    for i in reversed(range(n)):
+        if g is not None and (need_w[i] or need_b[i]):
+            dw, db = ops.backward_weights(g, inputs[i], need_b[i])
+            grad_w[i] = dw if need_w[i] else None
+            grad_b[i] = db
+        if not (need[0] or any(need_w[:i]) or any(need_b[:i])):
+            break  # nothing below layer i wants a gradient (frozen first layers): stop the data chain
+        if i > 0:
+            direct = grad_hidden[i - 1]
+            if direct is not None:
+                gates = unit_gates(patterns[i - 1], direct.shape[-1], r, direct.dtype)
+                direct = direct * gates
+            if g is not None:
                 g = ops.backward_data(g, weights[i], patterns[i - 1], r)
-            else:  # i == 0, reached only when x needs its gradient
-                grad_x = ops.backward_data(g, weights[0], None, r)
-        return (grad_x, None, None, None, *grad_w, *grad_b, *([None] * len(patterns)))
+                g = g if direct is None else g + direct
+            else:
+                g = direct
+        elif g is not None:  # i == 0, reached only when x needs its gradient
+            grad_x = ops.backward_data(g, weights[0], None, r)
+    return (grad_x, None, None, None, *grad_w, *grad_b, *([None] * len(patterns)))
+
+
+def _backward_once(ctx, grad_y, grad_hidden):
+    """The Triton backward: first order only (:mod:`glai_kernels.first_order`)."""
+    with torch.no_grad():
+        grads = _backward(ctx, grad_y, grad_hidden)
+    return first_order(grads, (grad_y, *grad_hidden, *ctx.saved_tensors))
 
 
 def glai_mlp(
@@ -107,7 +192,7 @@ def glai_mlp(
     x2 = x.reshape(-1, x.shape[-1])
     flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
     with torch.autocast(x.device.type, enabled=False):
-        y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)
+        y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)[0]
     return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
 
 

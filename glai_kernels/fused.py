@@ -22,10 +22,10 @@ CPU tensor. Eagerly the launches are called directly; under ``torch.compile`` ea
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from .first_order import first_order
 from .fused_config import MAX_WIDTH, default_config
 from .layout import PATTERN_DTYPE, words_for
 
@@ -214,8 +214,14 @@ class FusedStackFunction(torch.autograd.Function):
         ctx.has_bias = [b is not None for b in tensors[L : 2 * L]]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, *_):
+        # First order only (glai_kernels.first_order): the kernels record no graph of their own.
+        with torch.no_grad():
+            grads = FusedStackFunction._grads(ctx, grad_y)
+        return first_order(grads, (grad_y, *ctx.saved_tensors))
+
+    @staticmethod
+    def _grads(ctx, grad_y):
         L, r = ctx.n_layers, ctx.reduction
         saved = ctx.saved_tensors
         x, weights, hidden, words = (

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..cli_checks import ArgumentParser, check_environment, check_output_folder, device_name
 from ..demo import int_at_least, pick_device, set_threads
+from ..monitor import NonFiniteError
 from . import backbone, fewshot, scratch, simclr
 from .common import MLP, PRESETS, environment
 from .report import load_records, write_all
@@ -16,10 +19,13 @@ from .stats import summarize
 
 MODULES = {"scratch": scratch, "backbone": backbone, "simclr": simclr, "few-shot": fewshot}
 SETTINGS = tuple(MODULES)
+# Fresh, git-ignored folders by default: the committed results under bench/results/experiments are written
+# only when asked for by name, with --overwrite.
+DEFAULT_ROOT = Path("glai-experiment-out")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="glai-experiment", description=__doc__.splitlines()[0].replace("``", ""))
+    p = ArgumentParser(prog="glai-experiment", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--quick", action="store_true", help="the quick preset (a few minutes on 2 CPU cores)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="sizes (default: full, or quick)")
     p.add_argument(
@@ -31,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--seeds", type=int_at_least(1), default=None, help="number of seeds (0..N-1) instead of the preset's"
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... or auto")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, ... or auto")
     p.add_argument(
         "--threads",
         type=int_at_least(1),
@@ -39,16 +45,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="torch CPU threads (small heads gain little from more)",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default bench/results/experiments/<preset>)"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output folder, new or empty unless --overwrite (default: a new {DEFAULT_ROOT}/<preset>-<time>)",
     )
+    p.add_argument("--overwrite", action="store_true", help="write into a --out folder that holds files")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--from-json",
         type=Path,
         default=None,
-        help="summarise and plot a saved results.json again, no training",
+        help="summarise and plot a saved results.json again, no training (default --out: its folder)",
     )
     args = p.parse_args(argv)
+    if args.quick and args.preset not in (None, "quick"):
+        p.error(f"argument --quick: conflicts with --preset {args.preset} (--quick means --preset quick)")
     args.preset = args.preset or ("quick" if args.quick else "full")
     args.variants = (
         None if args.variants is None else {v.strip() for v in args.variants.split(",") if v.strip()}
@@ -69,7 +81,50 @@ def parse_args(argv=None) -> argparse.Namespace:
                 f"unknown variants {unknown} for the {preset.name} preset and settings {args.settings}; "
                 f"choose from {sorted(known)}"
             )
+    args.loaded = None if args.from_json is None else _load_results(p, args.from_json)
+    if args.out is not None:
+        check_output_folder(p, "--out", args.out, overwrite=args.overwrite)
+    check_environment(p)
     return args
+
+
+def _load_results(p: argparse.ArgumentParser, path: Path):
+    """``(meta, records)`` of a results.json that this command wrote; one error line otherwise."""
+    where = f"argument --from-json: expected a results.json written by glai-experiment, got {str(path)!r}"
+    try:
+        payload = json.loads(path.read_bytes())
+    except IsADirectoryError:
+        p.error(f"{where}, which is a folder")
+    except OSError as exc:
+        p.error(f"{where}, which cannot be read ({exc.strerror})")
+    except ValueError as exc:
+        p.error(f"{where}, which is not JSON ({exc})")
+    try:
+        meta = payload["meta"]
+        env = meta["environment"]
+        meta["preset"]["name"], meta["preset"]["seeds"], meta["study_seconds"]
+        env["device"], env["device_name"], env["torch_threads"], env["versions"]["torch"], env["date"]
+        if not isinstance(payload["runs"], list):
+            raise TypeError("runs is not a list")
+        meta, records = load_records(path)
+        summarize(records)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        what = f"no {exc.args[0]!r} field" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        p.error(f"{where}, which is not one ({what})")
+    return meta, records
+
+
+def _fresh_folder(preset: str) -> Path:
+    """A new folder under the git-ignored default root, named by preset and time."""
+    stem = DEFAULT_ROOT / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        folder = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free folder name under {DEFAULT_ROOT} for {stem.name}")
 
 
 def _finish(out: Path, meta: dict, records: list) -> None:
@@ -82,16 +137,24 @@ def _finish(out: Path, meta: dict, records: list) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.from_json is not None:
-        meta, records = load_records(args.from_json)
+    if args.loaded is not None:
+        meta, records = args.loaded
         _finish(args.out or args.from_json.parent, meta, records)
         return 0
+    try:
+        return _study(args, argv)
+    except NonFiniteError as exc:
+        print(f"glai-experiment: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _study(args: argparse.Namespace, argv) -> int:
     set_threads(args.threads)
     device = pick_device(args.device)
     preset = PRESETS[args.preset]
     if args.seeds is not None:
         preset = replace(preset, seeds=tuple(range(args.seeds)))
-    out = args.out or Path("bench/results/experiments") / preset.name
+    out = args.out or _fresh_folder(preset.name)
     started = time.perf_counter()
 
     total = sum(MODULES[name].count(preset, args.variants) for name in args.settings)
