@@ -1,4 +1,5 @@
-"""The autotuning cache and ``config_for``: read, write, merge, key mismatch, corruption, and the CLI on CPU.
+"""The autotuning cache, ``config_for`` / ``launch_config``, the tuner and the CLI: read, write, merge, key
+mismatch, corruption, pruning, flag checks, all on CPU.
 
 A fake GPU identity stands in for the device, so every path runs on a machine without one.
 """
@@ -12,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from glai_kernels import autotune, reference, tuning
+from glai_kernels import autotune, launch_configs, reference, tuner, tuning
 from glai_kernels import tuning_cache as cache
 
 FAKE = cache.Identity("Fake GPU 80GB", "3.6.0", "0123456789abcdef")
@@ -24,14 +25,17 @@ def fake_gpu(tmp_path, monkeypatch):
     """An empty cache folder, a fake GPU identity, and config_for out of interpreter mode."""
     monkeypatch.setenv(cache.ENV_DIR, str(tmp_path))
     monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    monkeypatch.setattr(tuning, "_current_identity", lambda: FAKE)
-    tuning.reload()
+    monkeypatch.setattr(launch_configs, "_current_identity", lambda index: FAKE)
+    launch_configs.reload()
     yield cache.cache_path(FAKE.gpu, FAKE.triton)
-    tuning.reload()
+    launch_configs.reload()
 
 
 def entry(kernel="gate", dtype="float32", bucket=(1, 1, 1), config=FAST):
     return {"kernel": kernel, "dtype": dtype, "bucket": list(bucket), "config": dict(config), "ms": 0.5}
+
+
+FAST = tuning.check_config(FAST)  # the complete form config_for returns (flags at 0)
 
 
 def valid_file(**override) -> dict:
@@ -40,8 +44,9 @@ def valid_file(**override) -> dict:
     return data
 
 
-def default(kernel="gate", M=100, N=300, K=300, dtype=torch.float32):
-    return tuning.default_config(kernel, M, N, K, dtype)
+def default(kernel="gate", M=100, N=300, K=300, key="float32"):
+    """The default without a GPU (Ampere tiles), as config_for gives it on a machine with no device."""
+    return tuning.default_config(kernel, M, N, K, key, None)
 
 
 def test_buckets_split_at_the_edges():
@@ -54,46 +59,76 @@ def test_buckets_split_at_the_edges():
 
 def test_interpreter_and_unknown_kernel():
     assert (
-        tuning.config_for("gate", 5, 7, 9, torch.float32)["BLOCK_M"] == 16
+        launch_configs.config_for("gate", 5, 7, 9, torch.float32)["BLOCK_M"] == 16
     )  # conftest turns the interpreter on
     with pytest.raises(ValueError, match="unknown kernel"):
-        tuning.config_for("gemm", 5, 7, 9, torch.float32)
+        launch_configs.config_for("gemm", 5, 7, 9, torch.float32)
 
 
-def test_no_gpu_gives_the_default(monkeypatch):
+def test_no_gpu_gives_the_default_and_says_so(monkeypatch):
     monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    monkeypatch.setattr(tuning, "_current_identity", lambda: None)
-    tuning.reload()
-    assert tuning.config_for("masked_forward", 32, 300, 300, torch.float32) == default(M=32)
-    assert default(M=32)["BLOCK_M"] == 64 and default(M=4096)["BLOCK_M"] == 128
-    tuning.reload()
+    monkeypatch.setattr(launch_configs, "_current_identity", lambda index: None)
+    launch_configs.reload()
+    got = launch_configs.launch_config("masked_forward", 32, 300, 300, torch.float32, "ieee")
+    assert got.config == default(M=32) and got.source == "default" and got.arch == "ampere"
+    assert default(M=32)["BLOCK_M"] == 32 and default(M=4096)["BLOCK_M"] == 128
+    launch_configs.reload()
+
+
+def test_launch_config_names_its_source(fake_gpu):
+    """What the GPU script records with every timing: the configuration and where it came from."""
+    interp = launch_configs.launch_config("gate", 100, 300, 300, torch.float32)
+    assert interp.source == "default"  # the fixture took the interpreter away
+    cache.save(FAKE, [entry(), entry(bucket=(3, 3, 3), config=dict(FAST, num_stages=2))])
+    launch_configs.reload()
+    assert launch_configs.launch_config("gate", 100, 300, 300, torch.float32, "ieee")[:2] == (FAST, "tuned")
+    near = launch_configs.launch_config("gate", 600, 300, 300, torch.float32, "ieee")
+    assert near.source == "tuned-nearest" and near.config == FAST
+    other = launch_configs.launch_config("masked_forward", 100, 300, 300, torch.float32, "ieee")
+    assert other.source == "default" and other.config == default("masked_forward")
+    # The precision defaults to what PyTorch's fp32 matmul setting says: IEEE unless TF32 was allowed.
+    assert launch_configs.launch_config("gate", 100, 300, 300, torch.float32).config == FAST
+    with pytest.raises(ValueError, match="unknown kernel"):
+        launch_configs.launch_config("conv", 1, 1, 1, torch.float32)
+
+
+def test_launch_config_under_the_interpreter():
+    got = launch_configs.launch_config("backward_weights", 5, 7, 9, torch.float16)
+    assert got.source == "interpreter" and got.config == tuning.check_config(tuning.INTERPRETER)
+    import glai_kernels
+
+    assert glai_kernels.launch_config is launch_configs.launch_config  # the name the GPU script uses
 
 
 def test_write_then_config_for_returns_the_cached_config(fake_gpu):
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()  # nothing cached yet
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == default()  # nothing cached yet
     path = cache.save(FAKE, [entry()])
     assert path == fake_gpu and path.parent.name == "autotune"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # the temporary file was renamed away
     data = json.loads(path.read_text())
     assert (data["gpu"], data["triton"], data["kernel_source"]) == tuple(FAKE)
-    tuning.reload()
-    cfg = tuning.config_for("gate", 100, 300, 300, torch.float32)
+    launch_configs.reload()
+    cfg = launch_configs.config_for("gate", 100, 300, 300, torch.float32)
     assert cfg == FAST
     cfg["BLOCK_M"] = 1  # callers get a copy: the memo is not theirs to change
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == FAST
     # Another kernel has nothing tuned: its default, not gate's configuration.
-    assert tuning.config_for("backward_data", 100, 300, 300, torch.float32) == default("backward_data")
+    assert launch_configs.config_for("backward_data", 100, 300, 300, torch.float32) == default(
+        "backward_data"
+    )
 
 
 def test_nearest_bucket_and_same_size_dtype(fake_gpu):
     far = dict(FAST, num_stages=2)
     cache.save(FAKE, [entry(dtype="bfloat16"), entry(dtype="bfloat16", bucket=(3, 3, 3), config=far)])
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.bfloat16) == FAST  # its own bucket
-    assert tuning.config_for("gate", 8000, 8000, 8000, torch.bfloat16) == far
-    assert tuning.config_for("gate", 600, 300, 300, torch.bfloat16) == FAST  # (2,1,1): nearest is (1,1,1)
-    assert tuning.config_for("gate", 100, 300, 300, torch.float16) == FAST  # fp16 tiles as bf16 does
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()  # fp32 does not
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.bfloat16) == FAST  # its own bucket
+    assert launch_configs.config_for("gate", 8000, 8000, 8000, torch.bfloat16) == far
+    assert (
+        launch_configs.config_for("gate", 600, 300, 300, torch.bfloat16) == FAST
+    )  # (2,1,1): nearest is (1,1,1)
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float16) == FAST  # fp16 tiles as bf16 does
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == default()  # fp32 does not
 
 
 def test_tf32_is_keyed_apart_from_ieee_fp32(fake_gpu):
@@ -101,24 +136,27 @@ def test_tf32_is_keyed_apart_from_ieee_fp32(fake_gpu):
     each reads its own entries, and neither stands in for the other as the nearest bucket."""
     ieee, tf32 = FAST, dict(FAST, BLOCK_M=128, num_warps=8)
     cache.save(FAKE, [entry(dtype="float32", config=ieee), entry(dtype="tf32", config=tf32)])
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == ieee
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32, "ieee") == ieee
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32, "tf32") == tf32
-    assert tuning.config_for("gate", 8000, 8000, 8000, torch.float32, "tf32") == tf32  # nearest: tf32's own
-    assert tuning.config_for("gate", 100, 300, 300, torch.bfloat16, "tf32") == default()  # fp32 only
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == ieee
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32, "ieee") == ieee
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32, "tf32") == tf32
+    assert (
+        launch_configs.config_for("gate", 8000, 8000, 8000, torch.float32, "tf32") == tf32
+    )  # nearest: tf32's own
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.bfloat16, "tf32") == default(key="bfloat16")
     # The host functions ask with the precision their launch uses.
-    triton_ops = pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
-    assert triton_ops._config("gate", 100, 300, 300, torch.float32, "tf32", None) == tf32
-    assert triton_ops._config("gate", 100, 300, 300, torch.float32, "ieee", None) == ieee
+    launch = pytest.importorskip("glai_kernels.triton_launch", reason="the Triton kernels need Triton")
+    assert launch.choose_config("gate", 100, 300, 300, torch.float32, "tf32", None) == (tf32, "tuned")
+    assert launch.choose_config("gate", 100, 300, 300, torch.float32, "ieee", None) == (ieee, "tuned")
     cache.save(FAKE, [entry(kernel="backward_data", dtype="tf32", config=tf32)])
-    tuning.reload()
-    assert tuning.config_for("backward_data", 100, 300, 300, torch.float32) == default("backward_data")
-    cache.save(FAKE, [entry(kernel="masked_forward", dtype="float32", config=ieee)])
-    tuning.reload()
-    assert tuning.config_for("masked_forward", 100, 300, 300, torch.float32, "tf32") == default(
-        "masked_forward"
+    launch_configs.reload()
+    assert launch_configs.config_for("backward_data", 100, 300, 300, torch.float32) == default(
+        "backward_data"
     )
+    cache.save(FAKE, [entry(kernel="masked_forward", dtype="float32", config=ieee)])
+    launch_configs.reload()
+    got = launch_configs.config_for("masked_forward", 100, 300, 300, torch.float32, "tf32")
+    assert got == default("masked_forward", key="tf32")
 
 
 def test_tuning_labels_fp32_by_the_precision_the_ops_run(fake_gpu, monkeypatch):
@@ -131,19 +169,19 @@ def test_tuning_labels_fp32_by_the_precision_the_ops_run(fake_gpu, monkeypatch):
 
     ops = types.SimpleNamespace(gate=gate, dot_precision=lambda dtype: precision["now"])
     calls = iter(range(100))
-    entries = autotune.tune(  # the second candidate timed is the fastest: not the default
+    entries = tuner.tune(  # the second candidate timed is the fastest: not the default
         "gate", [(40, 48, 24)], torch.float32, ops=ops, timer=lambda fn: 0.5 if next(calls) == 1 else 1.0,
         quiet=True, device="cpu",
     )  # fmt: skip
     assert [e["dtype"] for e in entries] == ["tf32"]
     assert entries[0]["config"] != default(M=40, N=48, K=24)
     cache.save(FAKE, entries)
-    tuning.reload()
-    assert tuning.config_for("gate", 40, 48, 24, torch.float32, "tf32") == entries[0]["config"]
-    assert tuning.config_for("gate", 40, 48, 24, torch.float32, "ieee") == default(M=40, N=48, K=24)
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 40, 48, 24, torch.float32, "tf32") == entries[0]["config"]
+    assert launch_configs.config_for("gate", 40, 48, 24, torch.float32, "ieee") == default(M=40, N=48, K=24)
     precision["now"] = "ieee"
     assert (
-        autotune.tune(
+        tuner.tune(
             "gate", [(40, 48, 24)], torch.float32, ops=ops, timer=lambda fn: 1.0, quiet=True, device="cpu"
         )[0]["dtype"]
         == "float32"
@@ -156,15 +194,15 @@ def test_tuning_labels_fp32_by_the_precision_the_ops_run(fake_gpu, monkeypatch):
 
     ops.gate = gate_off
     kw = dict(ops=ops, timer=lambda fn: 1.0, quiet=True, device="cpu")
-    assert autotune.tune("gate", [(40, 48, 24)], torch.float32, **kw) == []
+    assert tuner.tune("gate", [(40, 48, 24)], torch.float32, **kw) == []
     precision["now"] = "tf32"
-    assert autotune.tune("gate", [(40, 48, 24)], torch.float32, **kw)
+    assert tuner.tune("gate", [(40, 48, 24)], torch.float32, **kw)
 
     matmul = types.SimpleNamespace(fp32_precision="none")
     monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
-    assert autotune.operand_dtype("tf32") == torch.float32 and matmul.fp32_precision == "tf32"
-    assert autotune.operand_dtype("float32") == torch.float32 and matmul.fp32_precision == "ieee"
-    assert autotune.operand_dtype("bfloat16") == torch.bfloat16 and matmul.fp32_precision == "ieee"
+    assert tuner.operand_dtype("tf32") == torch.float32 and matmul.fp32_precision == "tf32"
+    assert tuner.operand_dtype("float32") == torch.float32 and matmul.fp32_precision == "ieee"
+    assert tuner.operand_dtype("bfloat16") == torch.bfloat16 and matmul.fp32_precision == "ieee"
 
 
 def test_save_merges_and_replaces(fake_gpu):
@@ -179,8 +217,8 @@ def test_save_merges_and_replaces(fake_gpu):
 def _config_twice_warns_once(dtype=torch.float32):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = tuning.config_for("gate", 100, 300, 300, dtype)
-        second = tuning.config_for("backward_data", 100, 300, 300, dtype)
+        first = launch_configs.config_for("gate", 100, 300, 300, dtype)
+        second = launch_configs.config_for("backward_data", 100, 300, 300, dtype)
     mine = [w for w in caught if issubclass(w.category, cache.TuningCacheWarning)]
     assert len(mine) == 1, [str(w.message) for w in caught]
     assert first == default() and second == default("backward_data")
@@ -227,8 +265,8 @@ def test_foreign_file_is_ignored(fake_gpu, field):
     assert "something else" in _config_twice_warns_once()
     # The same file with the right identity is used: the mismatch alone made the difference.
     fake_gpu.write_text(json.dumps(valid_file()))
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == FAST
 
 
 def test_save_over_a_corrupt_or_stale_file_drops_it(fake_gpu):
@@ -333,23 +371,23 @@ def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):
 
     ops = types.SimpleNamespace(gate=gate, dot_precision=lambda dtype: "ieee")
     shapes = [(40, 48, 24), (2000, 48, 24)]
-    entries = autotune.tune("gate", shapes, torch.float32, ops=ops, timer=timer, quiet=True, device="cpu")
+    entries = tuner.tune("gate", shapes, torch.float32, ops=ops, timer=timer, quiet=True, device="cpu")
     assert [e["bucket"] for e in entries] == [[0, 0, 0], [2, 0, 0]]
     assert all(e["config"] == best and e["ms"] == 0.5 and e["default_ms"] == 1.0 for e in entries)
     assert len(tries) == 1  # a tile that does not compile is not retried at the next shape
     cache.save(FAKE, entries)
-    tuning.reload()
-    assert tuning.config_for("gate", 40, 48, 24, torch.float32) == best
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 40, 48, 24, torch.float32) == best
 
 
 def test_rel_error_counts_flipped_bits_and_nan():
     words = torch.tensor([[0b1011, -1]], dtype=torch.int32)
     flipped = words ^ torch.tensor([[0b0100, 0]], dtype=torch.int32)
-    assert autotune.rel_error(flipped, words) == pytest.approx(1 / 64)
+    assert tuner.rel_error(flipped, words) == pytest.approx(1 / 64)
     ref = torch.randn(5, 7)
-    assert autotune.rel_error(ref.clone(), ref) == 0.0
-    assert autotune.rel_error(ref * 1.5, ref) == pytest.approx(0.5)
-    assert autotune.rel_error(torch.full_like(ref, float("nan")), ref) == float("inf")
+    assert tuner.rel_error(ref.clone(), ref) == 0.0
+    assert tuner.rel_error(ref * 1.5, ref) == pytest.approx(0.5)
+    assert tuner.rel_error(torch.full_like(ref, float("nan")), ref) == float("inf")
 
 
 def test_tuning_inside_a_step_only_when_asked(fake_gpu, monkeypatch):
@@ -360,24 +398,24 @@ def test_tuning_inside_a_step_only_when_asked(fake_gpu, monkeypatch):
         (M, N, K) = shapes[0]
         cache.save(FAKE, [entry(kernel=kernel, bucket=tuning.bucket_of(M, N, K))])
 
-    monkeypatch.setattr(autotune, "tune_and_save", fake_tune)
+    monkeypatch.setattr(tuner, "tune_and_save", fake_tune)
     monkeypatch.delenv("GLAI_AUTOTUNE", raising=False)
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == default()
     assert calls == []  # never unless asked
     monkeypatch.setenv("GLAI_AUTOTUNE", "1")
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == FAST
     assert (
-        tuning.config_for("gate", 120, 290, 310, torch.float32) == FAST
+        launch_configs.config_for("gate", 120, 290, 310, torch.float32) == FAST
     )  # same bucket: memoised, not re-tuned
     assert calls == [("gate", ((100, 300, 300),), torch.float32)]
 
     def failing_tune(*args, **kwargs):
         raise RuntimeError("no kernels")
 
-    monkeypatch.setattr(autotune, "tune_and_save", failing_tune)
+    monkeypatch.setattr(tuner, "tune_and_save", failing_tune)
     with pytest.warns(cache.TuningCacheWarning, match="no kernels"):
-        got = tuning.config_for("backward_data", 100, 300, 300, torch.float32)
+        got = launch_configs.config_for("backward_data", 100, 300, 300, torch.float32)
     assert got == default("backward_data")
 
 
@@ -396,20 +434,20 @@ def test_cli_tunes_prints_and_persists(fake_gpu, monkeypatch, capsys):
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launch_configs, "device_info", lambda index: ((8, 0), 108))
     monkeypatch.setattr(cache, "identity", lambda index: FAKE)
-    monkeypatch.setattr(autotune, "kernel_ops", lambda: ops)
-    monkeypatch.setattr(autotune, "DEVICE", "cpu")
+    monkeypatch.setattr(tuner, "kernel_ops", lambda: ops)
+    monkeypatch.setattr(tuner, "DEVICE", "cpu")
+    monkeypatch.setattr(tuner, "gpu_setting", lambda: {"capability": None, "tma": False, "prune": None})
     # `--dtypes float32` sets the process's fp32 matmul precision: on a stand-in, not this test process's.
     monkeypatch.setattr(torch.backends.cuda, "matmul", types.SimpleNamespace(fp32_precision="none"))
     # 14 candidates at M = 48: the small-batch default first, then the 13 of the space. The fifth is fastest.
-    assert (
-        tuning.default_config("masked_forward", 48, 40, 40, torch.float32) not in space and len(space) == 13
-    )
+    assert default("masked_forward", 48, 40, 40) not in space and len(space) == 13
     timings = iter(range(10_000))
-    monkeypatch.setattr(autotune, "_do_bench", lambda fn, rep: 0.5 if next(timings) % 14 == 4 else 2.0)
+    monkeypatch.setattr(tuner, "_do_bench", lambda fn, rep: 0.5 if next(timings) % 14 == 4 else 2.0)
     args = ["--kernels", "masked_forward", "--dtypes", "float32", "--batch", "48", "--width", "40"]
     assert autotune.main(args) == 0
     out = capsys.readouterr().out
     assert "masked_forward" in out and "4.00x the default" in out and str(fake_gpu) in out
-    assert tuning.config_for("masked_forward", 48, 40, 40, torch.float32) == space[3]
+    assert launch_configs.config_for("masked_forward", 48, 40, 40, torch.float32) == space[3]
     assert autotune.main([*args, "--dry-run"]) == 0 and "nothing written" in capsys.readouterr().out
