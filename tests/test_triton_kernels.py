@@ -550,16 +550,25 @@ def test_tma_loop_matches_the_reference(descriptors, dtype, k_major):
     cfg = dict(TMA_CONFIG, K_MAJOR=k_major)
     x, w, b = randn(M, K, dtype=dtype, g=g_), randn(N, K, dtype=dtype, g=g_), randn(N, dtype=dtype, g=g_)
     words, wd, grad = rand_words(M, N // r, g_), rand_words(M, K, g_), randn(M, N, dtype=dtype, g=g_)
+
+    def described(before):  # the op just called built its two operand descriptors
+        assert len(descriptors) == before + 2 and all(descriptors), descriptors
+        return len(descriptors)
+
+    n = len(descriptors)
     out = triton_ops.masked_forward(x, w, b, words, r, config=cfg, out=poison(M, N, dtype=dtype))
     assert_close_rel(out, ref.masked_forward(f64(x), f64(w), f64(b), words, r), dtype, "masked_forward tma")
+    n = described(n)
     out = triton_ops.backward_data(grad, w, wd, 1, config=cfg, out=poison(M, K, dtype=dtype))
     assert_close_rel(out, ref.backward_data(f64(grad), f64(w), wd, 1), dtype, "backward_data tma")
+    n = described(n)
     relu, bits = triton_ops.gate(
         x, w, b, config=cfg, out=(poison(M, N, dtype=dtype), poison(M, words_for(N), dtype=PATTERN_DTYPE))
     )
     r_relu, r_bits = ref.gate(f64(x), f64(w), f64(b))
     assert_close_rel(relu, r_relu, dtype, "gate tma")
     assert (bits != r_bits).sum() <= 2  # a unit within rounding of 0 may flip
+    n = described(n)
     for splits in (1, 3):
         dw, db = triton_ops.backward_weights(
             grad,
@@ -571,7 +580,7 @@ def test_tma_loop_matches_the_reference(descriptors, dtype, k_major):
         r_dw, r_db = ref.backward_weights(f64(grad), f64(x), True)
         assert_close_rel(dw, r_dw, dtype, f"dW tma, {splits} splits")
         assert_close_rel(db, r_db, dtype, f"db tma, {splits} splits")
-    assert descriptors and all(descriptors)
+        n = described(n)
 
 
 def test_tma_falls_back_to_pointers_for_misaligned_operands(descriptors):

@@ -345,6 +345,100 @@ def test_without_gpu_tuning_refuses_clearly(capsys, monkeypatch):
     assert autotune.main(["--list", "--dtypes", "float64"]) == 2
 
 
+BAD_FLAGS = {  # argv -> what the one line must name
+    "zero batch": (
+        ["--batch", "0,512"],
+        "argument --batch: expected comma-separated positive integers, got '0,512'",
+    ),
+    "negative width": (["--width", "-4"], "argument --width: expected comma-separated positive integers"),
+    "not a number": (["--batch", "64,x"], "argument --batch: expected comma-separated positive integers"),
+    "empty list": (["--width", ","], "argument --width: expected comma-separated positive integers"),
+    "zero rep": (["--rep", "0"], "argument --rep: expected a positive number of milliseconds, got '0'"),
+    "nan rep": (["--rep", "nan"], "argument --rep: expected a positive number of milliseconds"),
+    "unknown kernel": (
+        ["--kernels", "gate,conv"],
+        "argument --kernels: unknown name 'conv'; choose from gate",
+    ),
+    "no kernel": (["--kernels", ","], "argument --kernels: expected one or more of gate"),
+    "unknown dtype": (
+        ["--dtypes", "float64"],
+        "argument --dtypes: unknown name 'float64'; choose from float16",
+    ),
+    "unknown flag": (["--fast"], "unrecognized arguments: --fast"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FLAGS))
+def test_bad_flags_get_one_line_and_status_2(name, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.ENV_DIR, str(tmp_path))
+    argv, message = BAD_FLAGS[name]
+    for extra in ([], ["--list"]):  # checked before anything runs, --list included
+        assert autotune.main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("glai-autotune: ") and message in err and err.count("\n") == 1, err
+
+
+def test_cache_dir_must_be_a_directory(capsys, tmp_path, monkeypatch):
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv(cache.ENV_DIR, str(a_file))
+    assert autotune.main(["--list"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"GLAI_CACHE_DIR must be a directory (or a path where one can be made), got '{a_file}': it is a file"
+        in err
+    )
+    monkeypatch.setenv(cache.ENV_DIR, str(a_file / "below"))
+    assert autotune.main(["--list"]) == 2
+    assert f"'{a_file}' above it is a file" in capsys.readouterr().err
+    monkeypatch.setenv(cache.ENV_DIR, str(tmp_path / "new" / "folder"))  # not there yet: made when written
+    assert autotune.main(["--list"]) == 0 and cache.check_cache_dir() is None
+    assert autotune.main(["--list", "--cache-dir", str(a_file)]) == 2
+    assert "--cache-dir must be a directory" in capsys.readouterr().err
+    # The check other commands reuse: None when unset or fine, one line when not.
+    monkeypatch.delenv(cache.ENV_DIR)
+    assert cache.check_cache_dir() is None and cache.check_cache_dir(tmp_path) is None
+    assert cache.check_cache_dir(a_file, "--out").startswith("--out must be a directory")
+
+
+def test_bad_flag_in_a_fresh_process_prints_no_traceback(tmp_path):
+    env = {"GLAI_CACHE_DIR": str(tmp_path / "f"), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
+    (tmp_path / "f").write_text("")
+    run = subprocess.run(
+        [sys.executable, "-m", "glai_kernels.autotune", "--batch", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_tuner_prunes_spilling_candidates_before_timing(fake_gpu):
+    """A candidate the pruning rule rejects (compiled, it spills) is never run nor timed; the default is never
+    pruned, so there is always something to fall back to."""
+    ran = []
+
+    def gate(a, weight, bias, *, config):
+        ran.append(tuning.describe(config))
+        return reference.gate(a, weight, bias)
+
+    ops = types.SimpleNamespace(gate=gate, dot_precision=lambda dtype: "ieee")
+    spilling = {tuning.describe(c) for c in tuning.SEARCH_SPACE["gate"][::2]}
+    asked = []
+
+    def prune(kernel, key, c):
+        asked.append(tuning.describe(c))
+        return "spills 8 bytes" if tuning.describe(c) in spilling else None
+
+    shapes = [(40, 48, 24), (2000, 48, 24)]
+    kw = dict(ops=ops, timer=lambda fn: (fn(), 1.0)[1], quiet=True, device="cpu", prune=prune)
+    entries = tuner.tune("gate", shapes, torch.float32, **kw)
+    assert entries and not spilling & set(ran) and len(set(ran)) > 1
+    assert len(asked) == len(set(asked))  # each candidate compiled once, not once per shape
+    everything = tuner.tune("gate", shapes[:1], torch.float32, **dict(kw, prune=lambda *a: "spills"))
+    assert [e["config"] for e in everything] == [default(M=40, N=48, K=24)]
+
+
 def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):
     """The tuning loop with the reference standing in for the kernels, on CPU: a candidate that computes a wrong
     result or fails to compile is never chosen, however fast it claims to be."""
