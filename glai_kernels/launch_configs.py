@@ -34,11 +34,16 @@ from .tuning import KERNELS
 class LaunchConfig(NamedTuple):
     """The configuration of a launch and where it came from: ``"interpreter"``, ``"tuned"`` (an entry for the
     shape's bucket), ``"tuned-nearest"`` (the nearest tuned bucket's entry), ``"tuned-now"`` (tuned at first
-    use under ``GLAI_AUTOTUNE=1``), ``"default"``; ``arch`` is the architecture whose defaults apply."""
+    use under ``GLAI_AUTOTUNE=1``), ``"default"``; ``arch`` is the architecture whose defaults apply;
+    ``splits`` the number of batch ranges the weight gradient sums separately on this GPU (1 elsewhere).
+
+    A configuration with ``TMA`` runs the pointer loop instead for a call whose operands a tensor descriptor
+    cannot describe (rows not on 16-byte boundaries, a base address off 16 bytes)."""
 
     config: dict
     source: str
     arch: str
+    splits: int = 1
 
 
 _memo: dict[tuple, LaunchConfig] = {}
@@ -99,8 +104,8 @@ def launch_config(kernel: str, M: int, N: int, K: int, dtype, precision: str | N
     (default: the current CUDA device). ``precision`` is ``tl.dot``'s ``input_precision`` (default: what
     PyTorch's fp32 matmul setting asks, :func:`tuning.torch_dot_precision`). The configuration is a fresh dict.
 
-    What the weight gradient actually splits its batch into also depends on the GPU's multiprocessor count:
-    :func:`tuning.batch_splits`."""
+    The weight gradient's split of the batch depends on the GPU's multiprocessor count as well
+    (:func:`tuning.batch_splits`); ``splits`` gives it."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
     if tuning.interpreting():
@@ -113,7 +118,10 @@ def launch_config(kernel: str, M: int, N: int, K: int, dtype, precision: str | N
     hit = _memo.get(memo_key)
     if hit is None:
         hit = _memo[memo_key] = _lookup(index, kernel, M, N, K, dtype, key)
-    return LaunchConfig(dict(hit.config), hit.source, hit.arch)
+    splits = 1
+    if kernel == "backward_weights" and index is not None:  # dW [M, N] over a batch of K rows
+        splits = tuning.batch_splits(hit.config, M, N, K, device_info(index)[1])[0]
+    return LaunchConfig(dict(hit.config), hit.source, hit.arch, splits)
 
 
 def config_for(kernel: str, M: int, N: int, K: int, dtype, precision: str = "ieee", device=None) -> dict:

@@ -209,7 +209,8 @@ def choose_config(kernel, M, N, K, dtype, precision, config, device=None) -> tup
     """``(configuration, source)`` of a launch: ``config=`` when given, else ``launch_configs``'s answer."""
     if config is not None:
         return check_config(kernel, config), "config="
-    cfg, source, _ = launch_configs.launch_config(kernel, M, N, K, dtype, precision, device)
+    found = launch_configs.launch_config(kernel, M, N, K, dtype, precision, device)
+    cfg, source = found.config, found.source
     if kernel == "gate" and cfg["BLOCK_N"] % WORD_BITS:
         # A power-of-two BLOCK_N that is no multiple of the word is smaller than it: widen the tile to one
         # word rather than fail on a generic configuration.

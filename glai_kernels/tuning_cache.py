@@ -98,8 +98,9 @@ def cache_path(gpu: str, triton_version: str) -> Path:
 
 
 def kernel_sources() -> list[Path]:
-    """The files whose text defines the kernels: ``triton_ops.py`` and everything under ``kernels/``."""
-    files = [_PACKAGE / "triton_ops.py"]
+    """The files whose text defines the kernels and how they are launched: ``triton_ops.py``,
+    ``triton_launch.py`` and everything under ``kernels/``."""
+    files = [_PACKAGE / "triton_ops.py", _PACKAGE / "triton_launch.py"]
     kernels = _PACKAGE / "kernels"
     if kernels.is_dir():
         files += sorted(kernels.rglob("*.py"))

@@ -85,11 +85,21 @@ def test_launch_config_names_its_source(fake_gpu):
     near = launch_configs.launch_config("gate", 600, 300, 300, torch.float32, "ieee")
     assert near.source == "tuned-nearest" and near.config == FAST
     other = launch_configs.launch_config("masked_forward", 100, 300, 300, torch.float32, "ieee")
-    assert other.source == "default" and other.config == default("masked_forward")
+    assert other.source == "default" and other.config == default("masked_forward") and other.splits == 1
     # The precision defaults to what PyTorch's fp32 matmul setting says: IEEE unless TF32 was allowed.
     assert launch_configs.launch_config("gate", 100, 300, 300, torch.float32).config == FAST
     with pytest.raises(ValueError, match="unknown kernel"):
         launch_configs.launch_config("conv", 1, 1, 1, torch.float32)
+
+
+def test_launch_config_gives_the_weight_gradient_split(fake_gpu, monkeypatch):
+    """The split of the batch depends on the GPU's multiprocessor count: part of what fixes the bits."""
+    monkeypatch.setattr(launch_configs, "_device_index", lambda device: 0)
+    for sms, want in ((132, 2), (8, 1)):
+        monkeypatch.setattr(launch_configs, "device_info", lambda index, sms=sms: ((9, 0), sms))
+        launch_configs.reload()
+        got = launch_configs.launch_config("backward_weights", 10, 4096, 8192, torch.bfloat16)
+        assert got.arch == "hopper" and got.config["BLOCK_N"] == 64 and got.splits == want, got
 
 
 def test_launch_config_under_the_interpreter():

@@ -106,7 +106,9 @@ def gate_kernel(
     ``BLOCK_N`` must be a multiple of ``WORD_BITS`` (a tile packs whole words). With ``TMA``, ``a_ptr`` and
     ``w_ptr`` are tensor descriptors of ``a`` ``[M, K]`` and ``W`` ``[N, K]``, and the grid is persistent."""
     if TMA:
-        for tile in tl.range(tl.program_id(0), tile_count(M, N, BLOCK_M, BLOCK_N), tl.num_programs(0)):
+        for tile in tl.range(
+            tl.program_id(0), tile_count(M, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=True
+        ):
             _gate_tile(
                 tile, a_ptr, w_ptr, bias_ptr, out_ptr, words_ptr, M, N, K, stride_am, stride_ak, stride_wn,
                 stride_wk, stride_bias, stride_om, stride_on, stride_pm, stride_pw, HAS_BIAS, RELU_OUT,

@@ -54,7 +54,9 @@ def _gate_store(
     """Gate the tile ``z`` of columns ``n0 ..`` by the pattern (when ``HAS_GATE``) and store it."""
     BLOCK_M: tl.constexpr = z.shape[0]
     if HAS_GATE:
-        z = apply_pattern(z, words_ptr, rows, n0, N, stride_pm, stride_pw, BLOCK_M, BLOCK_N, REDUCTION, WORD_BITS)
+        z = apply_pattern(
+            z, words_ptr, rows, n0, N, stride_pm, stride_pw, BLOCK_M, BLOCK_N, REDUCTION, WORD_BITS
+        )
     offs_n = n0 + tl.arange(0, BLOCK_N)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
     tl.store(out_ptrs, z.to(out_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
@@ -96,7 +98,9 @@ def masked_matmul_kernel(
     ``n // REDUCTION`` of its row's pattern. With ``TMA``, ``a_ptr`` and ``b_ptr`` are tensor descriptors
     (``B`` stored as ``[K, N]`` when ``B_KN``, else as ``[N, K]``) and the grid is persistent."""
     if TMA:
-        for tile in tl.range(tl.program_id(0), tile_count(M, N, BLOCK_M, BLOCK_N), tl.num_programs(0)):
+        for tile in tl.range(
+            tl.program_id(0), tile_count(M, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=True
+        ):
             _masked_tile(
                 tile, a_ptr, b_ptr, bias_ptr, words_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
                 stride_bn, stride_bias, stride_pm, stride_pw, stride_om, stride_on, HAS_BIAS, HAS_GATE,

@@ -1,8 +1,17 @@
-"""Tile order and the GEMM main loop shared by every kernel.
+"""Tile order and the GEMM main loops shared by every kernel.
 
 Every kernel computes an output tile ``C[rows, cols] = A[rows, :] @ B[:, cols]`` (fp32 accumulation) and then
-runs its own epilogue. Operands are addressed through explicit strides, so a transposed weight (``W^T`` in
-the forward) or a transposed gradient (``g^T`` in the weight gradient) is read in place, without a copy.
+runs its own epilogue. Two main loops:
+
+- :func:`tile_dot` loads through pointers with explicit strides, so a transposed weight (``W^T`` in the
+  forward) or a transposed gradient (``g^T`` in the weight gradient) is read in place, without a copy. A
+  program per output tile; any GPU and the interpreter.
+- :func:`desc_tile_dot` loads through tensor descriptors: on sm_90 the bulk tensor copy engine (TMA) moves
+  whole boxes into shared memory, with no address arithmetic per element and zero fill past the edges. The
+  kernels run it on a persistent grid, one program per multiprocessor walking the tiles in the grouped order
+  of :func:`grouped_tile` (one order for both loops); the tile loop is flattened into the K loop
+  (``tl.range(..., flatten=True)``), so the compiler can issue the next tile's loads under this tile's
+  epilogue.
 """
 
 import triton

@@ -127,7 +127,7 @@ def weight_grad_kernel(
     if TMA:
         tiles = tile_count(N, K, BLOCK_M, BLOCK_N)
         splits = tl.cdiv(M, M_SPLIT)
-        for t in tl.range(tl.program_id(0), tiles * splits, tl.num_programs(0)):
+        for t in tl.range(tl.program_id(0), tiles * splits, tl.num_programs(0), flatten=True):
             _weight_tile(
                 t % tiles, t // tiles, g_ptr, h_ptr, dw_ptr, db_ptr, N, K, M, M_SPLIT, stride_gm, stride_gn,
                 stride_hm, stride_hk, stride_dws, stride_dwn, stride_dwk, stride_dbs, stride_db, HAS_BIAS,
