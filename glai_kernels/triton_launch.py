@@ -148,6 +148,14 @@ def programs(tiles: int, device: torch.device) -> int:
     return min(tiles, launch_configs.device_info(index)[1])
 
 
+def hopper_or_interpreter(device: torch.device) -> bool:
+    """Whether tensor descriptors can be launched on ``device``: sm_90 and up, or the interpreter."""
+    if device.type != "cuda":
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return launch_configs.device_info(index)[0] >= (9, 0)
+
+
 def sm_count(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
@@ -260,6 +268,7 @@ def set_tma(plan: Plan, a, b, a_transposed_ok: bool) -> None:
     lay_a, lay_b = descriptor_layout(a), descriptor_layout(b)
     plan.tma = (
         bool(plan.config["TMA"])
+        and hopper_or_interpreter(a.device)
         and lay_a is not None
         and lay_b is not None
         and (a_transposed_ok or not lay_a[1])

@@ -92,17 +92,36 @@ def _do_bench(fn, rep_ms: float) -> float:
     return float(do_bench(fn, warmup=max(5, int(rep_ms // 4)), rep=rep_ms, quantiles=[0.5])[0])
 
 
-def spill_check(capability: tuple[int, int]):
-    """A pruning rule for a GPU of compute ``capability``: ``rule(kernel, key, config)`` is why the candidate is
-    dropped (it spills registers when compiled for this architecture), or None."""
+def _spills(args) -> int | None:
+    kernel, key, c, arch = args
     from . import lowering
 
-    def rule(kernel: str, key: str, c: dict) -> str | None:
-        try:
-            spilled = lowering.spills(kernel, key, c, capability[0] * 10 + capability[1])
-        except Exception:  # does not compile here: left to the timing loop, which reports why
-            return None
-        return f"spills {spilled} bytes of registers" if spilled else None
+    try:
+        return lowering.spills(kernel, key, c, arch)
+    except Exception:  # does not compile here: left to the timing loop, which reports why
+        return None
+
+
+def spill_check(capability: tuple[int, int], jobs: int | None = None):
+    """A pruning rule for a GPU of compute ``capability``: ``rule(kernel, key, configs)`` maps the description
+    of each configuration that spills registers when compiled for this architecture to why it is dropped. The
+    compiles run in ``jobs`` fresh processes (they need no GPU; the parent's CUDA context is not forked), or in
+    this one for ``jobs=1``."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    arch = capability[0] * 10 + capability[1]
+
+    def rule(kernel: str, key: str, configs: list[dict]) -> dict[str, str]:
+        workers = max(1, min(jobs or os.cpu_count() or 1, len(configs), 16))
+        todo = [(kernel, key, c, arch) for c in configs]
+        if workers == 1:
+            spilled = [_spills(t) for t in todo]
+        else:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                spilled = list(pool.map(_spills, todo))
+        return {describe(c): f"spills {n} bytes of registers" for c, n in zip(configs, spilled) if n}
 
     return rule
 
@@ -114,7 +133,8 @@ def tune(
     """Tune ``kernel`` at each GEMM shape; returns one cache entry per shape bucket (of two shapes in one bucket,
     the one nearer the bucket's representative). ``timer(fn) -> ms`` defaults to ``do_bench``'s median.
     ``capability`` and ``tma``: the GPU's compute capability and whether it runs tensor descriptors (they pick
-    the defaults and the candidates); ``prune(kernel, key, config)``: why a candidate is dropped untimed, or None.
+    the defaults and the candidates); ``prune(kernel, key, configs)``: ``{description: why}`` of the candidates
+    to drop untimed (:func:`spill_check`). The default of a shape is never dropped.
 
     The entries' dtype key is the one the ops run now: fp32 is keyed ``"tf32"`` when ``ops.dot_precision`` says
     its products run as TF32 (PyTorch's matmul precision setting), as ``config_for`` keys its lookups."""
@@ -128,19 +148,15 @@ def tune(
     # Tiles are compile-time constants: a candidate that does not compile (too much shared memory for this GPU)
     # or spills fails at every shape, so it is tried once per kernel and dtype.
     broken: set[str] = set()
-    pruned: dict[str, str] = {}
+    space = tuning.candidates(kernel, key, capability, tma)
+    pruned = prune(kernel, key, space) if prune is not None else {}
+    for name, why in pruned.items():
+        say(f"  {kernel} {key} {name}: pruned, {why}")
+    space = [c for c in space if describe(c) not in pruned]
     for M, N, K in shapes:
         bucket = tuning.bucket_of(M, N, K)
         default = tuning.default_config(kernel, M, N, K, key, capability, tma)
-        candidates = [default] + [c for c in tuning.candidates(kernel, key, capability, tma) if c != default]
-        if prune is not None:
-            for c in candidates:
-                name = describe(c)
-                if name not in pruned and c is not default:
-                    pruned[name] = prune(kernel, key, c) or ""
-                    if pruned[name]:
-                        say(f"  {kernel} {key} {name}: pruned, {pruned[name]}")
-            candidates = [c for c in candidates if c is default or not pruned.get(describe(c))]
+        candidates = [default] + [c for c in space if c != default]
         try:
             first = make_inputs(kernel, M, N, K, dtype, device)
             set_bytes = sum(a.numel() * a.element_size() for a in first if torch.is_tensor(a))

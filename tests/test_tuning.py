@@ -436,17 +436,39 @@ def test_tuner_prunes_spilling_candidates_before_timing(fake_gpu):
     spilling = {tuning.describe(c) for c in tuning.SEARCH_SPACE["gate"][::2]}
     asked = []
 
-    def prune(kernel, key, c):
-        asked.append(tuning.describe(c))
-        return "spills 8 bytes" if tuning.describe(c) in spilling else None
+    def prune(kernel, key, configs):
+        asked.extend(tuning.describe(c) for c in configs)
+        return {tuning.describe(c): "spills 8 bytes" for c in configs if tuning.describe(c) in spilling}
 
     shapes = [(40, 48, 24), (2000, 48, 24)]
     kw = dict(ops=ops, timer=lambda fn: (fn(), 1.0)[1], quiet=True, device="cpu", prune=prune)
     entries = tuner.tune("gate", shapes, torch.float32, **kw)
     assert entries and not spilling & set(ran) and len(set(ran)) > 1
     assert len(asked) == len(set(asked))  # each candidate compiled once, not once per shape
-    everything = tuner.tune("gate", shapes[:1], torch.float32, **dict(kw, prune=lambda *a: "spills"))
+    every = dict(kw, prune=lambda kernel, key, configs: {tuning.describe(c): "spills" for c in configs})
+    everything = tuner.tune("gate", shapes[:1], torch.float32, **every)
     assert [e["config"] for e in everything] == [default(M=40, N=48, K=24)]
+
+
+def test_spill_check_compiles_for_the_gpus_architecture(monkeypatch):
+    from glai_kernels import lowering
+
+    compiled = []
+
+    def spills(kernel, key, c, arch):
+        compiled.append((kernel, key, arch))
+        if c["BLOCK_N"] == 256:
+            return 96
+        if c["BLOCK_M"] == 32:
+            raise RuntimeError("does not compile")  # left to the timing loop, which says why
+        return 0
+
+    monkeypatch.setattr(lowering, "spills", spills)
+    space = tuning.candidates("masked_forward", "bfloat16", (9, 0), tma=True)
+    dropped = tuner.spill_check((9, 0), jobs=1)("masked_forward", "bfloat16", space)
+    assert set(compiled) == {("masked_forward", "bfloat16", 90)} and len(compiled) == len(space)
+    wide = {tuning.describe(c) for c in space if c["BLOCK_N"] == 256}
+    assert wide and set(dropped) == wide and set(dropped.values()) == {"spills 96 bytes of registers"}
 
 
 def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):
