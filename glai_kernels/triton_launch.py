@@ -235,9 +235,17 @@ def new_plan(op, M, N, K, dtype, device, config) -> Plan:
 
 
 def remember(key, plan: Plan) -> Plan:
+    """Keep ``plan`` for its signature; plans of configurations older than a cache reload are dropped."""
     if key is not None:
+        global _generation
+        if _generation != launch_configs.generation:
+            PLANS.clear()
+            _generation = launch_configs.generation
         PLANS[key] = plan
     return plan
+
+
+_generation = 0
 
 
 # ----------------------------------------------------------------------------- operands
