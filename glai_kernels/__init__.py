@@ -3,16 +3,20 @@
 No ``nn.Module`` lives here (see ``glai.nn``). Importing never needs a GPU or Triton.
 """
 
+from . import tuner as _tuner  # noqa: F401  (registers the tuner GLAI_AUTOTUNE=1 calls on a miss)
 from .backend import BACKENDS, interpreting, resolve_backend, triton_available
 from .function import GLAIStackFunction, glai_mlp, structural_patterns
+from .launch_configs import LaunchConfig, launch_config
 from .layout import WORD_BITS, pack_patterns, unit_mask, unpack_patterns, words_for
 
 __all__ = [
     "BACKENDS",
     "GLAIStackFunction",
+    "LaunchConfig",
     "WORD_BITS",
     "glai_mlp",
     "interpreting",
+    "launch_config",
     "pack_patterns",
     "resolve_backend",
     "structural_patterns",

@@ -8,10 +8,11 @@ tensors when its kernels import, and the reference otherwise.
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import torch
+
+from .tuning import interpreting
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -23,11 +24,6 @@ def check_backend_name(backend) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
-
-
-def interpreting() -> bool:
-    """True when Triton's CPU interpreter is switched on for this process."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @torch.compiler.assume_constant_result

@@ -213,6 +213,6 @@ def structural_patterns(x, weights, biases=None, *, backend: str = "auto") -> li
     out = []
     with torch.autocast(x.device.type, enabled=False):
         for w, b in zip(weights, biases):
-            a, words = ops.gate(a, w, b)
+            a, words = ops.gate(a, w, b, relu_out=len(out) + 1 < len(weights))  # the last ReLU feeds nothing
             out.append(words.reshape(*lead, words.shape[-1]))
     return out

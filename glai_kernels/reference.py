@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from .layout import pack_patterns, unit_gates
 
 
-def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """One structural layer: ``relu(a W^T + b)`` and the packed pattern of the units that fire."""
+def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu_out: bool = True):
+    """One structural layer: ``relu(a W^T + b)`` (None unless ``relu_out``) and the packed pattern of the
+    units that fire."""
     z = F.linear(a, weight, bias)
-    return torch.relu(z), pack_patterns(z > 0)
+    return (torch.relu(z) if relu_out else None), pack_patterns(z > 0)
 
 
 def masked_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, words, reduction: int):

@@ -1,37 +1,38 @@
-"""Launch configurations of the Triton kernels (tile sizes, ``GROUP_M``, ``num_warps``, ``num_stages``).
+"""Launch configurations of the Triton kernels: what a configuration is, the search space, the defaults.
 
-``config_for(kernel, M, N, K, dtype, precision)`` is what every host function asks (``M x N`` the output, ``K``
-the reduction, see :mod:`glai_kernels.costs`; ``precision`` keys fp32 under TF32 apart from IEEE fp32). It
-answers at once from an in-memory memo:
+The first layer of the tuning code, which imports nothing of the others::
 
-1. under Triton's interpreter, one small fixed configuration;
-2. the configuration ``glai-autotune`` measured on this GPU for the shape bucket of ``(M, N, K)``, from the
-   persistent cache (:mod:`glai_kernels.tuning_cache`), or the one of the nearest tuned bucket;
-3. otherwise a sane default. Nothing is ever tuned inside a training step, unless ``GLAI_AUTOTUNE=1`` asks
-   for a bucket to be tuned (then saved) the first time a shape of it runs.
+    tuning        what a configuration is, the candidates per kernel, the default per GPU architecture
+    tuning_cache  the persistent per-GPU cache of tuned configurations, and ``config_for`` (the lookup)
+    tuner         timing candidates on a GPU and writing the cache
+    autotune      the ``glai-autotune`` command line
 
-Shape buckets split each of ``M``, ``N``, ``K`` at a few powers of two: the best tile depends on whether the
-grid of ``(M / BLOCK_M) x (N / BLOCK_N)`` tiles fills the GPU and on how long the ``K`` loop is, both of which
-change by factors, not by units.
+A configuration is a dict: the tile ``BLOCK_M x BLOCK_N`` of the output and ``BLOCK_K`` of the reduction,
+``GROUP_M`` (grouped tile order), ``num_warps`` and ``num_stages`` (software pipelining depth), and two flags,
+``TMA`` (a persistent grid whose main loop loads through tensor descriptors, sm_90) and ``K_MAJOR`` (TF32
+backward kernels read column-major copies of operands that are not contiguous along the reduction, the layout
+Hopper's TF32 tensor-core instructions read).
+
+Defaults depend on the GPU architecture (compute capability), the dtype key and the GEMM's ``M x N x K``:
+Hopper gets tiles for wgmma (128x256x64 in 16-bit), Ampere keeps the tiles of mma.sync; a small output gets a
+tile it fills; a narrow output (the output layer, ``N <= 32``) gets a tile as narrow as ``tl.dot`` allows.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from bisect import bisect_left
 
 import torch
 
-from . import tuning_cache as _cache
-from .backend import interpreting
 from .costs import GEMM_KERNELS
 
 KERNELS = GEMM_KERNELS
 PARAMS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+FLAGS = ("TMA", "K_MAJOR")  # 0 or 1; a configuration without them has them at 0
+KEYS = PARAMS + FLAGS
 
-_INTERPRETER = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "num_warps": 1, "num_stages": 1}
-_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+INTERPRETER = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "num_warps": 1, "num_stages": 1}
 
 # Bucket edges: a dimension d falls in class bisect_left(edges, d), i.e. class i holds edges[i-1] < d <= edges[i].
 M_EDGES = (64, 512, 4096)
@@ -41,7 +42,33 @@ M_REPS = (64, 512, 4096, 16384)
 NK_REPS = (256, 1024, 4096, 8192)
 
 
-def _cfg(bm, bn, bk, warps, stages, group=8) -> dict:
+def interpreting() -> bool:
+    """True when Triton's CPU interpreter is switched on for this process (``TRITON_INTERPRET``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def torch_dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s ``input_precision`` that PyTorch's own matmuls would use for operands of ``dtype``: TF32 for
+    fp32 where ``torch.backends.cuda.matmul`` allows it (off by default), ``"ieee"`` otherwise; ``"tf32"``
+    for 16-bit operands, where the argument does not matter. Read on every fp32 call, so it is kept cheap."""
+    if dtype != torch.float32:
+        return "tf32"
+    # torch >= 2.9 has `fp32_precision` ("ieee" | "tf32" | "none" = not set through the new API); reading the
+    # legacy flag after the new API was used raises there, so the new one is read first. The C getters are
+    # what `torch.backends.cuda.matmul`'s attributes call, without their Python dispatch (microseconds).
+    new = _fp32_precision() if _fp32_precision is not None else "none"
+    if new in ("ieee", "tf32"):
+        return new
+    allow = _allow_tf32() if _allow_tf32 is not None else torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if allow else "ieee"
+
+
+_getter = getattr(torch._C, "_get_fp32_precision_getter", None)
+_fp32_precision = (lambda: _getter("cuda", "matmul")) if _getter is not None else None
+_allow_tf32 = getattr(torch._C, "_get_cublas_allow_tf32", None)
+
+
+def cfg(bm, bn, bk, warps, stages, group=8, tma=0, k_major=0) -> dict:
     return {
         "BLOCK_M": bm,
         "BLOCK_N": bn,
@@ -49,37 +76,65 @@ def _cfg(bm, bn, bk, warps, stages, group=8) -> dict:
         "GROUP_M": group,
         "num_warps": warps,
         "num_stages": stages,
+        "TMA": tma,
+        "K_MAJOR": k_major,
     }
 
 
-# The candidates timed per kernel. BLOCK_N stays a multiple of 32 (a tile of output columns holds whole
-# pattern words). Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K * itemsize; candidates that do not
-# fit a given GPU fail to compile there and the autotuner skips them.
+# The candidates timed per kernel, on every architecture. BLOCK_N stays a multiple of 32 (a tile of output
+# columns holds whole pattern words). Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K * itemsize;
+# candidates that do not fit a given GPU fail to compile there and the autotuner skips them.
 _GEMM_SPACE = (
-    _cfg(128, 128, 32, 8, 3),
-    _cfg(128, 128, 64, 8, 3),
-    _cfg(128, 128, 32, 4, 4),
-    _cfg(128, 256, 32, 8, 3),
-    _cfg(256, 128, 32, 8, 3),
-    _cfg(64, 256, 32, 8, 3),
-    _cfg(128, 64, 32, 4, 4),
-    _cfg(64, 128, 32, 4, 4),
-    _cfg(64, 128, 64, 4, 3),
-    _cfg(64, 64, 32, 4, 4),
-    _cfg(64, 64, 64, 4, 3),
-    _cfg(32, 64, 32, 4, 4),
-    _cfg(32, 128, 64, 4, 3),
+    cfg(128, 128, 32, 8, 3),
+    cfg(128, 128, 64, 8, 3),
+    cfg(128, 128, 32, 4, 4),
+    cfg(128, 256, 32, 8, 3),
+    cfg(256, 128, 32, 8, 3),
+    cfg(64, 256, 32, 8, 3),
+    cfg(128, 64, 32, 4, 4),
+    cfg(64, 128, 32, 4, 4),
+    cfg(64, 128, 64, 4, 3),
+    cfg(64, 64, 32, 4, 4),
+    cfg(64, 64, 64, 4, 3),
+    cfg(32, 64, 32, 4, 4),
+    cfg(32, 128, 64, 4, 3),
 )
 # backward_weights reduces over the batch (K = batch, often the longest axis): deeper K tiles and pipelines.
-_WEIGHTS_SPACE = _GEMM_SPACE + (_cfg(128, 128, 64, 8, 4), _cfg(64, 64, 128, 4, 3))
+_WEIGHTS_SPACE = _GEMM_SPACE + (cfg(128, 128, 64, 8, 4), cfg(64, 64, 128, 4, 3))
 SEARCH_SPACE = {
     "gate": _GEMM_SPACE,
     "masked_forward": _GEMM_SPACE,
     "backward_data": _GEMM_SPACE,
     "backward_weights": _WEIGHTS_SPACE,
 }
+# Hopper tiles: a warpgroup (4 warps) per 64 rows issuing wgmma over wide tiles, and deeper pipelines (sm_90
+# has 227 KB of shared memory a block). Each is tried with both main loops (pointer and persistent TMA).
+HOPPER_SPACE = (
+    cfg(128, 256, 64, 8, 3),
+    cfg(128, 256, 64, 8, 4),
+    cfg(256, 128, 64, 8, 3),
+    cfg(128, 128, 64, 8, 4),
+    cfg(128, 256, 32, 8, 4),
+    cfg(128, 128, 64, 4, 4),
+    cfg(64, 256, 64, 4, 4),
+)
+SIXTEEN_BIT = ("float16", "bfloat16")
+# The kernels whose TF32 operands are not contiguous along the reduction (K_MAJOR decides whether to copy).
+K_MAJOR_KERNELS = ("backward_data", "backward_weights")
 
-_memo: dict[tuple, dict] = {}
+
+def candidates(kernel: str, key: str, capability: tuple[int, int] | None, tma: bool) -> list[dict]:
+    """The configurations the autotuner tries for ``kernel`` with dtype key ``key`` on a GPU of compute
+    ``capability``; ``tma``: whether this Triton and GPU run tensor descriptors."""
+    space = list(SEARCH_SPACE[kernel])
+    hopper = capability is not None and capability[0] >= 9
+    if hopper and key != "float32":  # IEEE fp32 runs on the FMA units: no wgmma tiles for it
+        space += [c for c in HOPPER_SPACE if c not in space]
+        if tma:
+            space += [dict(c, TMA=1) for c in HOPPER_SPACE]
+    if key == "tf32" and kernel in K_MAJOR_KERNELS:
+        space += [dict(c, K_MAJOR=1) for c in space]
+    return space
 
 
 def bucket_of(M: int, N: int, K: int) -> tuple[int, int, int]:
@@ -87,7 +142,7 @@ def bucket_of(M: int, N: int, K: int) -> tuple[int, int, int]:
     return bisect_left(M_EDGES, M), bisect_left(NK_EDGES, N), bisect_left(NK_EDGES, K)
 
 
-def _class_label(name: str, edges: tuple[int, ...], i: int) -> str:
+def class_label(name: str, edges: tuple[int, ...], i: int) -> str:
     if i == 0:
         return f"{name}<={edges[0]}"
     if i == len(edges):
@@ -98,7 +153,7 @@ def _class_label(name: str, edges: tuple[int, ...], i: int) -> str:
 def bucket_label(bucket: tuple[int, int, int]) -> str:
     m, n, k = bucket
     return " ".join(
-        (_class_label("M", M_EDGES, m), _class_label("N", NK_EDGES, n), _class_label("K", NK_EDGES, k))
+        (class_label("M", M_EDGES, m), class_label("N", NK_EDGES, n), class_label("K", NK_EDGES, k))
     )
 
 
@@ -112,110 +167,125 @@ def representative(bucket: tuple[int, int, int]) -> tuple[int, int, int]:
     return M_REPS[m], NK_REPS[n], NK_REPS[k]
 
 
-def default_config(kernel: str, M: int, N: int, K: int, dtype: torch.dtype) -> dict:
-    """The configuration used when nothing was tuned: the default tile, halved in rows for a batch so small
-    that a 128-row tile would compute mostly padding."""
-    cfg = dict(_DEFAULT)
-    if M <= M_EDGES[0]:  # one M class, so the memo per bucket holds one default
-        cfg.update(BLOCK_M=64, num_warps=4)
-    return cfg
+# ----------------------------------------------------------------------------- defaults
+# The large-shape tile per (architecture, dtype key). Hopper: 16-bit wgmma over 128x256 with 64-deep K steps
+# (48 KB a stage, 3 stages); TF32 halves the tile width for its 4-byte operands (32 KB a stage at 128x128x32,
+# 4 stages). Ampere keeps the mma.sync tiles that were the default before Hopper tiles existed. IEEE fp32 (FMA
+# units, 64 accumulators a thread) steps K by 16: at 32 its weight gradient spills under Triton 3.6. Every
+# default compiles without a spill, with Triton 3.6 and 3.9 (tests/_lower_kernels.py).
+_BASE = {
+    ("hopper", "16-bit"): cfg(128, 256, 64, 8, 3),
+    ("hopper", "tf32"): cfg(128, 128, 32, 8, 4),
+    ("hopper", "float32"): cfg(128, 128, 16, 8, 4),
+    ("ampere", "16-bit"): cfg(128, 128, 32, 8, 3),
+    ("ampere", "tf32"): cfg(128, 128, 32, 8, 3),
+    ("ampere", "float32"): cfg(128, 128, 16, 8, 4),
+}
+# A grid with fewer tiles than this leaves most of a GPU idle: small outputs get smaller tiles.
+_FILL_TILES = 64
+# TF32 weight gradients copy g and h to column-major once the copies' bytes are small next to the product's
+# FLOPs: 8 B (N + K) bytes against 2 B N K FLOPs, i.e. when N K / (N + K) reaches this.
+_K_MAJOR_COPY_WORTH = 1024
 
 
-def check_config(cfg) -> dict:
-    """``cfg`` when it is a well-formed launch configuration, else ``ValueError``. Guards what the cache returns:
-    a configuration that does not pass never reaches a kernel."""
-    if not isinstance(cfg, dict) or set(cfg) != set(PARAMS):
-        raise ValueError(f"a launch configuration needs exactly the keys {PARAMS}, got {cfg!r}")
-    for key, value in cfg.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def arch_of(capability: tuple[int, int] | None) -> str:
+    """``"hopper"`` for compute capability 9.x and up, ``"ampere"`` otherwise (and without a GPU)."""
+    return "hopper" if capability is not None and capability[0] >= 9 else "ampere"
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    p = floor
+    while p < n:
+        p *= 2
+    return p
+
+
+def default_config(
+    kernel: str, M: int, N: int, K: int, key: str, capability: tuple[int, int] | None, tma: bool = False
+) -> dict:
+    """The configuration used when nothing was tuned, for ``kernel`` on a GEMM ``M x N x K`` with dtype key
+    ``key`` (``tuning_cache.DTYPE_KEYS``) on a GPU of compute ``capability`` (None: no GPU, Ampere tiles);
+    ``tma``: whether this Triton and GPU run tensor descriptors (the persistent loop is then the Hopper
+    default for tensor-core dtypes)."""
+    arch = arch_of(capability)
+    family = "16-bit" if key in SIXTEEN_BIT else key
+    c = dict(_BASE[(arch, family)])
+    min_n = 32 if kernel == "gate" else 16  # the gate packs whole 32-bit words per tile
+    if N <= 32:
+        # The narrow output layer (e.g. 10 classes): the narrowest tile tl.dot takes, long K steps (the
+        # operands are read along K, 16 bytes a load), 4 warps over 128 rows.
+        c.update(BLOCK_N=_pow2_at_least(N, min_n), BLOCK_M=128, num_warps=4, num_stages=3)
+        c["BLOCK_K"] = 128 if family == "16-bit" else 64
+    else:
+        # A small output: shrink the tile to the output, then split rows, then columns, until the grid has
+        # enough tiles or the tile is 64 x 64 (32 wide for the gate); a tile of 64 rows is one warpgroup.
+        c["BLOCK_M"] = min(c["BLOCK_M"], _pow2_at_least(M, 16))
+        c["BLOCK_N"] = min(c["BLOCK_N"], _pow2_at_least(N, min_n))
+
+        def tiles():
+            return -(-M // c["BLOCK_M"]) * -(-N // c["BLOCK_N"])
+
+        while tiles() < _FILL_TILES and c["BLOCK_M"] > 64:
+            c["BLOCK_M"] //= 2
+        while tiles() < _FILL_TILES and c["BLOCK_N"] > 64:
+            c["BLOCK_N"] //= 2
+        if c["BLOCK_M"] * c["BLOCK_N"] <= 64 * 64:
+            c["num_warps"] = 4
+    c["BLOCK_K"] = min(c["BLOCK_K"], _pow2_at_least(K, 16))
+    if arch == "hopper" and tma and family != "float32":
+        c["TMA"] = 1
+    if family == "tf32" and kernel in K_MAJOR_KERNELS:
+        # The data gradient copies only W (small next to the batch); the weight gradient copies g and h.
+        c["K_MAJOR"] = int(kernel == "backward_data" or N * K >= _K_MAJOR_COPY_WORTH * (N + K))
+    return c
+
+
+def batch_splits(c: dict, N: int, K: int, M: int, sm_count: int | None) -> tuple[int, int]:
+    """``(S, rows per split)`` of the weight gradient ``dW [N, K]`` over a batch of ``M`` rows: ``c["SPLIT_K"]``
+    when given, else enough splits to give each of ``sm_count`` multiprocessors a program when the ``dW`` tiles
+    alone cannot (at most 16, each split at least 8 ``BLOCK_K`` steps long; one split without a GPU). Splits
+    are whole ``BLOCK_K`` steps; none is empty. The split count changes the order of the fp32 sums, so it is
+    part of what fixes the bits: it depends on the GPU's multiprocessor count."""
+    bk = c["BLOCK_K"]
+    steps = -(-M // bk)
+    want = c.get("SPLIT_K")
+    if want is None:
+        want = 1
+        if sm_count:
+            tiles = -(-N // c["BLOCK_M"]) * -(-K // c["BLOCK_N"])
+            want = max(1, min(sm_count // tiles, steps // 8, 16))
+    if want <= 1 or steps <= 1:
+        return 1, M
+    per_split = -(-steps // min(want, steps)) * bk
+    return -(-M // per_split), per_split
+
+
+def check_config(c) -> dict:
+    """``c`` as a complete launch configuration (flags default to 0) when it is well formed, else
+    ``ValueError``. Guards what the cache returns and what callers force: a configuration that does not pass
+    never reaches a kernel."""
+    if not isinstance(c, dict) or not set(PARAMS) <= set(c) or not set(c) <= set(KEYS):
+        raise ValueError(f"a launch configuration needs the keys {PARAMS} and optionally {FLAGS}, got {c!r}")
+    c = {k: c.get(k, 0) for k in KEYS}
+    for key, value in c.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key in FLAGS else 1):
             raise ValueError(f"{key} must be a positive int, got {value!r}")
+    for key in FLAGS:
+        if c[key] > 1:
+            raise ValueError(f"{key} must be 0 or 1, got {c[key]!r}")
     for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"):
-        if cfg[key] & (cfg[key] - 1) or cfg[key] > 1024:
-            raise ValueError(f"{key} must be a power of two no larger than 1024, got {cfg[key]}")
-    if cfg["BLOCK_M"] < 16 or cfg["BLOCK_N"] < 16 or cfg["BLOCK_K"] < 16:
-        raise ValueError(f"tiles must be at least 16 in each dimension (tl.dot), got {cfg}")
-    if cfg["num_warps"] > 32 or cfg["num_stages"] > 8:
-        raise ValueError(f"num_warps <= 32 and num_stages <= 8 expected, got {cfg}")
-    return cfg
+        if c[key] & (c[key] - 1) or c[key] > 1024:
+            raise ValueError(f"{key} must be a power of two no larger than 1024, got {c[key]}")
+    if c["BLOCK_M"] < 16 or c["BLOCK_N"] < 16 or c["BLOCK_K"] < 16:
+        raise ValueError(f"tiles must be at least 16 in each dimension (tl.dot), got {c}")
+    if c["num_warps"] > 32 or c["num_stages"] > 8:
+        raise ValueError(f"num_warps <= 32 and num_stages <= 8 expected, got {c}")
+    return c
 
 
-# Dtype keys whose tuned tiles stand in for each other: fp16 and bf16 run the same tensor-core paths. IEEE fp32
-# (FMA units) and TF32 (tensor cores) share an element size but not their best tiles, so each is on its own.
-_TILE_FAMILY = {"float16": "16-bit", "bfloat16": "16-bit"}
-
-
-def _nearest(table: dict, kernel: str, key: str, bucket: tuple[int, int, int]) -> dict | None:
-    """The tuned configuration for ``bucket``, or that of the closest tuned bucket (L1 distance over the class
-    indices) of the same kernel, preferring the same dtype key, then one of the same tile family."""
-    family = _TILE_FAMILY.get(key, key)
-    best = None
-    for (k, d, b), cfg in table.items():
-        if k != kernel or _TILE_FAMILY.get(d, d) != family:
-            continue
-        rank = (sum(abs(x - y) for x, y in zip(b, bucket)), d != key, b)
-        if best is None or rank < best[0]:
-            best = (rank, cfg)
-    return None if best is None else best[1]
-
-
-def _current_identity():
-    """The cache identity of the current CUDA device, or None when no GPU or no Triton is here."""
-    if not torch.cuda.is_available():
-        return None
-    return _cache.identity(torch.cuda.current_device())
-
-
-def _tune_on_miss() -> bool:
-    if os.environ.get("GLAI_AUTOTUNE", "0") in ("", "0"):
-        return False
-    # Timing launches kernels and synchronizes: never inside a CUDA graph being captured.
-    try:
-        return not torch.cuda.is_current_stream_capturing()
-    except RuntimeError:  # a build of torch without CUDA captures nothing
-        return True
-
-
-def config_for(kernel: str, M: int, N: int, K: int, dtype: torch.dtype, precision: str = "ieee") -> dict:
-    """The launch configuration for ``kernel`` on a GEMM of ``M x N x K`` in ``dtype`` (a fresh dict).
-
-    ``precision`` is ``tl.dot``'s ``input_precision`` the launch will use (``triton_ops.dot_precision``): fp32
-    under ``"tf32"`` is tuned and looked up apart from IEEE fp32 (:data:`tuning_cache.DTYPE_KEYS`)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
-    if interpreting():
-        return dict(_INTERPRETER)
-    bucket = bucket_of(M, N, K)
-    ident = _current_identity()
-    name = _cache.dtype_key(dtype, precision)
-    key = (ident, kernel, name, bucket)
-    cfg = _memo.get(key)
-    if cfg is None:
-        cfg = _lookup(ident, kernel, M, N, K, dtype, name, bucket)
-        _memo[key] = cfg
-    return dict(cfg)
-
-
-def _lookup(ident, kernel, M, N, K, dtype, name, bucket) -> dict:
-    if ident is None:
-        return default_config(kernel, M, N, K, dtype)
-    table = _cache.load(ident)
-    if (kernel, name, bucket) not in table and _tune_on_miss():
-        try:
-            from . import autotune
-
-            autotune.tune_and_save(kernel, [(M, N, K)], dtype, quiet=True)
-            table = _cache.load(ident)
-        except Exception as exc:  # a failed tuning must not fail the training step it was asked from
-            warnings.warn(
-                f"GLAI_AUTOTUNE: tuning {kernel} for {M}x{N}x{K} failed ({exc}); using the default",
-                _cache.TuningCacheWarning,
-                stacklevel=3,
-            )
-    cfg = table.get((kernel, name, bucket)) or _nearest(table, kernel, name, bucket)
-    return dict(cfg) if cfg is not None else default_config(kernel, M, N, K, dtype)
-
-
-def reload() -> None:
-    """Forget every memoised configuration and loaded cache file (after the cache was rewritten)."""
-    _memo.clear()
-    _cache.forget()
+def describe(c: dict) -> str:
+    text = (
+        f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} group {c['GROUP_M']} "
+        f"warps {c['num_warps']} stages {c['num_stages']}"
+    )
+    return text + (" tma" if c.get("TMA") else "") + (" k-major" if c.get("K_MAJOR") else "")

@@ -1,5 +1,8 @@
 """The persistent autotuning cache: tuned launch configurations per GPU, Triton version and kernel source.
 
+Part of the second layer of the tuning code (see :mod:`glai_kernels.tuning`) with :mod:`.launch_configs`, which
+reads it; it reads only the first layer.
+
 One JSON file per GPU model and Triton version, ``<root>/autotune/<gpu>--triton-<version>.json``, where
 ``<root>`` is ``$GLAI_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/glai``, else ``~/.cache/glai``::
 
@@ -13,6 +16,7 @@ fastest for other kernel code, another compiler or another GPU proves nothing he
 not JSON, truncated, another schema, another identity) is ignored with one warning per file and process, and the
 kernels run with their defaults: a cache can cost speed, never correctness or a crash. Writes go to a temporary
 file in the same folder, then ``os.replace``, so a reader sees the old file or the new one, never half of one.
+
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from .tuning import KERNELS, check_config
 
 FORMAT = "glai-autotune"
 VERSION = 1
@@ -65,6 +71,24 @@ def cache_root() -> Path:
         return Path(tempfile.gettempdir()) / f"glai-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
+def check_cache_dir(path=None, name: str = ENV_DIR) -> str | None:
+    """Why ``path`` (default: ``$GLAI_CACHE_DIR``) cannot hold glai's caches, as one line naming ``name``,
+    what was expected and what came; None when it is unset or fine. A folder that does not exist yet is fine
+    when it can be made: the nearest existing path above it must be a folder. Commands call this up front."""
+    text = os.environ.get(ENV_DIR) if path is None else str(path)
+    if not text:
+        return None
+    target = Path(text).expanduser()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir():
+        return None
+    kind = "a file" if existing.is_file() else "not a directory"
+    where = f"it is {kind}" if existing == target else f"{str(existing)!r} above it is {kind}"
+    return f"{name} must be a directory (or a path where one can be made), got {text!r}: {where}"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "unknown"
 
@@ -74,8 +98,9 @@ def cache_path(gpu: str, triton_version: str) -> Path:
 
 
 def kernel_sources() -> list[Path]:
-    """The files whose text defines the kernels: ``triton_ops.py`` and everything under ``kernels/``."""
-    files = [_PACKAGE / "triton_ops.py"]
+    """The files whose text defines the kernels and how they are launched: ``triton_ops.py``,
+    ``triton_launch.py`` and everything under ``kernels/``."""
+    files = [_PACKAGE / "triton_ops.py", _PACKAGE / "triton_launch.py"]
     kernels = _PACKAGE / "kernels"
     if kernels.is_dir():
         files += sorted(kernels.rglob("*.py"))
@@ -134,8 +159,6 @@ def dtype_key(dtype, precision: str = "ieee") -> str:
 
 def _parse_entries(data, ident: Identity | None) -> tuple[dict, str | None]:
     """``(table, problem)``: the entries of a decoded file, or why the file cannot be used."""
-    from .tuning import KERNELS, check_config
-
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return {}, f"it is not a {FORMAT} file"
     if data.get("version") != VERSION:
@@ -203,15 +226,12 @@ def load(ident: Identity) -> dict:
 def save(ident: Identity, entries: list[dict]) -> Path:
     """Merge ``entries`` (dicts with kernel, dtype, bucket, config and optional shape/ms) into this identity's
     cache file, replacing those of the same kernel, dtype and bucket, and write it atomically."""
-    from .tuning import check_config
-
     path = cache_path(ident.gpu, ident.triton)
     path.parent.mkdir(parents=True, exist_ok=True)
     _, problem, old = read(path, ident)
     merged = {}
     for e in (old or {}).get("entries", []) + list(entries):
-        check_config(e["config"])
-        e = dict(e, bucket=list(e["bucket"]))
+        e = dict(e, bucket=list(e["bucket"]), config=check_config(e["config"]))
         merged[(e["kernel"], e["dtype"], tuple(e["bucket"]))] = e
     data = {
         "format": FORMAT,

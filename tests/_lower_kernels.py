@@ -1,198 +1,174 @@
-"""Compile every kernel for a GPU target without a GPU, as a GPU run would.
+"""Compile every kernel for GPU targets without a GPU, as a GPU run would, and report what the code costs.
 
-    python tests/_lower_kernels.py
+    python tests/_lower_kernels.py                    every default (sm_90 and sm_80) and the special cases
+    python tests/_lower_kernels.py --all-candidates   also every candidate of the search space (minutes)
+    python tests/_lower_kernels.py --table            a table instead of JSON lines
 
-Triton lowers a kernel to TTIR, TTGIR, LLVM IR, PTX and a cubin (with the ``ptxas`` its wheel ships) without a
-driver, given the target. The interpreter tests run the kernels' Python semantics; this runs the GPU compiler
+Triton lowers a kernel to TTIR, TTGIR, LLVM IR, PTX and a cubin without a driver, given the target
+(``glai_kernels.lowering``). The interpreter tests run the kernels' Python semantics; this runs the GPU compiler
 over them, so an API or a construct the compiler rejects (a layout conversion it cannot do, a constexpr it
-cannot fold, a Triton version without some feature) fails on a CPU-only machine, too.
+cannot fold, a Triton version without some feature) fails on a CPU-only machine, too. Each case reports registers
+per thread, spill stores and loads and stack frame (``ptxas -v``), shared memory, whether the products reach
+``wgmma`` (Hopper) or ``mma.sync`` (Ampere), whether the loads use the bulk tensor copy engine (TMA), and how
+many 16-byte and 4-byte ``cp.async`` instructions the PTX holds.
 
-Each case also reports what the machine code costs: registers per thread, spill stores and loads, stack frame
-(from ``ptxas -v`` run again on the kernel's PTX, as Triton runs it), shared memory, and whether the products
-reach ``wgmma`` (Hopper's warpgroup MMA) and the loads the bulk tensor copy engine (TMA).
-
-Signatures follow what the JIT specialises for contiguous operands: strides equal to 1 become constants, other
-integers and pointers are marked divisible by 16. Prints one JSON line per case; exits 1 if any failed.
-Must run without ``TRITON_INTERPRET`` (the kernels would be interpreter objects, not compilable ones).
+Cases: the default configuration of each kernel and dtype key (bfloat16, tf32, float32) for sm_90 and sm_80 at
+a layer 4096 -> 4096 with a batch of 8192 (on sm_90 also the same tile with the pointer main loop, which a call
+with misaligned operands falls back to), plus the paths a default does not reach at that shape (non-power-of-two
+reduction, a tile inside one word, no gate, the gate without its ReLU output, a split batch, a small output, the
+narrow output layer, TF32 backward kernels without K-major copies). Runs cases in parallel processes; prints one
+JSON line per case; exits 1 if any failed. Must run without ``TRITON_INTERPRET``.
 """
 
+import argparse
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from glai_kernels import costs, lowering, tuning  # noqa: E402
+from glai_kernels.launch_configs import descriptors_available  # noqa: E402
 
-from glai_kernels.kernels.gate import gate_kernel  # noqa: E402
-from glai_kernels.kernels.masked_matmul import masked_matmul_kernel  # noqa: E402
-from glai_kernels.kernels.weight_grad import weight_grad_kernel  # noqa: E402
-from glai_kernels.layout import WORD_BITS  # noqa: E402
-
-BATCH, N_IN, N_OUT = 8192, 4096, 4096  # a layer N_IN -> N_OUT
+BATCH, WIDTH = 8192, 4096
+KEYS = ("bfloat16", "tf32", "float32")
+ARCHS = {90: (9, 0), 80: (8, 0)}
 
 
-def tile(bm=128, bn=128, bk=64, group=8):
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}
+def _variant(kernel: str) -> dict:
+    return {"reduction": 1} if kernel in ("masked_forward", "backward_data") else {}
 
 
-def lower(kernel, dtype, pointers, ints, constexprs, capability=90, num_warps=8, num_stages=3):
-    """Compile ``kernel`` for ``sm_<capability>``; pointers map to an element type or None (absent)."""
-    signature, consts = {}, {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name], consts[name] = "constexpr", constexprs[name]
-        elif name in pointers:
-            if pointers[name] is None:
-                signature[name], consts[name] = "constexpr", None
-            else:
-                signature[name] = "*" + pointers[name]
-        elif ints[name] == 1:
-            signature[name], consts[name] = "constexpr", 1
-        else:
-            signature[name] = "i32"
-    attrs = {
-        (kernel.arg_names.index(n),): [["tt.divisibility", 16]]
-        for n, t in signature.items()
-        if t.startswith("*") or t == "i32"
-    }
-    compiled = triton.compile(
-        ASTSource(kernel, signature, constexprs=consts, attrs=attrs),
-        target=GPUTarget("cuda", capability, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
+def cases(all_candidates: bool = False) -> list[dict]:
+    tma = descriptors_available()
+    out = []
+
+    def add(kind, kernel, key, arch, c, shape=None, **variant):
+        M, N, K = shape or costs.gemm_dims(kernel, BATCH, WIDTH, WIDTH)
+        v = {**_variant(kernel), **variant}
+        label = " ".join(f"{k}={x}" for k, x in variant.items())
+        name = f"{kind} {kernel} {key} sm{arch} {M}x{N}x{K} {tuning.describe(c)} {label}".strip()
+        out.append(
+            dict(case=name, kind=kind, kernel=kernel, key=key, arch=arch, shape=[M, N, K], config=c, **v)
+        )
+
+    for arch, capability in ARCHS.items():
+        for kernel in tuning.KERNELS:
+            for key in KEYS:
+                M, N, K = costs.gemm_dims(kernel, BATCH, WIDTH, WIDTH)
+                c = tuning.default_config(kernel, M, N, K, key, capability, tma)
+                add("default", kernel, key, arch, c)
+                if c["TMA"]:
+                    add("fallback", kernel, key, arch, dict(c, TMA=0))
+    h90 = (9, 0)
+
+    def d(kernel, key, shape, arch=90):
+        return tuning.default_config(kernel, *shape, key, ARCHS[arch], tma)
+
+    big = costs.gemm_dims("masked_forward", BATCH, WIDTH, WIDTH)
+    add("case", "masked_forward", "bfloat16", 90, d("masked_forward", "bfloat16", big), reduction=3)
+    add(
+        "case",
+        "masked_forward",
+        "bfloat16",
+        90,
+        dict(d("masked_forward", "bfloat16", big), TMA=0),
+        reduction=3,
     )
-    ptx = compiled.asm["ptx"]
-    return {
-        "cubin_bytes": len(compiled.asm.get("cubin", b"")),
-        "wgmma": "wgmma" in ptx,
-        "mma": "mma.sync" in ptx,
-        "tma": "cp.async.bulk.tensor" in ptx,
-        "shared": compiled.metadata.shared,
-        **ptxas_resources(ptx, capability),
-    }
+    add("case", "masked_forward", "bfloat16", 90, tuning.cfg(128, 64, 64, 4, 3), reduction=4)
+    add("case", "masked_forward", "bfloat16", 90, d("masked_forward", "bfloat16", big), gated=False)
+    add("case", "backward_data", "bfloat16", 90, d("backward_data", "bfloat16", big), reduction=2)
+    add("case", "gate", "bfloat16", 90, d("gate", "bfloat16", big), relu_out=False)
+    add("case", "gate", "float16", 80, d("gate", "float16", big, 80))
+    narrow = costs.gemm_dims("backward_weights", BATCH, WIDTH, 10)  # dW of the output layer: split batch
+    add(
+        "case",
+        "backward_weights",
+        "bfloat16",
+        90,
+        d("backward_weights", "bfloat16", narrow),
+        narrow,
+        split=True,
+    )
+    small = costs.gemm_dims("masked_forward", 256, 64, 64)
+    add("case", "masked_forward", "bfloat16", 90, d("masked_forward", "bfloat16", small), small)
+    out_layer = costs.gemm_dims("masked_forward", BATCH, WIDTH, 10)
+    add(
+        "case",
+        "masked_forward",
+        "bfloat16",
+        90,
+        d("masked_forward", "bfloat16", out_layer),
+        out_layer,
+        gated=False,
+    )
+    add("case", "masked_forward", "tf32", 90, d("masked_forward", "tf32", out_layer), out_layer, gated=False)
+    for (
+        kernel
+    ) in tuning.K_MAJOR_KERNELS:  # what K-major copies save: the same tile reading the operands in place
+        shape = costs.gemm_dims(kernel, BATCH, WIDTH, WIDTH)
+        add("case", kernel, "tf32", 90, dict(d(kernel, "tf32", shape), K_MAJOR=0, TMA=0), shape)
+    if all_candidates:
+        for arch, capability in ARCHS.items():
+            for kernel in tuning.KERNELS:
+                for key in KEYS:
+                    for c in tuning.candidates(kernel, key, capability, tma and capability >= h90):
+                        add("candidate", kernel, key, arch, c)
+    return out
 
 
-_PTXAS_FIELDS = {
-    "registers": r"Used (\d+) registers",
-    "spill_stores": r"(\d+) bytes spill stores",
-    "spill_loads": r"(\d+) bytes spill loads",
-    "stack_frame": r"(\d+) bytes stack frame",
-}
-
-
-def ptxas_resources(ptx: str, capability: int) -> dict:
-    """Registers, spills and stack frame of the kernel in ``ptx``, read from ``ptxas -v``: the report Triton's own
-    compile prints only on request. The ptxas and the ``sm_XXa`` name are the ones Triton used for the cubin."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
-        src.write_text(ptx)
-        cmd = [
-            get_ptxas(capability).path,
-            "-v",
-            f"--gpu-name={sm_arch_from_capability(capability)}",
-            str(src),
-        ]
-        log = subprocess.run(
-            cmd + ["-o", str(src.with_suffix(".o"))], capture_output=True, text=True, check=True
+def run(case: dict) -> dict:
+    start = time.perf_counter()
+    keys = ("kind", "kernel", "key", "arch", "shape", "config")
+    res = {"case": case["case"], **{k: case[k] for k in keys}, "config": tuning.describe(case["config"])}
+    variant = {k: v for k, v in case.items() if k not in keys + ("case",)}
+    try:
+        res.update(ok=True, **lowering.lower(case["kernel"], *case["shape"], case["key"], case["config"],
+                                             case["arch"], **variant))  # fmt: skip
+    except Exception as exc:
+        res.update(
+            ok=False, error=f"{type(exc).__name__}: {exc}"[:2000], trace=traceback.format_exc()[-4000:]
         )
-    text = log.stderr + log.stdout
-    found = {}
-    for key, pattern in _PTXAS_FIELDS.items():
-        match = re.search(pattern, text)
-        if match is None:
-            raise RuntimeError(f"ptxas -v printed no {key!r} figure:\n{text}")
-        found[key] = int(match.group(1))
-    return found
+    res["seconds"] = round(time.perf_counter() - start, 2)
+    return res
 
 
-def cases():
-    def gate(dt, prec, cap=90):
-        p = dict(a_ptr=dt, w_ptr=dt, bias_ptr=dt, out_ptr=dt, words_ptr="i32")
-        ints = dict(M=BATCH, N=N_OUT, K=N_IN, stride_am=N_IN, stride_ak=1, stride_wn=N_IN, stride_wk=1,
-                    stride_bias=1, stride_om=N_OUT, stride_on=1, stride_pm=N_OUT // WORD_BITS,
-                    stride_pw=1)  # fmt: skip
-        c = dict(HAS_BIAS=True, WORD_BITS=WORD_BITS, UPCAST=False, PRECISION=prec, **tile())
-        return f"gate {dt} {prec} sm{cap}", lambda: lower(gate_kernel, dt, p, ints, c, capability=cap)
-
-    def masked(dt, prec, r, bn=128, gated=True, backward=False, cap=90):
-        p = dict(
-            a_ptr=dt,
-            b_ptr=dt,
-            bias_ptr=None if backward else dt,
-            words_ptr="i32" if gated else None,
-            out_ptr=dt,
-        )
-        # Forward: B = W^T read in place (stride_bk = 1); backward data: B = W (stride_bn = 1).
-        bk, bnn = (N_OUT, 1) if backward else (1, N_IN)
-        ints = dict(M=BATCH, N=N_OUT, K=N_IN, stride_am=N_IN, stride_ak=1, stride_bk=bk, stride_bn=bnn,
-                    stride_bias=1, stride_pm=N_OUT // r // WORD_BITS, stride_pw=1, stride_om=N_OUT,
-                    stride_on=1)  # fmt: skip
-        c = dict(HAS_BIAS=not backward, HAS_GATE=gated, REDUCTION=r, WORD_BITS=WORD_BITS, UPCAST=False,
-                 PRECISION=prec, **tile(bn=bn))  # fmt: skip
-        what = ("backward_data" if backward else "masked_forward") + ("" if gated else " ungated")
-        return f"{what} {dt} {prec} r{r} BN{bn} sm{cap}", lambda: lower(
-            masked_matmul_kernel, dt, p, ints, c, cap
-        )
-
-    def weights(dt, prec, bias, split=False):
-        # Split over the batch: fp32 partials into a [S, N, K] workspace; otherwise dW itself, in its dtype.
-        out = "fp32" if split else dt
-        p = dict(g_ptr=dt, h_ptr=dt, dw_ptr=out, db_ptr=out if bias else None)
-        ints = dict(N=N_OUT, K=N_IN, M=BATCH, M_SPLIT=BATCH // 4 if split else BATCH, stride_gm=N_OUT,
-                    stride_gn=1, stride_hm=N_IN, stride_hk=1, stride_dws=N_OUT * N_IN if split else 0,
-                    stride_dwn=N_IN, stride_dwk=1, stride_dbs=N_OUT if split else 0, stride_db=1)  # fmt: skip
-        c = dict(HAS_BIAS=bias, UPCAST=False, PRECISION=prec, **tile())
-        name = f"backward_weights {dt} {prec} bias={bias} split={split} sm90"
-        return name, lambda: lower(weight_grad_kernel, dt, p, ints, c)
-
-    return [
-        gate("bf16", "tf32"),
-        gate("fp16", "tf32", cap=80),
-        masked("bf16", "tf32", 1),  # whole words per tile
-        masked("bf16", "tf32", 4, bn=64),  # tile inside one word
-        masked("bf16", "tf32", 3),  # per-element gather
-        masked("bf16", "tf32", 1, gated=False),
-        masked("bf16", "tf32", 2, backward=True),
-        masked("fp16", "tf32", 2, cap=80),
-        masked("fp32", "ieee", 1),
-        masked("fp32", "tf32", 1),
-        weights("bf16", "tf32", True),
-        weights("bf16", "tf32", False),
-        weights("bf16", "tf32", True, split=True),
-        weights("fp32", "tf32", True),
-    ]
+def table(rows: list[dict]) -> str:
+    cols = ("registers", "spill_stores", "stack_frame", "shared", "wgmma", "mma", "tma", "cp16", "cp4")
+    lines = [f"{'case':112s} " + " ".join(f"{c[:6]:>6s}" for c in cols)]
+    for r in rows:
+        if not r["ok"]:
+            lines.append(f"{r['case']:112s} FAILED {r['error'][:80]}")
+            continue
+        cells = " ".join(f"{(int(r[c]) if isinstance(r[c], bool) else r[c]):>6}" for c in cols)
+        lines.append(f"{r['case']:112s} {cells}")
+    return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--all-candidates", action="store_true", help="also lower every candidate of the space")
+    ap.add_argument("--table", action="store_true", help="print a table, not JSON lines")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiler processes")
+    ap.add_argument("-k", dest="select", default="", help="only cases whose name contains this text")
+    args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
-    failed = 0
-    for name, fn in cases():
-        start = time.perf_counter()
-        try:
-            res = {"case": name, "ok": True, **fn()}
-        except Exception as exc:
-            failed += 1
-            res = {
-                "case": name,
-                "ok": False,
-                "error": f"{type(exc).__name__}: {exc}",
-                "trace": traceback.format_exc(),
-            }
-        res["seconds"] = round(time.perf_counter() - start, 2)
-        print(json.dumps(res), flush=True)
-    return 1 if failed else 0
+    todo = [c for c in cases(args.all_candidates) if args.select in c["case"]]
+    rows = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for res in pool.map(run, todo):
+            rows.append(res)
+            if not args.table:
+                print(json.dumps(res), flush=True)
+    if args.table:
+        print(table(rows))
+    return 1 if any(not r["ok"] for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -8,31 +8,31 @@ garbage pattern) before each launch, so an element a kernel forgets to write fai
 
 import pytest
 import torch
+from _kernel_checks import (
+    CUDA,
+    DEVICE,
+    DTYPES,
+    OTHER_CONFIG,
+    WORST,
+    assert_close_rel,
+    f64,
+    gen,
+    poison,
+    rand_words,
+    randn,
+)  # fmt: skip
 
 from glai_kernels import reference as ref
 from glai_kernels.layout import PATTERN_DTYPE, unpack_patterns, words_for
 
 triton_ops = pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-# The interpreter's bf16 dot is wrong: bf16 runs on a GPU only (there the kernels see real bf16 operands).
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
-TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 1e-2}
-# A configuration that differs from the default one in every tile size, to show `config=` is honoured.
-OTHER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 2, "num_stages": 2}
-WORD_POISON = 0x5A5A5A5A
-
 
 def tuning_config(kernel: str, M: int, N: int, K: int) -> dict:
     """The configuration the ops pick by default for a GEMM of output ``M x N``, reduction ``K``."""
-    from glai_kernels.tuning import config_for
+    from glai_kernels.launch_configs import config_for
 
     return config_for(kernel, M, N, K, torch.float32)
-
-
-# The largest relative error seen per dtype, printed after this module's tests (visible with `pytest -s`).
-WORST: dict = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,55 +40,6 @@ def _report_worst():
     yield
     if WORST:
         print("\nlargest relative error vs float64: " + ", ".join(f"{k}: {v:.2e}" for k, v in WORST.items()))
-
-
-def rel_err(out: torch.Tensor, expected: torch.Tensor) -> float:
-    """``||out - ref|| / ||ref||`` in float64; a NaN anywhere in ``out`` makes it NaN (and fails ``<=``)."""
-    diff = (out.double() - expected.double()).norm().item()
-    return diff / max(expected.double().norm().item(), 1e-300)
-
-
-def assert_close_rel(out, expected, dtype, what=""):
-    assert out.dtype == dtype, f"{what}: output dtype {out.dtype}, expected {dtype}"
-    err = rel_err(out, expected)
-    key = str(dtype).replace("torch.", "")
-    if err == err:
-        WORST[key] = max(WORST.get(key, 0.0), err)
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, dtype, g, strided=False):
-    """Fresh normal values (never zeros). ``strided``: a non-contiguous view of a larger tensor (every other
-    column of a transposed buffer), so both strides differ from the contiguous ones."""
-    if not strided:
-        return torch.randn(*shape, generator=g).to(DEVICE, dtype)
-    m, n = shape
-    big = torch.randn(2 * n + 1, m + 3, generator=g).to(DEVICE, dtype)
-    view = big.t()[1 : m + 1, 1 : 2 * n + 1 : 2]
-    assert view.shape == (m, n) and not view.is_contiguous()
-    return view
-
-
-def rand_words(batch: int, units: int, g, strided=False):
-    """Random packed patterns, padding bits included (consumers must ignore bits past ``units``)."""
-    w = words_for(units)
-    words = torch.randint(-(2**31), 2**31, (batch, w + (3 if strided else 0)), generator=g, dtype=torch.int64)
-    words = words.to(torch.int32).to(DEVICE)
-    return words[:, 1 : w + 1] if strided else words
-
-
-def poison(*shape, dtype):
-    if dtype == PATTERN_DTYPE:
-        return torch.full(shape, WORD_POISON, dtype=dtype, device=DEVICE)
-    return torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
-
-
-def f64(t):
-    return None if t is None else t.double()
 
 
 # ----------------------------------------------------------------------------- gate
@@ -395,21 +346,25 @@ def test_forced_config():
 
 
 def test_ops_ask_config_for_with_their_dot_precision(monkeypatch):
-    """fp32 under TF32 has tuned tiles of its own (the dtype key "tf32"): every op asks ``config_for`` with
+    """fp32 under TF32 has tuned tiles of its own (the dtype key "tf32"): every op asks ``launch_config`` with
     the precision it launches its dots with."""
+    from glai_kernels import launch_configs, triton_launch
+
     asked = []
-    real = triton_ops.config_for
+    real = launch_configs.launch_config
 
-    def spy(kernel, M, N, K, dtype, precision="ieee"):
+    def spy(kernel, M, N, K, dtype, precision=None, device=None):
         asked.append((kernel, precision))
-        return real(kernel, M, N, K, dtype, precision)
+        return real(kernel, M, N, K, dtype, precision, device)
 
-    monkeypatch.setattr(triton_ops, "config_for", spy)
-    monkeypatch.setattr(triton_ops, "dot_precision", lambda dtype: "tf32")
+    monkeypatch.setattr(launch_configs, "launch_config", spy)
+    monkeypatch.setattr(triton_launch, "dot_precision", lambda dtype: "tf32")
+    triton_launch.PLANS.clear()  # plans made before are memoised with their own precision
     _run_all(seed=41)
     assert sorted(asked) == [
         (k, "tf32") for k in ("backward_data", "backward_weights", "gate", "masked_forward")
     ]
+    triton_launch.PLANS.clear()
 
 
 def test_empty_batch():

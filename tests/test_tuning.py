@@ -1,47 +1,23 @@
-"""The autotuning cache and ``config_for``: read, write, merge, key mismatch, corruption, and the CLI on CPU.
-
-A fake GPU identity stands in for the device, so every path runs on a machine without one.
+"""The autotuning cache and the lookup (``config_for`` / ``launch_config``): read, write, merge, key mismatch,
+corruption, nearest buckets, sources. A fake GPU identity stands in for the device, so every path runs on a
+machine without one.
 """
 
 import json
-import subprocess
-import sys
-import types
 import warnings
 
+import _tuning_fakes
 import pytest
 import torch
+from _tuning_fakes import FAKE, FAST, default, entry, valid_file
 
-from glai_kernels import autotune, reference, tuning
+from glai_kernels import launch_configs, tuning
 from glai_kernels import tuning_cache as cache
-
-FAKE = cache.Identity("Fake GPU 80GB", "3.6.0", "0123456789abcdef")
-FAST = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 2, "num_stages": 5}
 
 
 @pytest.fixture
 def fake_gpu(tmp_path, monkeypatch):
-    """An empty cache folder, a fake GPU identity, and config_for out of interpreter mode."""
-    monkeypatch.setenv(cache.ENV_DIR, str(tmp_path))
-    monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    monkeypatch.setattr(tuning, "_current_identity", lambda: FAKE)
-    tuning.reload()
-    yield cache.cache_path(FAKE.gpu, FAKE.triton)
-    tuning.reload()
-
-
-def entry(kernel="gate", dtype="float32", bucket=(1, 1, 1), config=FAST):
-    return {"kernel": kernel, "dtype": dtype, "bucket": list(bucket), "config": dict(config), "ms": 0.5}
-
-
-def valid_file(**override) -> dict:
-    data = {"format": cache.FORMAT, "version": cache.VERSION, **FAKE._asdict(), "entries": [entry()]}
-    data.update(override)
-    return data
-
-
-def default(kernel="gate", M=100, N=300, K=300, dtype=torch.float32):
-    return tuning.default_config(kernel, M, N, K, dtype)
+    yield from _tuning_fakes.fake_gpu(tmp_path, monkeypatch)
 
 
 def test_buckets_split_at_the_edges():
@@ -54,46 +30,86 @@ def test_buckets_split_at_the_edges():
 
 def test_interpreter_and_unknown_kernel():
     assert (
-        tuning.config_for("gate", 5, 7, 9, torch.float32)["BLOCK_M"] == 16
+        launch_configs.config_for("gate", 5, 7, 9, torch.float32)["BLOCK_M"] == 16
     )  # conftest turns the interpreter on
     with pytest.raises(ValueError, match="unknown kernel"):
-        tuning.config_for("gemm", 5, 7, 9, torch.float32)
+        launch_configs.config_for("gemm", 5, 7, 9, torch.float32)
 
 
-def test_no_gpu_gives_the_default(monkeypatch):
+def test_no_gpu_gives_the_default_and_says_so(monkeypatch):
     monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    monkeypatch.setattr(tuning, "_current_identity", lambda: None)
-    tuning.reload()
-    assert tuning.config_for("masked_forward", 32, 300, 300, torch.float32) == default(M=32)
-    assert default(M=32)["BLOCK_M"] == 64 and default(M=4096)["BLOCK_M"] == 128
-    tuning.reload()
+    monkeypatch.setattr(launch_configs, "_current_identity", lambda index: None)
+    launch_configs.reload()
+    got = launch_configs.launch_config("masked_forward", 32, 300, 300, torch.float32, "ieee")
+    assert got.config == default(M=32) and got.source == "default" and got.arch == "ampere"
+    assert default(M=32)["BLOCK_M"] == 32 and default(M=4096)["BLOCK_M"] == 128
+    launch_configs.reload()
+
+
+def test_launch_config_names_its_source(fake_gpu):
+    """What the GPU script records with every timing: the configuration and where it came from."""
+    interp = launch_configs.launch_config("gate", 100, 300, 300, torch.float32)
+    assert interp.source == "default"  # the fixture took the interpreter away
+    cache.save(FAKE, [entry(), entry(bucket=(3, 3, 3), config=dict(FAST, num_stages=2))])
+    launch_configs.reload()
+    assert launch_configs.launch_config("gate", 100, 300, 300, torch.float32, "ieee")[:2] == (FAST, "tuned")
+    near = launch_configs.launch_config("gate", 600, 300, 300, torch.float32, "ieee")
+    assert near.source == "tuned-nearest" and near.config == FAST
+    other = launch_configs.launch_config("masked_forward", 100, 300, 300, torch.float32, "ieee")
+    assert other.source == "default" and other.config == default("masked_forward") and other.splits == 1
+    # The precision defaults to what PyTorch's fp32 matmul setting says: IEEE unless TF32 was allowed.
+    assert launch_configs.launch_config("gate", 100, 300, 300, torch.float32).config == FAST
+    with pytest.raises(ValueError, match="unknown kernel"):
+        launch_configs.launch_config("conv", 1, 1, 1, torch.float32)
+
+
+def test_launch_config_gives_the_weight_gradient_split(fake_gpu, monkeypatch):
+    """The split of the batch depends on the GPU's multiprocessor count: part of what fixes the bits."""
+    monkeypatch.setattr(launch_configs, "_device_index", lambda device: 0)
+    for sms, want in ((132, 2), (8, 1)):
+        monkeypatch.setattr(launch_configs, "device_info", lambda index, sms=sms: ((9, 0), sms))
+        launch_configs.reload()
+        got = launch_configs.launch_config("backward_weights", 10, 4096, 8192, torch.bfloat16)
+        assert got.arch == "hopper" and got.config["BLOCK_N"] == 64 and got.splits == want, got
+
+
+def test_launch_config_under_the_interpreter():
+    got = launch_configs.launch_config("backward_weights", 5, 7, 9, torch.float16)
+    assert got.source == "interpreter" and got.config == tuning.check_config(tuning.INTERPRETER)
+    import glai_kernels
+
+    assert glai_kernels.launch_config is launch_configs.launch_config  # the name the GPU script uses
 
 
 def test_write_then_config_for_returns_the_cached_config(fake_gpu):
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()  # nothing cached yet
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == default()  # nothing cached yet
     path = cache.save(FAKE, [entry()])
     assert path == fake_gpu and path.parent.name == "autotune"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # the temporary file was renamed away
     data = json.loads(path.read_text())
     assert (data["gpu"], data["triton"], data["kernel_source"]) == tuple(FAKE)
-    tuning.reload()
-    cfg = tuning.config_for("gate", 100, 300, 300, torch.float32)
+    launch_configs.reload()
+    cfg = launch_configs.config_for("gate", 100, 300, 300, torch.float32)
     assert cfg == FAST
     cfg["BLOCK_M"] = 1  # callers get a copy: the memo is not theirs to change
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == FAST
     # Another kernel has nothing tuned: its default, not gate's configuration.
-    assert tuning.config_for("backward_data", 100, 300, 300, torch.float32) == default("backward_data")
+    assert launch_configs.config_for("backward_data", 100, 300, 300, torch.float32) == default(
+        "backward_data"
+    )
 
 
 def test_nearest_bucket_and_same_size_dtype(fake_gpu):
     far = dict(FAST, num_stages=2)
     cache.save(FAKE, [entry(dtype="bfloat16"), entry(dtype="bfloat16", bucket=(3, 3, 3), config=far)])
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.bfloat16) == FAST  # its own bucket
-    assert tuning.config_for("gate", 8000, 8000, 8000, torch.bfloat16) == far
-    assert tuning.config_for("gate", 600, 300, 300, torch.bfloat16) == FAST  # (2,1,1): nearest is (1,1,1)
-    assert tuning.config_for("gate", 100, 300, 300, torch.float16) == FAST  # fp16 tiles as bf16 does
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()  # fp32 does not
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.bfloat16) == FAST  # its own bucket
+    assert launch_configs.config_for("gate", 8000, 8000, 8000, torch.bfloat16) == far
+    assert (
+        launch_configs.config_for("gate", 600, 300, 300, torch.bfloat16) == FAST
+    )  # (2,1,1): nearest is (1,1,1)
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float16) == FAST  # fp16 tiles as bf16 does
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == default()  # fp32 does not
 
 
 def test_tf32_is_keyed_apart_from_ieee_fp32(fake_gpu):
@@ -101,70 +117,27 @@ def test_tf32_is_keyed_apart_from_ieee_fp32(fake_gpu):
     each reads its own entries, and neither stands in for the other as the nearest bucket."""
     ieee, tf32 = FAST, dict(FAST, BLOCK_M=128, num_warps=8)
     cache.save(FAKE, [entry(dtype="float32", config=ieee), entry(dtype="tf32", config=tf32)])
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == ieee
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32, "ieee") == ieee
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32, "tf32") == tf32
-    assert tuning.config_for("gate", 8000, 8000, 8000, torch.float32, "tf32") == tf32  # nearest: tf32's own
-    assert tuning.config_for("gate", 100, 300, 300, torch.bfloat16, "tf32") == default()  # fp32 only
-    # The host functions ask with the precision their launch uses.
-    triton_ops = pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
-    assert triton_ops._config("gate", 100, 300, 300, torch.float32, "tf32", None) == tf32
-    assert triton_ops._config("gate", 100, 300, 300, torch.float32, "ieee", None) == ieee
-    cache.save(FAKE, [entry(kernel="backward_data", dtype="tf32", config=tf32)])
-    tuning.reload()
-    assert tuning.config_for("backward_data", 100, 300, 300, torch.float32) == default("backward_data")
-    cache.save(FAKE, [entry(kernel="masked_forward", dtype="float32", config=ieee)])
-    tuning.reload()
-    assert tuning.config_for("masked_forward", 100, 300, 300, torch.float32, "tf32") == default(
-        "masked_forward"
-    )
-
-
-def test_tuning_labels_fp32_by_the_precision_the_ops_run(fake_gpu, monkeypatch):
-    """``tune`` keys fp32 entries by the ops' current ``dot_precision``, and ``--dtypes tf32`` switches
-    PyTorch's fp32 matmul precision (which the kernels follow) before timing."""
-    precision = {"now": "tf32"}
-
-    def gate(a, weight, bias, *, config):
-        return reference.gate(a, weight, bias)
-
-    ops = types.SimpleNamespace(gate=gate, dot_precision=lambda dtype: precision["now"])
-    calls = iter(range(100))
-    entries = autotune.tune(  # the second candidate timed is the fastest: not the default
-        "gate", [(40, 48, 24)], torch.float32, ops=ops, timer=lambda fn: 0.5 if next(calls) == 1 else 1.0,
-        quiet=True, device="cpu",
-    )  # fmt: skip
-    assert [e["dtype"] for e in entries] == ["tf32"]
-    assert entries[0]["config"] != default(M=40, N=48, K=24)
-    cache.save(FAKE, entries)
-    tuning.reload()
-    assert tuning.config_for("gate", 40, 48, 24, torch.float32, "tf32") == entries[0]["config"]
-    assert tuning.config_for("gate", 40, 48, 24, torch.float32, "ieee") == default(M=40, N=48, K=24)
-    precision["now"] = "ieee"
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == ieee
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32, "ieee") == ieee
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32, "tf32") == tf32
     assert (
-        autotune.tune(
-            "gate", [(40, 48, 24)], torch.float32, ops=ops, timer=lambda fn: 1.0, quiet=True, device="cpu"
-        )[0]["dtype"]
-        == "float32"
+        launch_configs.config_for("gate", 8000, 8000, 8000, torch.float32, "tf32") == tf32
+    )  # nearest: tf32's own
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.bfloat16, "tf32") == default(key="bfloat16")
+    # The host functions ask with the precision their launch uses.
+    launch = pytest.importorskip("glai_kernels.triton_launch", reason="the Triton kernels need Triton")
+    assert launch.choose_config("gate", 100, 300, 300, torch.float32, "tf32", None) == (tf32, "tuned")
+    assert launch.choose_config("gate", 100, 300, 300, torch.float32, "ieee", None) == (ieee, "tuned")
+    cache.save(FAKE, [entry(kernel="backward_data", dtype="tf32", config=tf32)])
+    launch_configs.reload()
+    assert launch_configs.config_for("backward_data", 100, 300, 300, torch.float32) == default(
+        "backward_data"
     )
-
-    # An error of 1e-3 is TF32 rounding, but no IEEE fp32 result is that far off: a wrong result there.
-    def gate_off(a, weight, bias, *, config):
-        out, words = reference.gate(a, weight, bias)
-        return out * (1 + 1e-3), words
-
-    ops.gate = gate_off
-    kw = dict(ops=ops, timer=lambda fn: 1.0, quiet=True, device="cpu")
-    assert autotune.tune("gate", [(40, 48, 24)], torch.float32, **kw) == []
-    precision["now"] = "tf32"
-    assert autotune.tune("gate", [(40, 48, 24)], torch.float32, **kw)
-
-    matmul = types.SimpleNamespace(fp32_precision="none")
-    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
-    assert autotune.operand_dtype("tf32") == torch.float32 and matmul.fp32_precision == "tf32"
-    assert autotune.operand_dtype("float32") == torch.float32 and matmul.fp32_precision == "ieee"
-    assert autotune.operand_dtype("bfloat16") == torch.bfloat16 and matmul.fp32_precision == "ieee"
+    cache.save(FAKE, [entry(kernel="masked_forward", dtype="float32", config=ieee)])
+    launch_configs.reload()
+    got = launch_configs.config_for("masked_forward", 100, 300, 300, torch.float32, "tf32")
+    assert got == default("masked_forward", key="tf32")
 
 
 def test_save_merges_and_replaces(fake_gpu):
@@ -179,8 +152,8 @@ def test_save_merges_and_replaces(fake_gpu):
 def _config_twice_warns_once(dtype=torch.float32):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = tuning.config_for("gate", 100, 300, 300, dtype)
-        second = tuning.config_for("backward_data", 100, 300, 300, dtype)
+        first = launch_configs.config_for("gate", 100, 300, 300, dtype)
+        second = launch_configs.config_for("backward_data", 100, 300, 300, dtype)
     mine = [w for w in caught if issubclass(w.category, cache.TuningCacheWarning)]
     assert len(mine) == 1, [str(w.message) for w in caught]
     assert first == default() and second == default("backward_data")
@@ -227,8 +200,8 @@ def test_foreign_file_is_ignored(fake_gpu, field):
     assert "something else" in _config_twice_warns_once()
     # The same file with the right identity is used: the mismatch alone made the difference.
     fake_gpu.write_text(json.dumps(valid_file()))
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
+    launch_configs.reload()
+    assert launch_configs.config_for("gate", 100, 300, 300, torch.float32) == FAST
 
 
 def test_save_over_a_corrupt_or_stale_file_drops_it(fake_gpu):
@@ -279,137 +252,3 @@ def test_check_config():
     ):
         with pytest.raises(ValueError):
             tuning.check_config(bad)
-
-
-def test_list_exits_zero_and_prints_buckets(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv(cache.ENV_DIR, str(tmp_path))
-    (tmp_path / "autotune").mkdir()
-    (tmp_path / "autotune" / "broken.json").write_text("{")
-    assert autotune.main(["--list", "--kernels", "gate"]) == 0
-    out = capsys.readouterr().out
-    assert "M<=64" in out and "N>4096" in out and "backward_weights" in out
-    assert "64 per kernel" in out and "broken.json: unusable" in out and str(tmp_path / "autotune") in out
-
-
-def test_list_as_a_module_in_a_fresh_process(tmp_path):
-    env = {"GLAI_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run(
-        [sys.executable, "-m", "glai_kernels.autotune", "--list"], capture_output=True, text=True, env=env
-    )
-    assert run.returncode == 0, run.stderr
-    assert "shape buckets" in run.stdout and "128x128x32 group 8 warps 8 stages 3" in run.stdout
-
-
-def test_without_gpu_tuning_refuses_clearly(capsys, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert autotune.main(["--quick"]) == 2
-    assert "no CUDA GPU" in capsys.readouterr().err
-    assert autotune.main(["--list", "--dtypes", "float64"]) == 2
-
-
-def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):
-    """The tuning loop with the reference standing in for the kernels, on CPU: a candidate that computes a wrong
-    result or fails to compile is never chosen, however fast it claims to be."""
-    space = tuning.SEARCH_SPACE["gate"]
-    wrong, broken, best = space[-1], space[-2], space[3]
-    last, tries = {}, []
-
-    class OutOfResources(
-        Exception
-    ):  # what Triton raises for a tile that needs more shared memory than exists
-        pass
-
-    def gate(a, weight, bias, *, config):
-        last["config"] = config
-        if config == broken:
-            tries.append(config)
-            raise OutOfResources("shared memory")
-        out, words = reference.gate(a, weight, bias)
-        return (out + 1.0, words) if config == wrong else (out, words)
-
-    def timer(fn):
-        fn()
-        return {str(wrong): 0.1, str(broken): 0.1, str(best): 0.5}.get(str(last["config"]), 1.0)
-
-    ops = types.SimpleNamespace(gate=gate, dot_precision=lambda dtype: "ieee")
-    shapes = [(40, 48, 24), (2000, 48, 24)]
-    entries = autotune.tune("gate", shapes, torch.float32, ops=ops, timer=timer, quiet=True, device="cpu")
-    assert [e["bucket"] for e in entries] == [[0, 0, 0], [2, 0, 0]]
-    assert all(e["config"] == best and e["ms"] == 0.5 and e["default_ms"] == 1.0 for e in entries)
-    assert len(tries) == 1  # a tile that does not compile is not retried at the next shape
-    cache.save(FAKE, entries)
-    tuning.reload()
-    assert tuning.config_for("gate", 40, 48, 24, torch.float32) == best
-
-
-def test_rel_error_counts_flipped_bits_and_nan():
-    words = torch.tensor([[0b1011, -1]], dtype=torch.int32)
-    flipped = words ^ torch.tensor([[0b0100, 0]], dtype=torch.int32)
-    assert autotune.rel_error(flipped, words) == pytest.approx(1 / 64)
-    ref = torch.randn(5, 7)
-    assert autotune.rel_error(ref.clone(), ref) == 0.0
-    assert autotune.rel_error(ref * 1.5, ref) == pytest.approx(0.5)
-    assert autotune.rel_error(torch.full_like(ref, float("nan")), ref) == float("inf")
-
-
-def test_tuning_inside_a_step_only_when_asked(fake_gpu, monkeypatch):
-    calls = []
-
-    def fake_tune(kernel, shapes, dtype, quiet=False):
-        calls.append((kernel, tuple(shapes), dtype))
-        (M, N, K) = shapes[0]
-        cache.save(FAKE, [entry(kernel=kernel, bucket=tuning.bucket_of(M, N, K))])
-
-    monkeypatch.setattr(autotune, "tune_and_save", fake_tune)
-    monkeypatch.delenv("GLAI_AUTOTUNE", raising=False)
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == default()
-    assert calls == []  # never unless asked
-    monkeypatch.setenv("GLAI_AUTOTUNE", "1")
-    tuning.reload()
-    assert tuning.config_for("gate", 100, 300, 300, torch.float32) == FAST
-    assert (
-        tuning.config_for("gate", 120, 290, 310, torch.float32) == FAST
-    )  # same bucket: memoised, not re-tuned
-    assert calls == [("gate", ((100, 300, 300),), torch.float32)]
-
-    def failing_tune(*args, **kwargs):
-        raise RuntimeError("no kernels")
-
-    monkeypatch.setattr(autotune, "tune_and_save", failing_tune)
-    with pytest.warns(cache.TuningCacheWarning, match="no kernels"):
-        got = tuning.config_for("backward_data", 100, 300, 300, torch.float32)
-    assert got == default("backward_data")
-
-
-def test_cli_tunes_prints_and_persists(fake_gpu, monkeypatch, capsys):
-    """``glai-autotune`` end to end, with the reference ops standing in for the kernels and a CPU 'GPU'."""
-    space = tuning.SEARCH_SPACE["masked_forward"]
-
-    def with_config(op):
-        def run(*args, config):
-            return op(*args)
-
-        return run
-
-    ops = types.SimpleNamespace(
-        dot_precision=lambda dtype: "ieee", **{k: with_config(getattr(reference, k)) for k in tuning.KERNELS}
-    )
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(cache, "identity", lambda index: FAKE)
-    monkeypatch.setattr(autotune, "kernel_ops", lambda: ops)
-    monkeypatch.setattr(autotune, "DEVICE", "cpu")
-    # `--dtypes float32` sets the process's fp32 matmul precision: on a stand-in, not this test process's.
-    monkeypatch.setattr(torch.backends.cuda, "matmul", types.SimpleNamespace(fp32_precision="none"))
-    # 14 candidates at M = 48: the small-batch default first, then the 13 of the space. The fifth is fastest.
-    assert (
-        tuning.default_config("masked_forward", 48, 40, 40, torch.float32) not in space and len(space) == 13
-    )
-    timings = iter(range(10_000))
-    monkeypatch.setattr(autotune, "_do_bench", lambda fn, rep: 0.5 if next(timings) % 14 == 4 else 2.0)
-    args = ["--kernels", "masked_forward", "--dtypes", "float32", "--batch", "48", "--width", "40"]
-    assert autotune.main(args) == 0
-    out = capsys.readouterr().out
-    assert "masked_forward" in out and "4.00x the default" in out and str(fake_gpu) in out
-    assert tuning.config_for("masked_forward", 48, 40, 40, torch.float32) == space[3]
-    assert autotune.main([*args, "--dry-run"]) == 0 and "nothing written" in capsys.readouterr().out

@@ -11,22 +11,8 @@ import triton.language as tl
 
 
 @triton.jit
-def unit_bits(words_ptr, rows, cols, stride_wm, stride_ww, REDUCTION: tl.constexpr, WORD_BITS: tl.constexpr):
-    """The 0/1 gate (int32 ``[len(rows), len(cols)]``) of quantitative units ``cols`` for samples ``rows``.
-
-    ``rows`` and ``cols`` must be valid indices. The general form: every element loads its own word (a gather
-    over the whole tile). Lanes that hit the same word share a transaction, but every element holds a 64-bit
-    address, which costs registers in the epilogue; :func:`tile_bits` avoids that where the tile allows.
-    """
-    unit = cols // REDUCTION
-    word_ptrs = words_ptr + rows.to(tl.int64)[:, None] * stride_wm + (unit // WORD_BITS)[None, :] * stride_ww
-    words = tl.load(word_ptrs)
-    # Arithmetic shift of a signed word: bit 31 smears into the high bits, which the & 1 discards.
-    return (words >> (unit % WORD_BITS)[None, :]) & 1
-
-
-@triton.jit
-def tile_bits(
+def apply_pattern(
+    z,
     words_ptr,
     rows,
     n0,
@@ -38,7 +24,9 @@ def tile_bits(
     REDUCTION: tl.constexpr,
     WORD_BITS: tl.constexpr,
 ):
-    """The 0/1 gate (int32 ``[BLOCK_M, BLOCK_N]``) of units ``n0 .. n0 + BLOCK_N - 1`` for samples ``rows``.
+    """``z * p``: the fp32 tile ``z`` ``[BLOCK_M, BLOCK_N]`` of units ``n0 .. n0 + BLOCK_N - 1`` for samples
+    ``rows``, times its 0/1 gate ``p`` read from the pattern words. Multiplying rather than selecting keeps a
+    NaN or inf of a closed unit (``0 * inf`` is NaN), as the formula does.
 
     ``n0`` is a multiple of ``BLOCK_N``; ``rows`` are valid; columns past ``N`` read 0 (they are never
     stored). One word covers ``WORD_BITS * REDUCTION`` quantitative units (``SPAN``). Since tiles start at
@@ -50,7 +38,10 @@ def tile_bits(
     - ``SPAN`` a multiple of ``BLOCK_N``: the tile lies inside one word per row: load one word per row and
       shift it by the tile's offset into that word.
 
-    Both hold for every power-of-two ``REDUCTION``; any other falls back to :func:`unit_bits`.
+    Both hold for every power-of-two ``REDUCTION``. Any other ``REDUCTION`` (3, 5, ...) loads, per row, the few
+    consecutive words the tile's units fall in (at most ``BLOCK_N // SPAN + 2``) and applies each once to the
+    columns that read it: a handful of selects over the tile instead of a load (and a 64-bit address) per
+    element, and no 0/1 tile beside ``z``.
     """
     if BLOCK_N % (WORD_BITS * REDUCTION) == 0:
         offs_w = n0 // (WORD_BITS * REDUCTION) + tl.arange(0, BLOCK_N // (WORD_BITS * REDUCTION))
@@ -59,16 +50,28 @@ def tile_bits(
         words = tl.load(word_ptrs, mask=(offs_w < n_words)[None, :], other=0)
         shift = tl.arange(0, WORD_BITS * REDUCTION) // REDUCTION
         bits = (words[:, :, None] >> shift[None, None, :]) & 1
-        return tl.reshape(bits, (BLOCK_M, BLOCK_N))
+        return z * tl.reshape(bits, (BLOCK_M, BLOCK_N)).to(tl.float32)
     elif (WORD_BITS * REDUCTION) % BLOCK_N == 0:
         # The tile starts below N (every launched tile does), so its word exists: no mask.
         word = n0 // (WORD_BITS * REDUCTION)
         words = tl.load(words_ptr + rows.to(tl.int64) * stride_wm + word * stride_ww)
         shift = (n0 % (WORD_BITS * REDUCTION) + tl.arange(0, BLOCK_N)) // REDUCTION
-        return (words[:, None] >> shift[None, :]) & 1
+        return z * ((words[:, None] >> shift[None, :]) & 1).to(tl.float32)
     else:
-        cols = (n0 + tl.arange(0, BLOCK_N)) % N
-        return unit_bits(words_ptr, rows, cols, stride_wm, stride_ww, REDUCTION, WORD_BITS)
+        # Structural unit of each column, and which of the tile's words (0 .. WORDS - 1) and bit it is.
+        unit = (n0 + tl.arange(0, BLOCK_N)) // REDUCTION
+        w0 = n0 // (WORD_BITS * REDUCTION)
+        local = unit // WORD_BITS - w0
+        shift = unit % WORD_BITS
+        n_words = tl.cdiv(N // REDUCTION, WORD_BITS)
+        row_ptrs = words_ptr + rows.to(tl.int64) * stride_wm
+        for w in tl.static_range(BLOCK_N // (WORD_BITS * REDUCTION) + 2):
+            # A word past the last one would only feed columns past N, which are never stored: read the last.
+            word = tl.load(row_ptrs + tl.minimum(w0 + w, n_words - 1) * stride_ww)
+            # Arithmetic shift of a signed word: bit 31 smears into the high bits, which the & 1 discards.
+            bit = ((word[:, None] >> shift[None, :]) & 1).to(tl.float32)
+            z = tl.where(local[None, :] == w, z * bit, z)
+        return z
 
 
 @triton.jit

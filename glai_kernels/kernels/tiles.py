@@ -1,8 +1,17 @@
-"""Tile order and the GEMM main loop shared by every kernel.
+"""Tile order and the GEMM main loops shared by every kernel.
 
 Every kernel computes an output tile ``C[rows, cols] = A[rows, :] @ B[:, cols]`` (fp32 accumulation) and then
-runs its own epilogue. Operands are addressed through explicit strides, so a transposed weight (``W^T`` in
-the forward) or a transposed gradient (``g^T`` in the weight gradient) is read in place, without a copy.
+runs its own epilogue. Two main loops:
+
+- :func:`tile_dot` loads through pointers with explicit strides, so a transposed weight (``W^T`` in the
+  forward) or a transposed gradient (``g^T`` in the weight gradient) is read in place, without a copy. A
+  program per output tile; any GPU and the interpreter.
+- :func:`desc_tile_dot` loads through tensor descriptors: on sm_90 the bulk tensor copy engine (TMA) moves
+  whole boxes into shared memory, with no address arithmetic per element and zero fill past the edges. The
+  kernels run it on a persistent grid, one program per multiprocessor walking the tiles in the grouped order
+  of :func:`grouped_tile` (one order for both loops); the tile loop is flattened into the K loop
+  (``tl.range(..., flatten=True)``), so the compiler can issue the next tile's loads under this tile's
+  epilogue.
 """
 
 import triton
@@ -81,7 +90,54 @@ def tile_dot(
 
 
 @triton.jit
+def desc_tile_dot(
+    a_desc,
+    b_desc,
+    off_m,
+    off_n,
+    k0,
+    K,
+    A_KM: tl.constexpr,
+    B_KN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ROW_SUM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """:func:`tile_dot` through tensor descriptors (the bulk tensor copy engine, TMA, on sm_90).
+
+    ``acc = A[off_m : off_m + BLOCK_M, k0 : k0 + K] @ B[k0 : k0 + K, off_n : off_n + BLOCK_N]``. A descriptor
+    names a matrix as it lies in memory, its last dimension contiguous: ``A`` is ``[M, K]`` (``A_KM`` false)
+    or stored as ``[K, M]`` (``A_KM``), ``B`` is stored as ``[N, K]`` (``B_KN`` false) or ``[K, N]``. The copy
+    engine fills boxes that cross the matrix edge with zeros, so neither the edges nor the K tail need a mask.
+    ``k0 + K`` must be the matrix's K extent or a multiple of ``BLOCK_K`` past ``k0`` (a split of the batch).
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        kk = k0 + k * BLOCK_K
+        if A_KM:
+            a = a_desc.load([kk, off_m]).T
+        else:
+            a = a_desc.load([off_m, kk])
+        if B_KN:
+            b = b_desc.load([kk, off_n])
+        else:
+            b = b_desc.load([off_n, kk]).T
+        if ROW_SUM:
+            row_sum += tl.sum(a.to(tl.float32), axis=1)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc, row_sum
+
+
+@triton.jit
 def affine_tile(
+    tile,
     a_ptr,
     b_ptr,
     bias_ptr,
@@ -94,6 +150,8 @@ def affine_tile(
     stride_bn,
     stride_bias,
     HAS_BIAS: tl.constexpr,
+    TMA: tl.constexpr,
+    B_KN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -101,20 +159,34 @@ def affine_tile(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """This program's tile of ``z = A B + bias`` (fp32), the prologue every layer kernel shares.
+    """Tile ``tile`` (grouped order) of ``z = A B + bias`` (fp32), the prologue every layer kernel shares.
 
-    Returns ``z``, the tile's column-tile index ``pid_n``, its row and column offsets (which may run past
-    ``M`` and ``N``: mask the stores with them) and the wrapped rows and columns actually read.
+    With ``TMA`` the operands are tensor descriptors (``A`` as ``[M, K]``, ``B`` as ``[K, N]`` when ``B_KN``,
+    else ``[N, K]``); otherwise pointers addressed by the strides. Returns ``z``, the tile's column-tile index
+    ``pid_n``, its row and column offsets (which may run past ``M`` and ``N``: mask the stores with them) and
+    the rows wrapped into ``[0, M)`` (valid indices for the epilogue's own loads).
     """
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = offs_m % M
     cols = offs_n % N
-    z, _ = tile_dot(
-        a_ptr, b_ptr, rows, cols, K, stride_am, stride_ak, stride_bk, stride_bn,
-        BLOCK_M, BLOCK_N, BLOCK_K, False, UPCAST, PRECISION,
-    )  # fmt: skip
+    if TMA:
+        z, _ = desc_tile_dot(
+            a_ptr, b_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, 0, K, False, B_KN,
+            BLOCK_M, BLOCK_N, BLOCK_K, False, UPCAST, PRECISION,
+        )  # fmt: skip
+    else:
+        z, _ = tile_dot(
+            a_ptr, b_ptr, rows, cols, K, stride_am, stride_ak, stride_bk, stride_bn,
+            BLOCK_M, BLOCK_N, BLOCK_K, False, UPCAST, PRECISION,
+        )  # fmt: skip
     if HAS_BIAS:
         z += tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
     return z, pid_n, offs_m, offs_n, rows
+
+
+@triton.jit
+def tile_count(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Output tiles of an ``M x N`` result: the length of the tile loop of a persistent launch."""
+    return tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
