@@ -18,10 +18,8 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton  # noqa: E402
-from _lower_kernels import ptxas_resources  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -29,6 +27,7 @@ from glai_kernels.fused_config import chunk_for, defaults_for_capability, padded
 from glai_kernels.kernels.fused_backward import fused_grad_data_kernel, fused_grad_weights_kernel  # noqa: E402
 from glai_kernels.kernels.fused_forward import fused_forward_kernel  # noqa: E402
 from glai_kernels.layout import WORD_BITS, words_for  # noqa: E402
+from glai_kernels.lowering import ptxas_resources  # noqa: E402
 
 BATCH, IN, OUT, DEPTH = 16384, 512, 10, 3  # a head: 512 features in, DEPTH hidden layers, 10 classes
 

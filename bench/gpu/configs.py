@@ -1,17 +1,13 @@
 """Which launch configuration each kernel ran with, and where it came from.
 
-Every host function of ``glai_kernels.triton_ops`` asks ``config_for(kernel, M, N, K, dtype, precision)``
-(through the name it imported). ``recording()`` wraps that name for the length of a call and keeps each
-answer with its source, decided the way ``tuning.config_for`` decides:
-
-- ``interpreter``: Triton's interpreter runs one fixed configuration;
-- ``tuning cache``: an entry of this GPU's cache file for the exact shape bucket;
-- ``tuning cache (nearest bucket)``: no exact entry, the nearest tuned bucket's configuration;
-- ``default``: nothing tuned applies;
-- ``explicit``: a caller passed ``config=`` (the plan never does; named so a line can say it).
-
-The gate widens a ``BLOCK_N`` that is not a whole number of pattern words to one word; the recorded
-configuration is the one launched, after that.
+Every launch of a per-layer kernel goes through ``triton_launch.launch(kernel, plan, tma, device, args)``, whose
+plan holds the configuration and its source, as ``launch_configs.launch_config`` answered it once for the call's
+signature: ``interpreter`` (Triton's interpreter runs one fixed configuration), ``tuned`` (an entry of this
+GPU's tuning cache for the shape's bucket), ``tuned-nearest`` (the nearest tuned bucket's entry),
+``tuned-now`` (tuned at first use under ``GLAI_AUTOTUNE=1``), ``default`` (the defaults of the GPU's
+architecture) or ``config=`` (a caller's own; the plan never passes one). ``recording()`` wraps that function
+for the length of a call and keeps each distinct launch: the kernel, its GEMM sizes, the configuration, whether
+the tensor-descriptor (TMA) main loop ran, the weight gradient's batch splits, and the source.
 
 The fused head path has no tuning: each launch of ``fused_launch.launch`` is recorded with its warps, stages
 and tile sizes, from ``fused default`` (the table of the device's capability) or the ``interpreter``.
@@ -22,41 +18,17 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 PARAM_ORDER = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
-
-
-def source_of(kernel: str, M: int, N: int, K: int, dtype, precision: str, cfg: dict) -> str:
-    """Where ``cfg`` (what ``config_for`` answered) came from. Never raises."""
-    try:
-        import torch
-
-        from glai_kernels import backend, tuning, tuning_cache
-
-        if backend.interpreting():
-            return "interpreter"
-        if not torch.cuda.is_available():
-            return "default"  # config_for answers with the default without a GPU (the compile-count replay)
-        ident = tuning_cache.identity(torch.cuda.current_device())
-        table = tuning_cache.load(ident) if ident is not None else {}
-        key = (kernel, tuning_cache.dtype_key(dtype, precision), tuning.bucket_of(M, N, K))
-        if table.get(key) == _params(cfg):
-            return "tuning cache"
-        if _params(cfg) == tuning.default_config(kernel, M, N, K, dtype):
-            return "default"
-        return "tuning cache (nearest bucket)"
-    except Exception as exc:  # the tuning module changed shape: say so, never fail the case
-        return f"unknown ({type(exc).__name__}: {exc})"
-
-
-def _params(cfg: dict) -> dict:
-    return {k: cfg[k] for k in PARAM_ORDER if k in cfg}
+FLAGS = ("TMA", "K_MAJOR")  # main-loop switches of a per-layer configuration (glai_kernels.tuning.FLAGS)
 
 
 def short(cfg: dict) -> str:
-    """``BLOCK_M x BLOCK_N x BLOCK_K gGROUP_M wWARPS sSTAGES``, e.g. ``128x128x32 g8 w8 s3``."""
+    """``BLOCK_M x BLOCK_N x BLOCK_K gGROUP_M wWARPS sSTAGES`` and the flags that are on, e.g.
+    ``128x256x64 g8 w8 s3 TMA``."""
     try:
+        flags = "".join(f" {k}" for k in FLAGS if cfg.get(k))
         return (
             f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} g{cfg['GROUP_M']} "
-            f"w{cfg['num_warps']} s{cfg['num_stages']}"
+            f"w{cfg['num_warps']} s{cfg['num_stages']}{flags}"
         )
     except (KeyError, TypeError):
         return str(cfg)
@@ -64,48 +36,44 @@ def short(cfg: dict) -> str:
 
 @contextmanager
 def recording():
-    """Yields a list that fills with ``{kernel, mnk, dtype, precision, config, source}``, one per distinct
-    lookup made inside the block."""
+    """Yields a list that fills with one record per distinct launch configuration made inside the block."""
     seen: list[dict] = []
-    try:
-        from glai_kernels import triton_ops
-        from glai_kernels.layout import WORD_BITS
-    except Exception:  # no Triton here: nothing launches, nothing to record
-        yield seen
-        return
-    original = getattr(triton_ops, "config_for", None)
-    if original is None:
-        yield seen
-        return
-    keys = set()
-
-    def config_for(kernel, M, N, K, dtype, precision="ieee"):
-        cfg = original(kernel, M, N, K, dtype, precision)
-        key = (kernel, M, N, K, str(dtype), precision)
-        if key not in keys:
-            keys.add(key)
-            used = dict(cfg)
-            if kernel == "gate" and used.get("BLOCK_N", WORD_BITS) % WORD_BITS:
-                used["BLOCK_N"] = WORD_BITS
-            seen.append(
-                {
-                    "kernel": kernel,
-                    "mnk": [M, N, K],
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "precision": precision,
-                    "config": _params(used),
-                    "source": source_of(kernel, M, N, K, dtype, precision, cfg),
-                }
-            )
-        return cfg
-
-    triton_ops.config_for = config_for
-    fused = _record_fused(seen)
+    restore = [_record_layers(seen), _record_fused(seen)]
     try:
         yield seen
     finally:
-        triton_ops.config_for = original
-        fused()
+        for undo in restore:
+            undo()
+
+
+def _name(kernel) -> str:
+    return getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
+
+
+def _record_layers(seen: list) -> callable:
+    """Wrap ``triton_launch.launch`` (the per-layer kernels); returns the function that unwraps it."""
+    try:
+        from glai_kernels import triton_launch
+    except Exception:  # no Triton here: nothing launches, nothing to record
+        return lambda: None
+    original = triton_launch.launch
+    keys = set()
+
+    def launch(kernel, plan, tma, device, args):
+        key = (_name(kernel), plan.M, plan.N, plan.K, id(plan), tma)
+        if key not in keys:
+            keys.add(key)
+            seen.append({"kernel": _name(kernel), "mnk": [plan.M, plan.N, plan.K], "precision": plan.precision,
+                         "config": dict(plan.config), "tma": bool(tma), "splits": plan.splits,
+                         "source": plan.source})  # fmt: skip
+        return original(kernel, plan, tma, device, args)
+
+    triton_launch.launch = launch
+
+    def restore():
+        triton_launch.launch = original
+
+    return restore
 
 
 _FUSED_TILES = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "CHUNK", "SPLITS")
@@ -122,7 +90,7 @@ def _record_fused(seen: list) -> callable:
     keys = set()
 
     def launch(kernel, grid, cfg, device, *args, **constexprs):
-        name = getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
+        name = _name(kernel)
         used = {k: constexprs[k] for k in _FUSED_TILES if k in constexprs}
         used.update(num_warps=cfg.get("num_warps"), num_stages=cfg.get("num_stages"))
         key = (name, tuple(sorted(used.items())))

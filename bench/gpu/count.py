@@ -1,11 +1,9 @@
 """How much a GPU run will compile: the plan replayed on meta tensors with every launch and compile stubbed.
 
-Each Triton launch of ``glai_kernels.triton_ops`` goes through ``_launch(kernel, M, N, cfg, device, *args,
-**constexprs)``, and each of the fused head path through ``fused_launch.launch(kernel, grid, cfg, device, *args,
-**constexprs)``. The replay swaps both for a recorder (and routes the public ops past their ``torch.library``
-wrappers, whose fake implementations would otherwise answer for meta tensors without launching; the fused path
-calls its launches directly outside ``torch.compile``) and keeps, per launch, what Triton 3.6 specialises a
-compiled kernel on:
+Each Triton launch of the per-layer kernels goes through ``triton_launch.launch(kernel, plan, tma, device,
+args)``, and each of the fused head path through ``fused_launch.launch(kernel, grid, cfg, device, *args,
+**constexprs)``; both are called directly outside ``torch.compile``, meta tensors included. The replay swaps
+them for recorders and keeps, per launch, what Triton 3.6 specialises a compiled kernel on:
 
 - the kernel, its ``tl.constexpr`` values, the tile sizes, ``num_warps`` and ``num_stages``;
 - per pointer argument its element type and whether its address is a multiple of 16 (meta tensors report 0:
@@ -96,49 +94,44 @@ def launcher(key: tuple) -> tuple:
 
 @contextmanager
 def stubbed(launches: list):
-    """Every Triton launch recorded into ``launches`` instead of run; backends resolved without a GPU."""
+    """Every Triton launch recorded into ``launches`` instead of run; backends resolved without a GPU; the
+    per-layer configurations, batch splits and main loops chosen as on an H200 (sm_90, 132 SMs, no tuning
+    cache); the memos of launch plans kept apart from this process's."""
     import torch
 
-    from glai_kernels import backend, fused_config, fused_launch, triton_ops
+    from glai_kernels import backend, fused_config, fused_launch, launch_configs, triton_launch
 
-    saved = {n: getattr(triton_ops, n) for n in ("_launch", "_batch_splits", "gate", "masked_forward",
-                                                  "backward_data", "backward_weights")}  # fmt: skip
-    saved_fused = {n: getattr(fused_launch, n) for n in ("launch", "_CONFIGS", "_STATIC")}
-    saved_splits = fused_config.weight_splits
-    saved_resolve = backend.resolve_backend
+    saved = [
+        (triton_launch, n) for n in ("launch", "sm_count", "hopper_or_interpreter", "PLANS", "check_no_overlap")
+    ] + [(launch_configs, n) for n in ("device_info", "_device_index", "_current_identity", "_memo")] + [
+        (fused_launch, n) for n in ("launch", "_CONFIGS", "_STATIC")
+    ] + [(fused_config, "weight_splits"), (backend, "resolve_backend")]  # fmt: skip
+    before = [(owner, name, getattr(owner, name)) for owner, name in saved]
+    fused_splits = fused_config.weight_splits
+    cuda0 = torch.device("cuda", 0)
 
-    def record(kernel, M, N, cfg, device, *args, splits=1, **constexprs):
-        launches.append(specialisation(kernel, cfg, args, constexprs))
+    def record(kernel, plan, tma, device, args):
+        launches.append(specialisation(kernel, plan.config, args, plan.kwargs[tma]))
 
     def record_fused(kernel, grid, cfg, device, *args, **constexprs):
         launches.append(specialisation(kernel, cfg, args, constexprs))
 
-    def backward_weights(g, h, need_bias, *, config=None, out=None):
-        return triton_ops._backward_weights_impl(g, h, need_bias, config, out)
-
-    triton_ops._launch = record
-    triton_ops.gate = lambda a, w, b, *, config=None, out=None: triton_ops._gate_impl(a, w, b, config, out)
-    triton_ops.masked_forward = lambda h, w, b, words, r, *, config=None, out=None: (
-        triton_ops._masked_forward_impl(h, w, b, words, r, config, out)
-    )
-    triton_ops.backward_data = lambda g, w, words, r, *, config=None, out=None: (
-        triton_ops._backward_data_impl(g, w, words, r, config, out)
-    )
-    triton_ops.backward_weights = backward_weights
-    # The weight gradient splits the batch (fp32 partials: other pointer types) when its tiles alone do not
-    # fill the GPU's multiprocessors: decided as on the H200, whose SM count is filled in for a CUDA device.
-    cuda0 = torch.device("cuda", 0)
-    had_count = cuda0 in triton_ops._SM_COUNT
-    triton_ops._SM_COUNT.setdefault(cuda0, SM_COUNT)
-    triton_ops._batch_splits = lambda cfg, N, K, M, device: saved["_batch_splits"](cfg, N, K, M, cuda0)
-    # The fused path: the H200's (sm_90) launch table for the meta device, its split rule with 132 SMs, and
-    # its per-signature memo kept apart from this process's.
+    triton_launch.launch = record
+    triton_launch.sm_count = lambda device: SM_COUNT
+    triton_launch.hopper_or_interpreter = lambda device: True
+    triton_launch.PLANS = {}
+    triton_launch.check_no_overlap = lambda op, outs, ins: None  # every meta tensor sits at address 0
+    launch_configs.device_info = lambda index: ((9, 0), SM_COUNT)
+    launch_configs._device_index = lambda device: 0
+    launch_configs._current_identity = lambda index: None
+    launch_configs._memo = {}
+    # The fused path: the H200's (sm_90) launch table for the meta device, its split rule with 132 SMs.
     fused_launch.launch = record_fused
     fused_launch._CONFIGS = {torch.device("meta"): fused_config.defaults_for_capability(90)}
     fused_launch._STATIC = {}
     had_fused_count = cuda0 in fused_config._SM_COUNT
     fused_config._SM_COUNT.setdefault(cuda0, SM_COUNT)
-    fused_config.weight_splits = lambda cfg, tiles, rows, device: saved_splits(cfg, tiles, rows, cuda0)
+    fused_config.weight_splits = lambda cfg, tiles, rows, device: fused_splits(cfg, tiles, rows, cuda0)
     backend.resolve_backend = lambda name, device: "triton" if name in ("auto", "triton") else name
     # Autocast knows no meta device: the stack's `autocast(device, enabled=False)` and the structural phase's
     # `is_autocast_enabled(device)` see none there.
@@ -150,16 +143,10 @@ def stubbed(launches: list):
     try:
         yield
     finally:
-        for name, value in saved.items():
-            setattr(triton_ops, name, value)
-        if not had_count:
-            triton_ops._SM_COUNT.pop(cuda0, None)
-        for name, value in saved_fused.items():
-            setattr(fused_launch, name, value)
-        fused_config.weight_splits = saved_splits
+        for owner, name, value in before:
+            setattr(owner, name, value)
         if not had_fused_count:
             fused_config._SM_COUNT.pop(cuda0, None)
-        backend.resolve_backend = saved_resolve
         torch.autocast, torch.is_autocast_enabled = autocast, is_enabled
 
 

@@ -28,7 +28,7 @@ and the packed pattern written).
 import triton
 import triton.language as tl
 
-from .bits import pack_bits, tile_bits
+from .bits import apply_pattern, pack_bits
 
 
 @triton.jit
@@ -71,8 +71,10 @@ def epilogue(
     if HAS_BIAS:
         z += tl.load(bias_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if GATE == 1:
-        p = tile_bits(words_ptr, rows_in, n0, N, stride_pm, stride_pw, BLOCK_M, BLOCK_N, REDUCTION, WORD_BITS)
-        z = tl.where(col_ok[None, :], z * p.to(tl.float32), 0.0)
+        z = apply_pattern(
+            z, words_ptr, rows_in, n0, N, stride_pm, stride_pw, BLOCK_M, BLOCK_N, REDUCTION, WORD_BITS
+        )
+        z = tl.where(col_ok[None, :], z, 0.0)
     elif GATE == 2:
         fire = (z > 0) & col_ok[None, :]
         z = tl.where(fire | ((z != z) & col_ok[None, :]), z, 0.0)
