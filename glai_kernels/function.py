@@ -7,7 +7,9 @@ With the patterns fixed (DESIGN section 1, ``d`` the upstream gradient):
 
 The Function saves the layer inputs ``h_{l-1}`` and the packed patterns (one bit a structural unit), never a
 float mask. The per-layer work goes to the backend's ops (``reference`` or ``triton_ops``), which share one
-signature, so both backends run under this single Function.
+signature, so the Function runs over either. :func:`glai_mlp`'s ``"torch"`` backend takes ``reference.stack``
+instead, the same forward in plain differentiable ops: on a CPU its C++ backward and a single unpacking of the
+gates per step make a step cost about what an MLP step does (it keeps float gates for the backward, not bits).
 """
 
 from __future__ import annotations
@@ -98,7 +100,10 @@ def glai_mlp(x, weights, biases, patterns, *, reduction: int = 1, backend: str =
     x2 = x.reshape(-1, x.shape[-1])
     flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
     with torch.autocast(x.device.type, enabled=False):
-        y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)
+        if name == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once (reference.stack)
+            y = reference.stack(x2, weights, biases, flat, reduction)
+        else:
+            y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)
     return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
 
 
