@@ -71,11 +71,12 @@ def test_pick_device():
         demo.pick_device("foo")
 
 
-def test_demo_with_reduction_trains_the_new_quantitative_network(tmp_path, capsys):
-    # With r > 1 the freeze creates new layers; unless the optimizer is rebuilt, the loss stops moving.
+def test_demo_with_reduction_trains_the_widened_quantitative_network(tmp_path, capsys):
+    # With r > 1 the freeze resizes the layers; if the optimizer updated nothing after it, every epoch would see
+    # the same weights and samples, hence the same mean loss.
     argv = ["--samples", "400", "--hidden", "32", "--epochs", "5", "--reduction", "2", "--threshold", "1.0"]
     assert demo.main([*argv, "--patience", "1", "--out", str(tmp_path), "--no-progress"]) == 0
     glai = json.loads((tmp_path / "demo.json").read_text())["runs"][1]
     assert glai["freeze_epoch"] == 1
     after = glai["train_loss"][1:]
-    assert after[-1] < after[0] - 0.05
+    assert after[-1] < after[0] - 0.02

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from ..data import NUM_CLASSES, Split, mnist1d
-from ..nn import GLAIMLP
 from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_head, make_optimizer
 from .backbone import ConvEncoder, features
 from .common import BASE, BASE_RULE, MLP, Preset, Record, select
@@ -80,12 +79,7 @@ def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, devi
     probe_x = data.x[:512]
     monitor = None
     if policy is not None:
-
-        def rebuild(m: GLAIMLP) -> None:
-            if m.reduction > 1:  # new quantitative Parameters need a new optimizer
-                opts["head"] = make_optimizer(m.parameters(), preset.lr)
-
-        monitor = policy.monitor(head, features(encoder, probe_x), on_freeze=rebuild)
+        monitor = policy.monitor(head, features(encoder, probe_x), optimizer=opts["head"])
         monitor.check()
     gen = torch.Generator().manual_seed(seed)
     n, batch, clock = data.x.shape[0], preset.simclr_batch, 0.0
