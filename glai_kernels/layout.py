@@ -93,6 +93,12 @@ def unit_gates(words: torch.Tensor, n: int, reduction: int, dtype: torch.dtype) 
     words (see :func:`gate_table`) instead of a shift, a mask, a cast and a repeat per bit."""
     width = _structural_width(n, reduction)
     _check_words(words, width)
+    return gates_of(words, n, reduction, dtype)
+
+
+def gates_of(words: torch.Tensor, n: int, reduction: int, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`unit_gates` without its argument checks, for callers that have checked the patterns already."""
+    width = n // reduction
     if sys.byteorder != "little" or words.stride(-1) != 1:
         gates = _bits(words, width).to(dtype)
         return gates.repeat_interleave(reduction, dim=-1) if reduction > 1 else gates

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import pack_patterns, unit_gates
+from .layout import gates_of, pack_patterns, unit_gates
 
 
 def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -61,5 +61,7 @@ def stack(x: torch.Tensor, weights, biases, patterns, reduction: int) -> torch.T
     for i, (w, b) in enumerate(zip(weights, biases)):
         h = F.linear(h, w, b)
         if i < last:
-            h = h * unit_gates(patterns[i], w.shape[0], reduction, h.dtype)
+            # In place: the linear's backward keeps its input and weight, not this output, so autograd allows
+            # it, and the multiply's backward keeps only the gates. The caller (glai_mlp) checked the patterns.
+            h = h.mul_(gates_of(patterns[i], w.shape[0], reduction, h.dtype))
     return h

@@ -79,7 +79,9 @@ def test_every_variant_was_tuned_with_the_same_budget(tiny_study):
             mlp = next(r for r in runs if r["setting"] == run["setting"] and r["variant"] == MLP)
             assert trials == [] and run["lr"] == mlp["lr"]
         else:
-            assert len(trials) == 3, run["variant"]  # the tiny preset's budget
+            assert len(trials) == 3, run[
+                "variant"
+            ]  # the tiny preset's grid of one rate, then two refinements
             best = max(trials, key=lambda t: t[2])
             assert (run["lr"], run["lr_scale"]) == (best[0], best[1])
 
@@ -105,22 +107,23 @@ def test_summarize_pairs_by_seed_and_counts_never_as_a_loss():
     assert rows[MLP]["reached"] == 5 and rows[MLP]["sign_p"] is None
 
 
-def test_tuning_gives_glai_the_same_budget_split_between_rates_and_the_quantitative_factor():
+def test_tuning_gives_every_variant_the_same_rates_and_budget():
     from glai.experiments.common import MLP_AGAIN, Plain
-    from glai.experiments.tuning import LEARNING_RATES, tune
+    from glai.experiments.tuning import tune
     from glai.train import FreezePolicy
 
     seen = []
 
-    def score(variant, spec, hyper):  # best at lr 4e-3, and for GLAI at the quantitative factor 2
+    def score(variant, spec, hyper):  # best near lr 1e-2, and for GLAI at the quantitative factor 2
         seen.append((variant, hyper.lr, hyper.lr_scale))
-        return -abs(hyper.lr - 4e-3) + (hyper.lr_scale == 2.0)
+        return -abs(hyper.lr - 1e-2) + (hyper.lr_scale == 2.0)
 
     variants = {MLP: Plain(), MLP_AGAIN: Plain(again=True), "g": FreezePolicy()}
-    chosen, trials = tune(variants, 4, score)
-    assert [s[1:] for s in seen if s[0] == MLP] == [(lr, 1.0) for lr in LEARNING_RATES[:4]]
-    assert [s[1:] for s in seen if s[0] == "g"] == [(2e-3, 1.0), (4e-3, 1.0), (4e-3, 0.5), (4e-3, 2.0)]
-    assert (chosen[MLP].lr, chosen["g"].lr, chosen["g"].lr_scale) == (4e-3, 4e-3, 2.0)
+    chosen, trials = tune(variants, (2e-3, 8e-3), score)
+    # Both try the grid, then refine around its best (8e-3): the MLP its rate, GLAI its quantitative phase.
+    assert [s[1:] for s in seen if s[0] == MLP] == [(2e-3, 1.0), (8e-3, 1.0), (4e-3, 1.0), (1.6e-2, 1.0)]
+    assert [s[1:] for s in seen if s[0] == "g"] == [(2e-3, 1.0), (8e-3, 1.0), (8e-3, 0.5), (8e-3, 2.0)]
+    assert (chosen[MLP].lr, chosen["g"].lr, chosen["g"].lr_scale) == (8e-3, 8e-3, 2.0)
     assert chosen[MLP_AGAIN] == chosen[MLP] and trials[MLP_AGAIN] == [] and len(trials["g"]) == 4
 
 
@@ -211,3 +214,20 @@ def test_wilcoxon_matches_scipy(diffs):
 def test_sign_test_matches_scipy(wins, losses):
     stats = pytest.importorskip("scipy.stats")
     assert sign_test(wins, losses) == pytest.approx(stats.binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def test_report_merges_settings_run_as_separate_processes(tiny_study, tmp_path):
+    data = json.loads((tiny_study / "results.json").read_text())
+    parts = []
+    for i, settings in enumerate((["scratch", "simclr"], ["backbone", "few-shot"])):
+        meta = dict(data["meta"], settings=settings)
+        runs = [r for r in data["runs"] if r["setting"].split(" k=")[0] in settings]
+        parts.append(tmp_path / f"part{i}.json")
+        parts[-1].write_text(json.dumps({"meta": meta, "summary": [], "runs": runs}))
+    assert main(["--from-json", *map(str, parts), "--out", str(tmp_path / "merged")]) == 0
+    merged = (tmp_path / "merged" / "RESULTS.md").read_text()
+    assert sorted(merged.split("#### ")[1:]) == sorted(
+        (tiny_study / "RESULTS.md").read_text().split("#### ")[1:]
+    )
+    with pytest.raises(ValueError, match="repeats the settings"):
+        main(["--from-json", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "again")])

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..demo import int_at_least, pick_device, set_threads
 from . import backbone, fewshot, scratch, simclr
 from .common import MLP, PRESETS, environment
-from .report import load_records, write_all
+from .report import merge_results, write_all
 from .stats import summarize
 
 MODULES = {"scratch": scratch, "backbone": backbone, "simclr": simclr, "few-shot": fewshot}
@@ -45,8 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--from-json",
         type=Path,
+        nargs="+",
         default=None,
-        help="summarise and plot a saved results.json again, no training",
+        help="summarise and plot saved results.json files again, no training (several: one study whose "
+        "settings ran as separate processes)",
     )
     args = p.parse_args(argv)
     args.preset = args.preset or ("quick" if args.quick else "full")
@@ -83,8 +85,8 @@ def _finish(out: Path, meta: dict, records: list) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:
-        meta, records = load_records(args.from_json)
-        _finish(args.out or args.from_json.parent, meta, records)
+        meta, records = merge_results(args.from_json)
+        _finish(args.out or args.from_json[0].parent, meta, records)
         return 0
     set_threads(args.threads)
     device = pick_device(args.device)

@@ -54,7 +54,8 @@ class Preset:
     simclr_batch: int
     policy_grid: str  # "small", "medium" or "full": how many freeze policies the scratch setting compares
     backbone_grid: str  # the same for the frozen-backbone setting, whose epochs cost about twice as much
-    tune_runs: int = 0  # learning-rate trials per variant on a validation split (0: every variant uses lr)
+    # Learning rates every variant tries on a validation split, then two refinements (.tuning); empty: all use lr.
+    tune_grid: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +63,24 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset(
-        "tiny", (0, 1), 300, (32, 32), 32, 2e-3, 3, 300, 1, 3, (1, 5), 4, 200, 2, 64, "small", "small", 3
+        "tiny",
+        (0, 1),
+        300,
+        (32, 32),
+        32,
+        2e-3,
+        3,
+        300,
+        1,
+        3,
+        (1, 5),
+        4,
+        200,
+        2,
+        64,
+        "small",
+        "small",
+        (2e-3,),
     ),
     "quick": Preset(
         "quick",
@@ -82,7 +100,7 @@ PRESETS = {
         256,
         "small",
         "small",
-        4,
+        (2e-3, 8e-3),
     ),
     # Sized for about an hour on one thread of a shared 2-core machine (see bench/results/experiments), or half
     # that with the settings split over two processes.
@@ -104,7 +122,7 @@ PRESETS = {
         256,
         "full",
         "medium",
-        6,
+        (5e-4, 2e-3, 8e-3, 3.2e-2),
     ),
 }
 
@@ -218,14 +236,14 @@ def tune_heads(
     when the preset asks for it, else the preset's learning rate for all."""
     from .tuning import tune
 
-    if not preset.tune_runs or tune_data is None:
+    if not preset.tune_grid or tune_data is None:
         return {v: Hyper(preset.lr) for v in variants}, {v: [] for v in variants}
 
     def score(variant, spec, hyper):
         kwargs = {"preset": preset, "epochs": epochs, "batch_size": batch_size}
         return train_variant(variant, spec, hyper, tune_data, 0, **kwargs).best_acc
 
-    return tune(variants, preset.tune_runs, score, tick)
+    return tune(variants, preset.tune_grid, score, tick)
 
 
 def run_heads(
@@ -271,7 +289,7 @@ def runs_per_seed_and_tuning(variants: dict, preset: Preset) -> tuple[int, int]:
     """``(runs per seed, tuning runs)`` of a set of variants, for the progress bar."""
     from .tuning import trial_count
 
-    return len(variants), trial_count(variants, preset.tune_runs)
+    return len(variants), trial_count(variants, preset.tune_grid)
 
 
 def policy_variants(grid: str, epochs: int) -> dict[str, FreezePolicy | Plain]:
@@ -285,13 +303,13 @@ def policy_variants(grid: str, epochs: int) -> dict[str, FreezePolicy | Plain]:
     variants: dict[str, FreezePolicy | Plain] = {MLP: Plain(), MLP_AGAIN: Plain(again=True)}
     variants[BASE] = FreezePolicy(**BASE_RULE)
     variants[f"freeze@{early}"] = FreezePolicy(kind="epoch", epoch=early)
-    variants["r=2"] = FreezePolicy(**BASE_RULE, reduction=2)
-    variants[f"freeze@{early} r=2"] = FreezePolicy(kind="epoch", epoch=early, reduction=2)
+    variants["r=2"] = FreezePolicy(**BASE_RULE, reduction=2, init="widen")
+    variants[f"freeze@{early} r=2"] = FreezePolicy(kind="epoch", epoch=early, reduction=2, init="widen")
     if grid == "small":
         return variants
     variants["MLP n/2"] = Plain(divisor=2)
-    variants["r=4"] = FreezePolicy(**BASE_RULE, reduction=4)
-    variants[f"freeze@{early} r=4"] = FreezePolicy(kind="epoch", epoch=early, reduction=4)
+    variants["r=4"] = FreezePolicy(**BASE_RULE, reduction=4, init="widen")
+    variants[f"freeze@{early} r=4"] = FreezePolicy(kind="epoch", epoch=early, reduction=4, init="widen")
     # The old start of an r > 1 quantitative net, a fresh random initialisation, against the widening.
     variants[f"freeze@{early} r=2 random"] = FreezePolicy(
         kind="epoch", epoch=early, reduction=2, init="random"

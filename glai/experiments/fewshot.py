@@ -41,7 +41,7 @@ def variants_for(preset: Preset) -> dict:
         MLP_AGAIN: Plain(again=True),
         BASE: FreezePolicy(**BASE_RULE),
         f"freeze@{early}": FreezePolicy(kind="epoch", epoch=early),
-        f"freeze@{early} r=2": FreezePolicy(kind="epoch", epoch=early, reduction=2),
+        f"freeze@{early} r=2": FreezePolicy(kind="epoch", epoch=early, reduction=2, init="widen"),
     }
 
 

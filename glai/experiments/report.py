@@ -65,12 +65,13 @@ def markdown(meta: dict, summary: list[dict]) -> str:
     paired tests, cost split."""
     env = meta["environment"]
     seeds = list(meta["preset"]["seeds"])
-    tune = meta["preset"].get("tune_runs", 0)
+    grid = meta["preset"].get("tune_grid") or ()
     tuning = (
-        f"Learning rates tuned per variant on a validation split, {tune} trial runs each (GLAI: "
-        f"{max(tune - 2, 1)} rates, then the quantitative phase at x0.5 and x2 of the best)."
-        if tune
-        else f"Every variant at lr {meta['preset']['lr']:g} (no tuning)."
+        "Learning rates tuned per variant on a validation split, the same budget for each: the rates "
+        f"{', '.join(f'{v:g}' for v in grid)}, then x0.5 and x2 of the best (for GLAI on its quantitative phase "
+        "only, 'Q x'). "
+        if grid
+        else f"Every variant at lr {meta['preset']['lr']:g} (no tuning). "
     )
     p_note = "" if len(seeds) >= MIN_SEEDS_FOR_P else f" No p-value with fewer than {MIN_SEEDS_FOR_P} seeds."
     lines = [
@@ -79,7 +80,7 @@ def markdown(meta: dict, summary: list[dict]) -> str:
         f"{env['date']}. Times are training seconds with evaluation excluded; the target is each seed's MLP best "
         f"minus {TOLERANCE} point. Speedup = MLP time to target / variant time to target (median over seeds, 0 "
         "when the variant never reached it); *verdict* calls it faster or slower only beyond the timing noise, "
-        f"the largest time ratio of two identical MLP runs (`{MLP_AGAIN}`) over the seeds. {tuning} Sign test on "
+        f"the largest time ratio of two identical MLP runs (`{MLP_AGAIN}`) over the seeds. {tuning}Sign test on "
         f"who reached the target first; Wilcoxon on the accuracy difference.{p_note} 'best after freeze': best "
         "test accuracy of the quantitative phase alone (seeds that froze).",
         "",
@@ -147,6 +148,29 @@ def load_records(path: Path) -> tuple[dict, list[Record]]:
         extra = {k: v for k, v in run.items() if k not in fields and k not in DERIVED}
         records.append(Record(run["setting"], run["variant"], run["seed"], result, extra))
     return payload["meta"], records
+
+
+def merge_results(paths) -> tuple[dict, list[Record]]:
+    """The runs of several ``results.json`` of one preset (settings run as separate processes) as one study.
+
+    The metadata is the first file's, with the settings, per-setting seconds and commands of all; the study's wall
+    time is the longest of them (the processes ran side by side). A setting found in two files is refused."""
+    meta, records = load_records(paths[0])
+    meta = dict(meta, commands=[meta.get("command")], setting_seconds=dict(meta.get("setting_seconds", {})))
+    for path in paths[1:]:
+        other, more = load_records(path)
+        if other["preset"] != meta["preset"]:
+            raise ValueError(f"{path} was run with another preset than {paths[0]}")
+        clash = set(other["settings"]) & set(meta["settings"])
+        if clash:
+            raise ValueError(f"{path} repeats the settings {sorted(clash)} of an earlier file")
+        meta["settings"] = list(meta["settings"]) + list(other["settings"])
+        meta["setting_seconds"].update(other.get("setting_seconds", {}))
+        meta["commands"].append(other.get("command"))
+        meta["study_seconds"] = max(meta.get("study_seconds", 0.0), other.get("study_seconds", 0.0))
+        meta["backbone"] = meta.get("backbone") or other.get("backbone")
+        records += more
+    return meta, records
 
 
 def write_all(folder: Path, meta: dict, records: list[Record], summary: list[dict]) -> dict[str, Path]:

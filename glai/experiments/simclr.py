@@ -77,8 +77,10 @@ def variants_for(preset: Preset) -> dict:
         MLP_AGAIN: Plain(again=True),
         BASE: FreezePolicy(**BASE_RULE, cache=False),
         f"freeze@{early}": FreezePolicy(kind="epoch", epoch=early, cache=False),
-        "r=2": FreezePolicy(**BASE_RULE, reduction=2, cache=False),
-        f"freeze@{early} r=2": FreezePolicy(kind="epoch", epoch=early, reduction=2, cache=False),
+        "r=2": FreezePolicy(**BASE_RULE, reduction=2, init="widen", cache=False),
+        f"freeze@{early} r=2": FreezePolicy(
+            kind="epoch", epoch=early, reduction=2, init="widen", cache=False
+        ),
     }
 
 
@@ -151,13 +153,13 @@ def run(preset: Preset, device, data_seed: int = 42, tick=None, only=None) -> li
     data = mnist1d(preset.simclr_samples, seed=data_seed).to(device)
     variants = select(variants_for(preset), only)
     hypers, trials = {v: Hyper(preset.lr) for v in variants}, {v: [] for v in variants}
-    if preset.tune_runs:
+    if preset.tune_grid:
         held = validation_split(data)
 
         def score(variant, spec, hyper):
             return train_simclr(variant, spec, held, preset, 0, device, hyper).best_acc
 
-        hypers, trials = tune(variants, preset.tune_runs, score, tick)
+        hypers, trials = tune(variants, preset.tune_grid, score, tick)
     records = []
     for seed in preset.seeds:
         for name, spec in variants.items():

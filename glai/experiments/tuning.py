@@ -1,21 +1,20 @@
 """Learning rates tuned for every variant on a validation split, with the same budget for each.
 
-A variant gets ``budget`` trial runs (seed 0, the setting's epochs, trained on the training samples less a
+A variant gets ``len(grid) + 2`` trial runs (seed 0, the setting's epochs, trained on the training samples less a
 held-out fifth and scored by the best accuracy on that fifth); the best trial's hyper-parameters are used for
 every seed of the real runs, which train on all training samples and are scored on the test set.
 
-- A plain MLP tries the first ``budget`` learning rates of :data:`LEARNING_RATES`.
-- A GLAI variant tries the first ``budget - 2`` of them with the quantitative phase at the same rate, then the
-  two factors of :data:`Q_SCALES` on the quantitative phase at the best of those rates: the same number of runs.
+- Every variant first tries each learning rate of the preset's grid (a factor 4 apart).
+- Then two refinements around the best of those: a plain MLP tries that rate x0.5 and x2; a GLAI variant keeps it
+  for the structural phase and tries its quantitative phase at x0.5 and x2 (the ``lr_scale`` of its policy).
 - ``MLP again`` is the reference MLP repeated to measure timing noise: it takes the MLP's choice, untried.
 
-The list starts at the previous studies' shared rate and widens around it, so a small budget stays near it.
-Ties keep the earlier trial.
+So every model sees the same range of rates and spends the same number of runs. Ties keep the earlier trial.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,8 +22,7 @@ from ..data import Split
 from ..train import FreezePolicy
 from .common import MLP, Hyper, Plain
 
-LEARNING_RATES = (2e-3, 4e-3, 1e-3, 8e-3, 5e-4, 1.6e-2)
-Q_SCALES = (0.5, 2.0)
+REFINE = (0.5, 2.0)
 
 
 def validation_split(data: Split, fraction: float = 0.2, seed: int = 0) -> Split:
@@ -40,31 +38,24 @@ def _tunes(spec) -> bool:
     return not (isinstance(spec, Plain) and spec.again)
 
 
-def trial_count(variants: dict, budget: int) -> int:
+def trial_count(variants: dict, grid: Sequence[float]) -> int:
     """Trial runs :func:`tune` makes for ``variants``."""
-    return budget * sum(_tunes(spec) for spec in variants.values()) if budget else 0
-
-
-def trials_for(spec, budget: int) -> list[Hyper]:
-    """The first trials of a variant (for GLAI, the scale trials follow once the best rate is known)."""
-    if budget < 1:
-        raise ValueError(f"a tuning budget is at least 1 run, got {budget}")
-    if budget > len(LEARNING_RATES) + (0 if isinstance(spec, Plain) else len(Q_SCALES)):
-        raise ValueError(f"a tuning budget of {budget} runs is more than the grid holds")
-    if isinstance(spec, Plain) or budget <= len(Q_SCALES):
-        return [Hyper(lr) for lr in LEARNING_RATES[:budget]]
-    return [Hyper(lr) for lr in LEARNING_RATES[: budget - len(Q_SCALES)]]
+    if not grid:
+        return 0
+    return (len(grid) + len(REFINE)) * sum(_tunes(spec) for spec in variants.values())
 
 
 def tune(
     variants: dict[str, FreezePolicy | Plain],
-    budget: int,
+    grid: Sequence[float],
     score: Callable[[str, object, Hyper], float],
     tick: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Hyper], dict[str, list]]:
     """The chosen :class:`Hyper` of every variant and its trials ``[(lr, lr_scale, score), ...]``.
 
     ``score(variant, spec, hyper)`` trains one trial and returns its validation accuracy."""
+    if not grid:
+        raise ValueError("a tuning grid needs at least one learning rate")
     chosen: dict[str, Hyper] = {}
     trials: dict[str, list] = {}
     for variant, spec in variants.items():
@@ -77,14 +68,12 @@ def tune(
             if tick is not None:
                 tick()
 
-        for hyper in trials_for(spec, budget):
-            run(hyper)
-        if not isinstance(spec, Plain) and budget > len(Q_SCALES):
-            best = max(done, key=lambda d: d[1])[0]
-            for scale in Q_SCALES:
-                run(Hyper(best.lr, scale))
-        best_hyper, _ = max(done, key=lambda d: d[1])  # max keeps the first of equal scores
-        chosen[variant] = best_hyper
+        for lr in grid:
+            run(Hyper(lr))
+        best = max(done, key=lambda d: d[1])[0]
+        for factor in REFINE:
+            run(Hyper(best.lr * factor) if isinstance(spec, Plain) else Hyper(best.lr, factor))
+        chosen[variant] = max(done, key=lambda d: d[1])[0]  # max keeps the first of equal scores
         trials[variant] = [(h.lr, h.lr_scale, s) for h, s in done]
     for variant, spec in variants.items():
         if not _tunes(spec):
