@@ -14,12 +14,16 @@ gates per step make a step cost about what an MLP step does (it keeps float gate
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
 from . import reference
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+
+_NO_OP = contextlib.nullcontext()
 
 
 def _ops(name: str):
@@ -99,7 +103,10 @@ def glai_mlp(x, weights, biases, patterns, *, reduction: int = 1, backend: str =
     name = _backend.resolve_backend(backend, x.device)
     x2 = x.reshape(-1, x.shape[-1])
     flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
-    with torch.autocast(x.device.type, enabled=False):
+    # Autocast off inside (match_dtypes cast the operands already); entering the context costs microseconds of
+    # host time a step, so it is entered only when autocast is on.
+    off = torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_OP
+    with off:
         if name == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once (reference.stack)
             y = reference.stack(x2, weights, biases, flat, reduction)
         else:

@@ -97,20 +97,24 @@ def unit_gates(words: torch.Tensor, n: int, reduction: int, dtype: torch.dtype) 
 
 
 def gates_of(words: torch.Tensor, n: int, reduction: int, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`unit_gates` without its argument checks, for callers that have checked the patterns already."""
-    width = n // reduction
-    if sys.byteorder != "little" or words.stride(-1) != 1:
-        gates = _bits(words, width).to(dtype)
+    """:func:`unit_gates` without its argument checks, for callers that have checked the patterns already.
+
+    Written for the host time of a small step (a few microseconds a call): the C++ embedding op directly, the
+    table found by one dictionary lookup, no tensor shape read back that the arguments already give."""
+    if not _LITTLE_ENDIAN or words.stride(-1) != 1:
+        gates = _bits(words, n // reduction).to(dtype)
         return gates.repeat_interleave(reduction, dim=-1) if reduction > 1 else gates
-    lead = words.shape[:-1]
+    device = words.device
+    table = _TABLES.get((reduction, dtype, device))
+    if table is None:
+        table = gate_table(reduction, dtype, device)
     # Little-endian: byte k of word w holds bits 8k .. 8k + 7 of that word, i.e. structural units
     # 32 w + 8 k + b for b = 0 .. 7, so the bytes in memory order list the units in order.
-    index = words.view(torch.uint8).to(torch.int32)
-    gates = torch.nn.functional.embedding(index, gate_table(reduction, dtype, words.device))
-    gates = gates.view(*lead, words.shape[-1] * WORD_BITS * reduction)
-    return gates if gates.shape[-1] == n else gates[..., :n]
+    gates = torch.embedding(table, words.view(torch.uint8).to(torch.int32)).flatten(-2)
+    return gates if n % (WORD_BITS * reduction) == 0 else gates[..., :n]
 
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
 _TABLES: dict[tuple, torch.Tensor] = {}
 
 
@@ -119,7 +123,7 @@ def gate_table(reduction: int, dtype: torch.dtype, device) -> torch.Tensor:
     first) at columns ``b * r .. b * r + r - 1``, the gates of the quantitative units that bit drives.
 
     One table per (reduction, dtype, device), 8 KB * reduction in float32, built once."""
-    key = (reduction, dtype, torch.device(device))
+    key = (reduction, dtype, torch.device(device))  # words.device is a torch.device: the same key
     table = _TABLES.get(key)
     if table is None:
         byte = torch.arange(256, dtype=torch.int32)
