@@ -67,7 +67,7 @@ def test_summary_and_markdown(tiny_study):
     md = (tiny_study / "RESULTS.md").read_text()
     assert md.count("#### ") == 5
     assert "| variant | lr | best acc % (mean ± std) |" in md and "| flip<0.01/p2 |" in md
-    assert "| MLP again |" in md and "Timing noise (two identical MLP runs" in md
+    assert "| MLP again |" in md and "Timing noise (two identical MLP runs, time to target)" in md
     assert "No p-value with fewer than 5 seeds" in md and all(r["sign_p"] == "" for r in rows)
 
 
@@ -139,9 +139,11 @@ def test_timing_noise_and_verdict():
         records.append(Record("s", "G", seed, _run([50, 60, 70], [0.8, 1.8, 2.8])))  # 3 / 2.8 = 1.07x
     rows = {r["variant"]: r for r in summarize(records)}
     assert rows["G"]["timing_noise"] == pytest.approx(0.1)
+    assert rows["G"]["timing_noise_median"] == pytest.approx(0.04)
     assert rows["G"]["speedup_median"] == pytest.approx(3 / 2.8)
     assert rows["G"]["verdict"] == "within noise"  # 1.07x is inside +-10 %
     assert verdict(1.2, 5, 5, 0.1) == "faster" and verdict(0.85, 5, 5, 0.1) == "slower"
+    assert verdict(1.2, 3, 5, 0.1) == "mixed"  # a median speedup over seeds that never got there hides them
     assert verdict(0.0, 0, 5, 0.1) == "never" and verdict(1.2, 5, 5, None) == "no noise measure"
 
 

@@ -13,7 +13,7 @@ say how one-sided the seeds were, nothing more, and with fewer than five seeds n
 Timing noise is measured, not assumed: ``MLP again`` repeats the MLP run of every seed (identical work, identical
 accuracies), and the noise of a setting is the largest ratio between the two runs' times to the target over its
 seeds. A variant is called faster (or slower) only when its median speedup is beyond that ratio, and "within
-noise" otherwise.
+noise" otherwise; faster also needs every seed to have reached the target ("mixed" when some never did).
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ def wilcoxon_p(diffs: list[float]) -> float | None:
     return min(1.0, 2 * min(low, high) / 2**n)
 
 
-def timing_noise(mlp: dict[int, Record], again: dict[int, Record]) -> float | None:
-    """The largest ``max(a, b) / min(a, b) - 1`` over seeds, ``a`` and ``b`` the times of the two identical MLP
-    runs to their target (``None`` without a repeat)."""
+def timing_noise(mlp: dict[int, Record], again: dict[int, Record]) -> list[float]:
+    """Per seed, ``max(a, b) / min(a, b) - 1`` for the times ``a`` and ``b`` of the two identical MLP runs to
+    their target (empty without a repeat)."""
     ratios = []
     for seed, first in mlp.items():
         second = again.get(seed)
@@ -88,11 +88,13 @@ def timing_noise(mlp: dict[int, Record], again: dict[int, Record]) -> float | No
         a, b = first.result.time_to(target), second.result.time_to(target)
         if a and b:
             ratios.append(max(a, b) / min(a, b) - 1.0)
-    return max(ratios) if ratios else None
+    return ratios
 
 
 def verdict(speedup: float | None, reached: int, paired: int, noise: float | None) -> str:
-    """``faster`` / ``slower`` only beyond the measured timing noise; ``never`` when no seed reached the target."""
+    """``faster`` / ``slower`` only beyond the measured timing noise. ``faster`` also needs every seed to have
+    reached the target (a median over seeds that never got there hides them): ``mixed`` otherwise. ``never``
+    when no seed reached it."""
     if speedup is None or paired == 0:
         return "-"
     if reached == 0:
@@ -100,7 +102,7 @@ def verdict(speedup: float | None, reached: int, paired: int, noise: float | Non
     if noise is None:
         return "no noise measure"
     if speedup > 1.0 + noise:
-        return "faster"
+        return "faster" if reached == paired else "mixed"
     if speedup < 1.0 / (1.0 + noise):
         return "slower"
     return "within noise"
@@ -111,11 +113,12 @@ def summarize(records: list[Record]) -> list[dict]:
     by_key: dict[tuple[str, str], dict[int, Record]] = defaultdict(dict)
     for rec in records:
         by_key[(rec.setting, rec.variant)][rec.seed] = rec
-    noise = {
+    spreads = {
         setting: timing_noise(runs, by_key.get((setting, MLP_AGAIN), {}))
         for (setting, variant), runs in by_key.items()
         if variant == MLP
     }
+    noise = {setting: max(r) if r else None for setting, r in spreads.items()}
     rows = []
     for (setting, variant), runs in by_key.items():
         mlp_runs = by_key.get((setting, MLP), {})
@@ -135,6 +138,7 @@ def summarize(records: list[Record]) -> list[dict]:
             "lr": runs[seeds[0]].extra.get("lr"),
             "lr_scale": runs[seeds[0]].extra.get("lr_scale"),
             "timing_noise": noise.get(setting),
+            "timing_noise_median": statistics.median(spreads[setting]) if spreads.get(setting) else None,
         }
         for part in ("structural", "cache", "quantitative"):
             row[f"cost_{part}_mean"] = _mean_std([runs[s].result.cost[part] for s in seeds])[0]
