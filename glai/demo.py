@@ -197,6 +197,42 @@ def _progress_bar(total: int, desc: str, disable: bool):
     return bar, update
 
 
+def speed_verdict(mlp: RunResult, glai: RunResult, target: float, reduction: int) -> str:
+    """One sentence on who reached ``target`` first, calling GLAI faster or slower only beyond this run's timing
+    noise (the study's rule, DESIGN section 6).
+
+    The noise is measured on identical work: with reduction 1 the two runs are the same network, batches and steps
+    until GLAI's freeze, so their structural epochs differ in time only by noise (and a small monitor check). If
+    GLAI reached the target at the same epoch as the MLP, before it froze, the two runs were identical up to the
+    target and any time difference is noise by construction. With reduction > 1 nothing is identical and no
+    noise is measured: the sentence says so instead of calling a winner."""
+    t_mlp, t_glai = mlp.time_to(target), glai.time_to(target)
+    if t_glai is None:
+        return f"GLAI never reached {target:.1f}% (the MLP did in {t_mlp:.2f}s)."
+    epoch_mlp = next(i for i, t in enumerate(mlp.time) if t == t_mlp) + 1
+    epoch_glai = next(i for i, t in enumerate(glai.time) if t == t_glai) + 1
+    ratio = t_mlp / t_glai
+    said = f"GLAI reached {target:.1f}% in {t_glai:.2f}s, the MLP in {t_mlp:.2f}s ({ratio:.2f}x)"
+    frozen = glai.freeze_epoch
+    if reduction == 1 and epoch_glai == epoch_mlp and (frozen is None or epoch_glai < frozen):
+        return f"{said}: at the same epoch, before the freeze, so the runs were identical up to there: no speedup."
+    same = (
+        (frozen - 1) if frozen is not None else len(glai.time)
+    )  # structural epochs, the freeze epoch left out
+    if reduction != 1 or same < 1:
+        return (
+            f"{said}; no identical work to measure this run's timing noise against, so no winner is called."
+        )
+    noise = abs(glai.time[same - 1] / mlp.time[same - 1] - 1.0)
+    if ratio > 1.0 + noise:
+        word = "faster"
+    elif ratio < 1.0 / (1.0 + noise):
+        word = "slower"
+    else:
+        return f"{said}: within this run's timing noise (±{100 * noise:.0f}% on the first {same} identical epochs)."
+    return f"{said}: GLAI {word}, beyond this run's timing noise (±{100 * noise:.0f}% on {same} identical epochs)."
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -244,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
         cost = ", ".join(f"{k} {v:.2f}s" for k, v in glai.cost.items())
         print(f"\nGLAI froze after epoch {glai.freeze_epoch} ({glai.freeze_reason}); cost split: {cost}")
     print("GLAI flip rate per epoch: " + (" ".join(f"{r:.4f}" for r in glai.flip_history) or "-"))
+    if mlp.time_to(target) is not None:
+        print(speed_verdict(mlp, glai, target, args.reduction))
     out = Path(args.out)
     png = plot_runs(runs, out / "accuracy_vs_time.png", "MNIST-1D: MLP vs GLAI", target)
     record = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": [r.to_dict() for r in runs]}

@@ -24,6 +24,7 @@ from glai_kernels import unpack_patterns
 from glai_kernels.checks import check_input
 
 from .nn import GLAIMLP, PhaseError, check_glaimlp
+from .widen import check_init
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -40,7 +41,10 @@ class FreezeMonitor:
         threshold: freeze once the flip rate is below this for ``patience`` consecutive checks.
         patience: consecutive calm checks needed.
         max_checks: freeze at this many checks regardless (``None``: no budget).
-        on_freeze: called with the model right after it is frozen (e.g. to build a new optimizer).
+        on_freeze: called with the model right after it is frozen.
+        optimizer, init, generator: passed to ``model.freeze()``: the optimizer whose state for the resized
+            parameters is dropped (needed with ``reduction > 1`` once it has a state), how the quantitative
+            network starts and the generator of its random numbers.
         process_group: the group to all-reduce over when ``torch.distributed`` is initialised.
     """
 
@@ -53,6 +57,9 @@ class FreezeMonitor:
         patience: int = 2,
         max_checks: int | None = None,
         on_freeze: Callable[[GLAIMLP], None] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        init: str | None = None,
+        generator: torch.Generator | None = None,
         process_group=None,
     ):
         check_glaimlp(model, "FreezeMonitor")
@@ -69,6 +76,15 @@ class FreezeMonitor:
         if on_freeze is not None and not callable(on_freeze):
             # Found out only after the model had frozen, otherwise.
             raise TypeError(f"on_freeze must be a callable taking the model, got {type(on_freeze).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+            )
+        if init is not None:
+            check_init(init)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.freeze_kwargs = {"init": init, "generator": generator, "optimizer": optimizer}
         check_input(probe, model.in_features, "probe")
         if probe.numel() == 0:
             # No bits to compare: the rate would read 0 at every check and freeze the model unseen.
@@ -152,7 +168,7 @@ class FreezeMonitor:
         return rate
 
     def _freeze(self, reason: str) -> None:
-        self.model.freeze()
+        self.model.freeze(**self.freeze_kwargs)
         self.frozen_at, self.reason = self.checks, reason
         if self.on_freeze is not None:
             self.on_freeze(self.model)

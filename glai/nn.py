@@ -6,10 +6,11 @@ become the quantitative network ``Q``:
 
     h_l = p_l(x) * (W_l h_{l-1} + b_l),    y = W_L h_{L-1} + b_L
 
-With ``reduction=1``, ``Q`` *is* ``S``'s parameters (the same ``Parameter`` objects keep training, so an optimizer
-built before the freeze stays valid) and the function is unchanged at the freeze, since ``relu(z) = 1[z > 0] z``.
-With ``reduction=r > 1``, ``Q`` is a new, full-width network with its own initialisation: build the optimizer
-again after ``freeze()`` (``FreezeMonitor(on_freeze=...)`` is the hook for that).
+With ``reduction=1``, ``Q`` *is* ``S`` and the function is unchanged at the freeze, since
+``relu(z) = 1[z > 0] z``. With ``reduction=r > 1``, ``Q`` is full width and starts, by default, as a
+function-preserving widening of ``S`` (``glai.widen``), so the function is unchanged there too. Either way the
+trainable ``Parameter`` objects stay the same (resized in place when ``r > 1``, ``glai.resize``): an optimizer
+built before the freeze keeps training them, once ``freeze(optimizer=...)`` has dropped its state of the old shape.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from glai_kernels.backend import check_backend_name
 from glai_kernels.checks import check_input, check_reduction, match_dtypes
 from glai_kernels.fused import check_fused_flag, fused_mlp, width_problem
 
+from . import resize, widen
+
 PHASES = ("structural", "quantitative")
+# How Q starts at an r > 1 freeze when freeze() is not told: see freeze() and bench/results/experiments.
+DEFAULT_INIT = "widen"
 
 
 class PhaseError(RuntimeError, ValueError):
@@ -194,13 +199,54 @@ class GLAIMLP(nn.Module):
             layer.reset_parameters()
 
     # ----------------------------------------------------------------- phases
-    def freeze(self) -> GLAIMLP:
-        """End the structural phase: keep ``S``'s hidden layers as the frozen structure, train ``Q`` from now on."""
+    def freeze(self, *, init: str | None = None, generator=None, optimizer=None) -> GLAIMLP:
+        """End the structural phase: keep ``S``'s hidden layers as the frozen structure, train ``Q`` from now on.
+
+        Args:
+            init: how ``Q`` starts. ``"widen"`` (the default): as ``S`` widened without changing its function
+                (with ``reduction=1``, ``Q`` is ``S`` and nothing is drawn); quantitative unit ``j*r + k`` copies
+                structural unit ``j`` and the outgoing weights of the copies are split at random so that they
+                sum to ``S``'s (see ``glai.widen``). ``"random"``: ``nn.Linear``'s initialisation, at any ``r``.
+            generator: a ``torch.Generator`` for the random numbers of the split or of ``"random"``. ``None``: a
+                fresh generator seeded from a hash of ``S``'s weights, so the same model always gives the same
+                ``Q``. The global RNG is never read. Nothing is drawn with ``reduction=1`` and ``"widen"``.
+            optimizer: a ``torch.optim.Optimizer`` holding this model's parameters; its per-parameter state for
+                every parameter that changed (all of them when ``reduction > 1`` or ``init="random"``) is dropped,
+                so it starts them afresh. Without it, a state of the old shape stops the next step with an error.
+
+        The trainable ``Parameter`` objects are kept either way (resized in place when ``reduction > 1``); a
+        ``DistributedDataParallel`` wrapper, whose buckets were sized at construction, must be rebuilt then.
+        """
         if self.phase == "quantitative":
             raise PhaseError("freeze() was already called: the model is in the quantitative phase")
+        init = widen.check_init(DEFAULT_INIT if init is None else init)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+            )
+        weights = [m.weight for m in self.layers]
+        biases = [m.bias for m in self.layers]
+        changed = self.reduction > 1 or init == "random"
+        if changed and generator is None:
+            generator = widen.seeded_generator(weights + biases)
+        if init == "widen":
+            new_w, new_b = (
+                widen.widen(weights, biases, self.reduction, generator) if changed else (None, None)
+            )
+        else:
+            shapes = [(b, a) for a, b in zip(self._widths()[:-1], self._widths()[1:])]
+            new_w, new_b = widen.random_like_linear(shapes, self.bias, generator, **self._factory())
         hidden = list(self.layers[:-1])
-        self._become_quantitative()
+        self.structure = FrozenStructure(
+            (self.in_features, *self.structural_widths), self.bias, **self._factory()
+        )
         self._set_structure(hidden)
+        if changed:
+            self._resize(new_w, new_b)
+            if optimizer is not None:
+                resize.reset_state(optimizer, self.parameters())
         return self
 
     @torch.no_grad()
@@ -226,15 +272,34 @@ class GLAIMLP(nn.Module):
         self._set_structure(self.layers[:-1])
         return self
 
+    def _widths(self, hidden: Sequence[int] | None = None) -> tuple[int, ...]:
+        hidden = self.hidden_features if hidden is None else hidden
+        return (self.in_features, *hidden, self.out_features)
+
+    def _resize(self, weights, biases) -> None:
+        """Give every trainable layer new values, resized in place (the ``Parameter`` objects stay)."""
+        for layer, w, b in zip(self.layers, weights, biases):
+            resize.resize_(layer.weight, w)
+            if b is not None:
+                resize.resize_(layer.bias, b)
+            layer.out_features, layer.in_features = w.shape
+
+    def _resize_empty(self, hidden: Sequence[int]) -> None:
+        # Zeros rather than uninitialised memory: what a checkpoint leaves out stays defined.
+        widths, factory = self._widths(hidden), self._factory()
+        weights = [torch.zeros(b, a, **factory) for a, b in zip(widths[:-1], widths[1:])]
+        biases = [torch.zeros(b, **factory) if self.bias else None for b in widths[1:]]
+        self._resize(weights, biases)
+
     def _become_quantitative(self) -> None:
         factory = self._factory()
         self.structure = FrozenStructure((self.in_features, *self.structural_widths), self.bias, **factory)
         if self.reduction > 1:
-            self.layers = self._make_layers(self.hidden_features, **factory)
+            self._resize_empty(self.hidden_features)
 
     def _become_structural(self) -> None:
         if self.reduction > 1:
-            self.layers = self._make_layers(self.structural_widths, **self._factory())
+            self._resize_empty(self.structural_widths)
         self.structure = None
 
     def get_extra_state(self) -> dict:

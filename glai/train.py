@@ -4,9 +4,10 @@ What it measures is time to accuracy (DESIGN section 6): the clock runs over eve
 train (optimizer steps, freeze-monitor checks, building and refreshing the pattern cache) and stops for the
 per-epoch test evaluation, which only draws the curve. The cost of each GLAI phase is kept apart.
 
-Both models see the same batches in the same order and use the same optimizer and learning-rate schedule; the
-schedule is applied by hand at each epoch so that it carries over unchanged when the optimizer is rebuilt at a
-freeze with ``reduction > 1``.
+Both models see the same batches in the same order and use the same optimizer and learning-rate schedule. The
+optimizer is built once: at a freeze with ``reduction > 1`` the model keeps its Parameters (resized in place) and
+the freeze drops the optimizer's state for them. The schedule is applied by hand at each epoch, times the
+policy's ``lr_scale`` in the quantitative phase.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class FreezePolicy:
     with ``budget`` epochs as its ``max_checks`` limit. ``kind="epoch"``: freeze after exactly ``epoch`` epochs.
     ``refresh_every=k`` re-freezes from the quantitative weights every ``k`` epochs after the freeze (r = 1).
     ``cache``: look training patterns up in a :class:`PatternCache` instead of running the structure per batch.
+    ``init``: how the quantitative network starts (``freeze(init=...)``; ``None`` = the library default).
+    ``lr_scale``: the learning rate of the quantitative phase is the schedule's times this.
     """
 
     kind: str = "monitor"
@@ -64,6 +67,8 @@ class FreezePolicy:
     reduction: int = 1
     refresh_every: int | None = None
     cache: bool = True
+    init: str | None = None
+    lr_scale: float = 1.0
 
     def label(self) -> str:
         if self.kind == "epoch":
@@ -76,26 +81,31 @@ class FreezePolicy:
             text += f" r={self.reduction}"
         if self.refresh_every:
             text += f" refresh/{self.refresh_every}"
+        if self.init is not None:
+            text += f" {self.init}"
+        if self.lr_scale != 1.0:
+            text += f" qlr*{self.lr_scale:g}"
         if not self.cache:
             text += " no-cache"
         return text
 
-    def monitor(self, model: GLAIMLP, probe: torch.Tensor, on_freeze=None) -> FreezeMonitor:
+    def monitor(self, model: GLAIMLP, probe: torch.Tensor, optimizer=None) -> FreezeMonitor:
         # The first check (before any training) only records the patterns, so "after epoch e" is check e + 1.
+        freeze = {"optimizer": optimizer, "init": self.init}
         if self.kind == "epoch":
             if self.epoch is None or self.epoch < 1:
                 raise ValueError(f"an epoch policy needs epoch >= 1, got {self.epoch}")
             # A zero threshold never fires (rates are never negative): only the budget freezes.
-            return FreezeMonitor(model, probe, threshold=0.0, max_checks=self.epoch + 1, on_freeze=on_freeze)
+            return FreezeMonitor(model, probe, threshold=0.0, max_checks=self.epoch + 1, **freeze)
         if self.kind != "monitor":
             raise ValueError(f"freeze policy kind must be 'monitor' or 'epoch', got {self.kind!r}")
-        kwargs = {}
+        kwargs = dict(freeze)
         if self.threshold is not None:
             kwargs["threshold"] = self.threshold
         if self.patience is not None:
             kwargs["patience"] = self.patience
         budget = None if self.budget is None else self.budget + 1
-        return FreezeMonitor(model, probe, max_checks=budget, on_freeze=on_freeze, **kwargs)
+        return FreezeMonitor(model, probe, max_checks=budget, **kwargs)
 
 
 def make_head(
@@ -205,30 +215,25 @@ def train_classifier(
             f"got a model with reduction={model.reduction}"
         )
     result = RunResult(name=name, params=count_parameters(model))
-    state = {"opt": make_optimizer(model.parameters(), lr, weight_decay), "cache": None}
-
-    def rebuild_optimizer(m: GLAIMLP) -> None:
-        # With reduction > 1 the quantitative layers are new Parameters: the old optimizer would update nothing.
-        if m.reduction > 1:
-            state["opt"] = make_optimizer(m.parameters(), lr, weight_decay)
-
+    opt = make_optimizer(model.parameters(), lr, weight_decay)
+    cache = None
     monitor = None
     if glai:
-        monitor = policy.monitor(model, data.x[:probe_size], on_freeze=rebuild_optimizer)
+        monitor = policy.monitor(model, data.x[:probe_size], optimizer=opt)
         monitor.check()  # records the initial patterns; cheap, but it is part of the structural phase
     gen = torch.Generator().manual_seed(int(seed))
     n = data.x.shape[0]
     clock = 0.0
     model.train()
     for epoch in range(epochs):
-        for group in state["opt"].param_groups:
-            group["lr"] = cosine_lr(lr, epoch, epochs)
         structural = glai and model.phase == "structural"
+        scale = policy.lr_scale if glai and not structural else 1.0
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(lr, epoch, epochs) * scale
         # The cache is indexed on the host: a CPU copy of the order spares a device-to-host sync per batch.
         order_cpu = torch.randperm(n, generator=gen)
         order = order_cpu.to(data.x.device)
         start = time.perf_counter()
-        opt, cache = state["opt"], state["cache"]
         # The loss is summed on the device and read once per epoch: loss.item() per batch would sync each step.
         total = torch.zeros((), dtype=torch.float64, device=data.x.device)
         for i in range(0, n, batch_size):
@@ -256,7 +261,7 @@ def train_classifier(
             result.cost["structural"] += time.perf_counter() - start
             if monitor.frozen:
                 result.freeze_epoch, result.freeze_reason = epoch + 1, monitor.reason
-                state["cache"] = _build_cache(model, data, policy, result)
+                cache = _build_cache(model, data, policy, result)
         elif glai:
             result.cost["quantitative"] += time.perf_counter() - start
             after = epoch + 1 - result.freeze_epoch
@@ -264,7 +269,7 @@ def train_classifier(
                 refresh = time.perf_counter()
                 model.refreeze()
                 result.cost["structural"] += time.perf_counter() - refresh
-                state["cache"] = _build_cache(model, data, policy, result)
+                cache = _build_cache(model, data, policy, result)
         clock += time.perf_counter() - start
         result.time.append(clock)
         result.train_loss.append(mean_loss)

@@ -7,11 +7,16 @@ With the patterns fixed (DESIGN section 1, ``d`` the upstream gradient):
 
 The Function saves the layer inputs ``h_{l-1}`` and the packed patterns (one bit a structural unit), never a
 float mask. The per-layer work goes to the backend's ops (``reference`` or ``triton_ops``), which share one
-signature, so both backends run under this single Function. It is written in the ``setup_context`` style with
-a ``vmap`` rule, so ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) apply to it.
+signature, so the Function runs over either. It is written in the ``setup_context`` style with a ``vmap`` rule,
+so ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) apply to it. :func:`glai_mlp`'s ``"torch"``
+backend takes ``reference.stack`` instead, the same forward in plain differentiable ops: on a CPU its C++
+backward and a single unpacking of the gates per step make a step cost about what an MLP step does (it keeps
+float gates for the backward, not bits), and torch.func and double backward work there natively.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -21,6 +26,8 @@ from .checks import check_devices, check_input, check_patterns, check_reduction,
 from .first_order import first_order
 from .fused import fused_mlp
 from .layout import unit_gates
+
+_NO_OP = contextlib.nullcontext()
 
 
 def _ops(name: str):
@@ -191,8 +198,14 @@ def glai_mlp(
     name = _backend.resolve_backend(backend, x.device)
     x2 = x.reshape(-1, x.shape[-1])
     flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
-    with torch.autocast(x.device.type, enabled=False):
-        y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)[0]
+    # Autocast off inside (match_dtypes cast the operands already); entering the context costs microseconds of
+    # host time a step, so it is entered only when autocast is on.
+    off = torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_OP
+    with off:
+        if name == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once (reference.stack)
+            y = reference.stack(x2, weights, biases, flat, reduction)
+        else:
+            y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)[0]
     return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
 
 

@@ -3,6 +3,12 @@
 Each function is one kernel of DESIGN section 4 with the same signature as its Triton twin, so the autograd
 Function runs over either. Gates multiply (``p * z``) rather than select, so a NaN or inf entering a closed
 unit still propagates, exactly as the formula and ``nn.Linear`` + ReLU do.
+
+:func:`stack` is the ``"torch"`` backend of a whole training step: the same forward written with differentiable
+ops, so that autograd runs the backward in C++ as it does for an MLP, and the gates of each layer are unpacked
+once per step instead of again in the backward. The price is memory: it keeps the float gates of every hidden
+layer for the backward (``B x n_l`` values, as large as that layer's activation), where the autograd Function
+over the per-op functions keeps one bit a structural unit.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import pack_patterns, unit_gates
+from .layout import gates_of, pack_patterns, unit_gates
 
 
 def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu_out: bool = True):
@@ -42,3 +48,27 @@ def backward_weights(g: torch.Tensor, h: torch.Tensor, need_bias: bool):
     dw = g.t() @ h
     db = g.sum(dim=0) if need_bias else None
     return dw, db
+
+
+# torch's own test for an active torch.func transform; without it (another torch), always out of place.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def stack(x: torch.Tensor, weights, biases, patterns, reduction: int) -> torch.Tensor:
+    """``y`` of the whole quantitative stack on 2-d ``x``, differentiable by autograd in ``x``, weights and biases.
+
+    The same products as :func:`masked_forward` layer by layer, so forward and gradients equal those of the
+    autograd Function over the per-op functions bit for bit: ``dW_l = g_l^T h_{l-1}`` by ``AddmmBackward``, and
+    ``g_l = (g_{l+1} W_{l+1}) * p_l`` by the multiply's backward, which reads the gates saved here.
+    """
+    h = x
+    last = len(weights) - 1
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = F.linear(h, w, b)
+        if i < last:
+            # In place: the linear's backward keeps its input and weight, not this output, so autograd allows
+            # it, and the multiply's backward keeps only the gates. The caller (glai_mlp) checked the patterns.
+            # Under a torch.func transform the gates may be batched where h is not: out of place there.
+            gates = gates_of(patterns[i], w.shape[0], reduction, h.dtype)
+            h = h * gates if _transforms_active() else h.mul_(gates)
+    return h

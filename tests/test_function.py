@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from glai_kernels import glai_mlp, pack_patterns, structural_patterns, unit_mask
+from glai_kernels import GLAIStackFunction, glai_mlp, pack_patterns, structural_patterns, unit_mask
 
 
 def make_stack(widths, r, batch=(7,), seed=0, dtype=torch.float64):
@@ -59,9 +59,31 @@ def test_no_input_grad_unless_asked_and_never_to_patterns():
     assert not patterns[0].requires_grad
 
 
-def test_saves_packed_patterns_not_float_masks():
+def through_function(x, weights, biases, patterns, r=1):
+    """The stack autograd Function over the per-op reference (the "torch" backend of glai_mlp runs
+    reference.stack instead; the Triton backend runs this Function)."""
+    n = len(weights)
+    return GLAIStackFunction.apply(x, "torch", r, n, *weights, *biases, *patterns)[0]  # (y, *hidden)
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_torch_backend_equals_the_function_bit_for_bit(r):
+    x, weights, biases, patterns = make_stack([13, 36, 44, 5], r, batch=(37,), dtype=torch.float32)
+    x.data[3, 4] = float("nan")  # row 3 turns NaN in both, whatever the gates
+    outs, grads = [], []
+    for f in (through_function, lambda *a: glai_mlp(*a[:4], reduction=r, backend="torch")):
+        y = f(x, weights, biases, patterns, r)
+        outs.append(y)
+        grads.append(torch.autograd.grad(y[torch.arange(37) != 3].square().sum(), (x, *weights, *biases)))
+    assert torch.equal(outs[0].nan_to_num(), outs[1].nan_to_num())
+    assert torch.isnan(outs[1][3]).all() and torch.isfinite(outs[1][:3]).all()
+    for a, b in zip(*grads):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+
+
+def test_function_saves_packed_patterns_not_float_masks():
     x, weights, biases, patterns = make_stack([6, 40, 3], 1, batch=(50,))
-    y = glai_mlp(x, weights, biases, patterns, backend="torch")
+    y = through_function(x, weights, biases, patterns)
     saved = y.grad_fn.saved_tensors
     assert any(t.dtype == torch.int32 for t in saved)
     # Only the layer inputs are float: x [50, 6] and h_1 [50, 40]; weights [40, 6], [3, 40].
@@ -128,7 +150,7 @@ def test_backward_stops_where_no_layer_below_needs_a_gradient(monkeypatch):
     calls = []
     real = reference.backward_data
     monkeypatch.setattr(reference, "backward_data", lambda *a: calls.append(a[1].shape) or real(*a))
-    y = glai_mlp(x, weights, biases, patterns, backend="torch")
+    y = through_function(x, weights, biases, patterns)
     y.square().sum().backward()
     assert calls == [weights[2].shape]  # g_1 = (g_2 W_2) * p_1 only; nothing below reaches layer 0
     assert weights[0].grad is None and weights[1].grad is not None

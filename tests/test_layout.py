@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from glai_kernels import pack_patterns, unit_mask, unpack_patterns, words_for
+from glai_kernels.layout import unit_gates
 
 
 @pytest.mark.parametrize("n", [1, 31, 32, 33, 100])
@@ -50,3 +51,20 @@ def test_unit_mask_rejects_a_reduction_that_does_not_divide():
         unit_mask(words, 10, 3)  # 3 bits x 3 would gate 9 units, not 10
     with pytest.raises(ValueError, match="positive int, got 0"):
         unit_mask(words, 9, 0)
+
+
+@pytest.mark.parametrize("n, r", [(1, 1), (31, 1), (33, 3), (100, 1), (64, 4)])
+def test_unit_gates_table_lookup_equals_the_bit_shifts(n, r):
+    g = torch.Generator().manual_seed(n * r)
+    # Random words, sign bits included, with leading dims; then a column slice (last stride 1: the table path)
+    # and a column-major copy (last stride not 1: the shift path).
+    words = torch.randint(-(2**31), 2**31 - 1, (2, 5, words_for(n) + 1), generator=g, dtype=torch.int32)
+    tail = n % 32
+    for view in (words[..., :-1], words.transpose(-1, -2).contiguous().transpose(-1, -2)[..., 1:]):
+        if tail:  # padding bits past n are 0 in any packed pattern
+            view = view.clone()
+            view[..., -1] &= (1 << tail) - 1
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            gates = unit_gates(view, n * r, r, dtype)
+            assert gates.dtype == dtype and gates.shape == (2, 5, n * r)
+            assert torch.equal(gates, unit_mask(view, n * r, r).to(dtype))

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..data import NUM_CLASSES, Split, mnist1d
 from ..train import cosine_lr
-from .common import Preset, Record, policy_variants, run_heads, select
+from .common import Preset, Record, policy_variants, run_heads, runs_per_seed_and_tuning, select
+from .tuning import validation_split
 
 NAME = "backbone"
 
@@ -90,7 +91,8 @@ def variants_for(preset: Preset) -> dict:
 
 
 def count(preset: Preset, only=None) -> int:
-    return len(preset.seeds) * len(select(variants_for(preset), only))
+    per_seed, tuning = runs_per_seed_and_tuning(select(variants_for(preset), only), preset)
+    return len(preset.seeds) * per_seed + tuning
 
 
 def run(
@@ -98,4 +100,13 @@ def run(
 ) -> list[Record]:
     data = feature_split(encoder, mnist1d(preset.samples, seed=data_seed).to(device))
     variants = select(variants_for(preset), only)
-    return run_heads(NAME, data, variants, preset=preset, epochs=preset.head_epochs, extra=info, tick=tick)
+    return run_heads(
+        NAME,
+        data,
+        variants,
+        preset=preset,
+        epochs=preset.head_epochs,
+        extra=info,
+        tick=tick,
+        tune_data=validation_split(data),
+    )

@@ -14,7 +14,7 @@ from ..demo import int_at_least, pick_device, set_threads
 from ..monitor import NonFiniteError
 from . import backbone, fewshot, scratch, simclr
 from .common import MLP, PRESETS, environment
-from .report import load_records, write_all
+from .report import load_records, merge_results, write_all
 from .stats import summarize
 
 MODULES = {"scratch": scratch, "backbone": backbone, "simclr": simclr, "few-shot": fewshot}
@@ -55,8 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--from-json",
         type=Path,
+        nargs="+",
         default=None,
-        help="summarise and plot a saved results.json again, no training (default --out: its folder)",
+        help="summarise and plot saved results.json files again, no training (several: one study whose "
+        "settings ran as separate processes; default --out: the first file's folder)",
     )
     args = p.parse_args(argv)
     if args.quick and args.preset not in (None, "quick"):
@@ -81,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 f"unknown variants {unknown} for the {preset.name} preset and settings {args.settings}; "
                 f"choose from {sorted(known)}"
             )
-    args.loaded = None if args.from_json is None else _load_results(p, args.from_json)
+    args.loaded = None if args.from_json is None else _load_all(p, args.from_json)
     if args.out is not None:
         check_output_folder(p, "--out", args.out, overwrite=args.overwrite)
     check_environment(p)
@@ -114,6 +116,17 @@ def _load_results(p: argparse.ArgumentParser, path: Path):
     return meta, records
 
 
+def _load_all(p: argparse.ArgumentParser, paths: list[Path]):
+    """``(meta, records)`` of one or more results.json merged into one study (settings run as separate
+    processes); one error line naming the file or the clash otherwise."""
+    for path in paths:
+        _load_results(p, path)
+    try:
+        return merge_results(paths)
+    except ValueError as exc:
+        p.error(f"argument --from-json: {exc}")
+
+
 def _fresh_folder(preset: str) -> Path:
     """A new folder under the git-ignored default root, named by preset and time."""
     stem = DEFAULT_ROOT / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -139,7 +152,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.loaded is not None:
         meta, records = args.loaded
-        _finish(args.out or args.from_json.parent, meta, records)
+        _finish(args.out or args.from_json[0].parent, meta, records)
         return 0
     try:
         return _study(args, argv)

@@ -1,9 +1,12 @@
 """What every setting shares: the size presets, the environment record and the MLP-vs-GLAI runner.
 
 A setting hands :func:`run_heads` a fixed classification problem (raw MNIST-1D or frozen features) and a set of
-GLAI variants (freeze policies). For every seed the plain MLP and each variant start from the same seed, see the
-same batches and use the same optimizer and schedule; with reduction 1 they are even the same network until the
-freeze, so any difference comes from the freeze itself.
+variants: plain MLPs (:class:`Plain`) and GLAI heads (freeze policies). For every seed each variant starts from the
+same seed, sees the same batches and uses the same optimizer and schedule; with reduction 1 the MLP and GLAI are
+even the same network until the freeze, so any difference comes from the freeze itself. Each variant trains with
+its own learning rate, tuned beforehand on a validation split with the same budget for every variant
+(:mod:`.tuning`); the MLP is also run a second time (``MLP again``), whose time against the first run's measures
+the timing noise of identical work in the same study.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -21,6 +24,9 @@ from ..data import NUM_CLASSES, Split
 from ..train import FreezePolicy, RunResult, make_head, train_classifier
 
 MLP = "MLP"
+MLP_AGAIN = (
+    "MLP again"  # the MLP once more, same hyper-parameters: identical work, so its time ratio is noise
+)
 # The flip-rate rule every reduction / cache variant is built on, spelled out rather than taken from the
 # FreezeMonitor defaults, so that the results keep their meaning if the defaults change.
 BASE_RULE = {"threshold": 0.01, "patience": 2}
@@ -48,6 +54,8 @@ class Preset:
     simclr_batch: int
     policy_grid: str  # "small", "medium" or "full": how many freeze policies the scratch setting compares
     backbone_grid: str  # the same for the frozen-backbone setting, whose epochs cost about twice as much
+    # Learning rates every variant tries on a validation split, then two refinements (.tuning); empty: all use lr.
+    tune_grid: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +63,24 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset(
-        "tiny", (0, 1), 300, (32, 32), 32, 2e-3, 3, 300, 1, 3, (1, 5), 4, 200, 2, 64, "small", "small"
+        "tiny",
+        (0, 1),
+        300,
+        (32, 32),
+        32,
+        2e-3,
+        3,
+        300,
+        1,
+        3,
+        (1, 5),
+        4,
+        200,
+        2,
+        64,
+        "small",
+        "small",
+        (2e-3,),
     ),
     "quick": Preset(
         "quick",
@@ -75,8 +100,10 @@ PRESETS = {
         256,
         "small",
         "small",
+        (2e-3, 8e-3),
     ),
-    # Sized for about 20 minutes on one thread of a shared 2-core machine (see bench/results/experiments).
+    # Sized for about an hour on one thread of a shared 2-core machine (see bench/results/experiments), or half
+    # that with the settings split over two processes.
     "full": Preset(
         "full",
         (0, 1, 2, 3, 4),
@@ -95,6 +122,7 @@ PRESETS = {
         256,
         "full",
         "medium",
+        (5e-4, 2e-3, 8e-3, 3.2e-2),
     ),
 }
 
@@ -160,75 +188,136 @@ class Record:
         }
 
 
+@dataclass(frozen=True)
+class Plain:
+    """A plain ReLU MLP variant: the preset's hidden widths divided by ``divisor`` (``2``: the width of an r = 2
+    structural net, trained alone). ``again``: a repeat of the reference MLP with its hyper-parameters."""
+
+    divisor: int = 1
+    again: bool = False
+
+    def hidden(self, widths) -> tuple[int, ...]:
+        return tuple(n // self.divisor for n in widths)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The learning rate of a variant, and for GLAI the factor on it in the quantitative phase."""
+
+    lr: float
+    lr_scale: float = 1.0
+
+
+def train_variant(
+    variant: str, spec, hyper: Hyper, data: Split, seed: int, *, preset: Preset, epochs: int, batch_size: int
+) -> RunResult:
+    """One run of one variant: a plain MLP of the spec's widths, or the preset's GLAI head under its policy."""
+    torch.manual_seed(seed)
+    policy = None if isinstance(spec, Plain) else replace(spec, lr_scale=hyper.lr_scale)
+    hidden = spec.hidden(preset.hidden) if isinstance(spec, Plain) else preset.hidden
+    model = make_head(data.in_features, hidden, NUM_CLASSES, policy, data.x.device)
+    return train_classifier(
+        model,
+        data,
+        name=variant,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=hyper.lr,
+        seed=seed,
+        policy=policy,
+        probe_size=512,
+    )
+
+
+def tune_heads(
+    variants: dict, tune_data: Split | None, *, preset: Preset, epochs: int, batch_size: int, tick=None
+) -> tuple[dict[str, Hyper], dict[str, list]]:
+    """Hyper-parameters of every variant, tuned on ``tune_data`` (training samples with a held-out test part)
+    when the preset asks for it, else the preset's learning rate for all."""
+    from .tuning import tune
+
+    if not preset.tune_grid or tune_data is None:
+        return {v: Hyper(preset.lr) for v in variants}, {v: [] for v in variants}
+
+    def score(variant, spec, hyper):
+        kwargs = {"preset": preset, "epochs": epochs, "batch_size": batch_size}
+        return train_variant(variant, spec, hyper, tune_data, 0, **kwargs).best_acc
+
+    return tune(variants, preset.tune_grid, score, tick)
+
+
 def run_heads(
     setting: str,
     data: Split,
-    variants: dict[str, FreezePolicy | None],
+    variants: dict[str, FreezePolicy | Plain],
     *,
     preset: Preset,
     epochs: int,
     batch_size: int | None = None,
     extra: dict | None = None,
     tick: Callable[[], None] | None = None,
+    tune_data: Split | None = None,
+    tuned: tuple[dict, dict] | None = None,
 ) -> list[Record]:
-    """Train the MLP (``variants[name] is None``) and every GLAI variant on ``data`` for every seed."""
+    """Train every variant on ``data`` for every seed of the preset, with the hyper-parameters ``tuned`` gave, or
+    tuned here on ``tune_data`` first (training samples with a held-out test part)."""
+    batch_size = batch_size or preset.batch_size
+    kwargs = {"preset": preset, "epochs": epochs, "batch_size": batch_size}
+    hypers, trials = tuned or tune_heads(variants, tune_data, tick=tick, **kwargs)
     records = []
     for seed in preset.seeds:
-        for variant, policy in variants.items():
-            torch.manual_seed(seed)
-            model = make_head(data.in_features, preset.hidden, NUM_CLASSES, policy, data.x.device)
-            result = train_classifier(
-                model,
-                data,
-                name=variant,
-                epochs=epochs,
-                batch_size=batch_size or preset.batch_size,
-                lr=preset.lr,
-                seed=seed,
-                policy=policy,
-                probe_size=512,
-            )
-            records.append(Record(setting, variant, seed, result, dict(extra or {})))
+        for variant, spec in variants.items():
+            hyper = hypers[variant]
+            result = train_variant(variant, spec, hyper, data, seed, **kwargs)
+            info = {**(extra or {}), "model": "mlp" if isinstance(spec, Plain) else "glai"}
+            info.update(lr=hyper.lr, lr_scale=hyper.lr_scale, tuning=trials[variant])
+            records.append(Record(setting, variant, seed, result, info))
             if tick is not None:
                 tick()
     return records
 
 
 def select(variants: dict, only: set[str] | None) -> dict:
-    """The variants named in ``only`` (all when ``None``), always with the MLP they are paired with."""
+    """The variants named in ``only`` (all when ``None``), always with the MLP they are paired with and its repeat
+    (the measure of timing noise)."""
     if only is None:
         return variants
-    return {k: v for k, v in variants.items() if k == MLP or k in only}
+    return {k: v for k, v in variants.items() if k in (MLP, MLP_AGAIN) or k in only}
 
 
-def policy_variants(grid: str, epochs: int) -> dict[str, FreezePolicy | None]:
-    """The MLP and the freeze policies compared: flip-rate rules, fixed budgets, reduction, refresh, no cache."""
+def runs_per_seed_and_tuning(variants: dict, preset: Preset) -> tuple[int, int]:
+    """``(runs per seed, tuning runs)`` of a set of variants, for the progress bar."""
+    from .tuning import trial_count
+
+    return len(variants), trial_count(variants, preset.tune_grid)
+
+
+def policy_variants(grid: str, epochs: int) -> dict[str, FreezePolicy | Plain]:
+    """The MLPs and the GLAI variants compared: reduction 1, 2 and 4, each with the default flip-rate rule and an
+    early fixed freeze; widening against the random start; the narrow MLP of an r = 2 structural net."""
 
     def at(fraction: float) -> int:
         return max(1, round(epochs * fraction))
 
     early = at(0.1)
-    variants: dict[str, FreezePolicy | None] = {MLP: None, BASE: FreezePolicy(**BASE_RULE)}
+    variants: dict[str, FreezePolicy | Plain] = {MLP: Plain(), MLP_AGAIN: Plain(again=True)}
+    variants[BASE] = FreezePolicy(**BASE_RULE)
     variants[f"freeze@{early}"] = FreezePolicy(kind="epoch", epoch=early)
-    variants["r=2"] = FreezePolicy(**BASE_RULE, reduction=2)
-    variants[f"freeze@{early} refresh/1"] = FreezePolicy(kind="epoch", epoch=early, refresh_every=1)
+    variants["r=2"] = FreezePolicy(**BASE_RULE, reduction=2, init="widen")
+    variants[f"freeze@{early} r=2"] = FreezePolicy(kind="epoch", epoch=early, reduction=2, init="widen")
     if grid == "small":
         return variants
-    # Reduction pays off only if the full-width network has time to learn from its own initialisation after the
-    # freeze: an early fixed freeze is the fair test of it, not the late freeze a flip-rate rule picks.
-    for r in (2, 4):
-        variants[f"freeze@{early} r={r}"] = FreezePolicy(kind="epoch", epoch=early, reduction=r)
-    rules = ((0.05, 2), (0.02, 2), (0.005, 2), (0.01, 4), (0.002, 3))
+    variants["MLP n/2"] = Plain(divisor=2)
+    variants["r=4"] = FreezePolicy(**BASE_RULE, reduction=4, init="widen")
+    variants[f"freeze@{early} r=4"] = FreezePolicy(kind="epoch", epoch=early, reduction=4, init="widen")
+    # The old start of an r > 1 quantitative net, a fresh random initialisation, against the widening.
+    variants[f"freeze@{early} r=2 random"] = FreezePolicy(
+        kind="epoch", epoch=early, reduction=2, init="random"
+    )
     if grid == "medium":
-        for thr, pat in rules[1:3]:
-            variants[f"flip<{thr:g}/p{pat}"] = FreezePolicy(threshold=thr, patience=pat)
-        variants["r=4"] = FreezePolicy(**BASE_RULE, reduction=4)
         return variants
-    for thr, pat in rules:
-        variants[f"flip<{thr:g}/p{pat}"] = FreezePolicy(threshold=thr, patience=pat)
-    for fraction in (0.25, 0.5, 0.75):
-        variants[f"freeze@{at(fraction)}"] = FreezePolicy(kind="epoch", epoch=at(fraction))
-    variants["r=4"] = FreezePolicy(**BASE_RULE, reduction=4)
-    variants[f"freeze@{early} refresh/3"] = FreezePolicy(kind="epoch", epoch=early, refresh_every=3)
-    variants[f"{BASE} no-cache"] = FreezePolicy(**BASE_RULE, cache=False)
+    variants[f"freeze@{early} r=4 random"] = FreezePolicy(
+        kind="epoch", epoch=early, reduction=4, init="random"
+    )
+    variants["r=2 random"] = FreezePolicy(**BASE_RULE, reduction=2, init="random")
     return variants

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from ..demo import plot_runs
 from ..train import RunResult
-from .common import MLP, Record
-from .stats import TOLERANCE
+from .common import MLP, MLP_AGAIN, Record
+from .stats import MIN_SEEDS_FOR_P, TOLERANCE
 
 DERIVED = ("setting", "variant", "seed", "best_acc", "best_epoch", "total_time", "epochs")
-RUN_COLUMNS = ("setting", "variant", "seed", "best_acc", "best_epoch", "total_time", "epochs", "freeze_epoch")
+RUN_COLUMNS = (
+    "setting", "variant", "seed", "best_acc", "best_epoch", "total_time", "epochs", "freeze_epoch", "lr", "lr_scale",
+)  # fmt: skip
 
 
 def _num(value, fmt: str = ".2f", none: str = "-") -> str:
@@ -43,22 +45,45 @@ def write_csv(folder: Path, records: list[Record], summary: list[dict]) -> None:
             d = rec.to_dict()
             cost = rec.result.cost
             writer.writerow(
-                [d[c] for c in RUN_COLUMNS]
+                [d.get(c) for c in RUN_COLUMNS]
                 + [f"{cost['structural']:.4f}", f"{cost['cache']:.4f}", f"{cost['quantitative']:.4f}"]
                 + [json.dumps(rec.extra)]
             )
 
 
+def _lr(row) -> str:
+    if row.get("lr") is None:
+        return "-"
+    text = f"{row['lr']:g}"
+    if row.get("lr_scale") not in (None, 1.0):
+        text += f" (Q ×{row['lr_scale']:g})"
+    return text
+
+
 def markdown(meta: dict, summary: list[dict]) -> str:
-    """Per setting: accuracy, time to the MLP's best minus 0.5 point, speedup, paired tests, cost split."""
+    """Per setting: accuracy, time to the MLP's best minus 0.5 point, speedup against the measured timing noise,
+    paired tests, cost split."""
     env = meta["environment"]
+    seeds = list(meta["preset"]["seeds"])
+    grid = meta["preset"].get("tune_grid") or ()
+    tuning = (
+        "Learning rates tuned per variant on a validation split, the same budget for each: the rates "
+        f"{', '.join(f'{v:g}' for v in grid)}, then x0.5 and x2 of the best (for GLAI on its quantitative phase "
+        "only, 'Q x'). "
+        if grid
+        else f"Every variant at lr {meta['preset']['lr']:g} (no tuning). "
+    )
+    p_note = "" if len(seeds) >= MIN_SEEDS_FOR_P else f" No p-value with fewer than {MIN_SEEDS_FOR_P} seeds."
     lines = [
-        f"Preset `{meta['preset']['name']}`, seeds {list(meta['preset']['seeds'])}, device {env['device']} "
+        f"Preset `{meta['preset']['name']}`, seeds {seeds}, device {env['device']} "
         f"({env['device_name']}, {env['torch_threads']} torch thread(s)), torch {env['versions']['torch']}, "
         f"{env['date']}. Times are training seconds with evaluation excluded; the target is each seed's MLP best "
-        f"minus {TOLERANCE} point. Speedup = MLP time to target / GLAI time to target (median over seeds, 0 when "
-        "GLAI never reached it). Sign test on who reached the target first; Wilcoxon on the accuracy difference. "
-        "'best after freeze': best test accuracy of the quantitative phase alone (seeds that froze).",
+        f"minus {TOLERANCE} point. Speedup = MLP time to target / variant time to target (median over seeds, 0 "
+        "when the variant never reached it); *verdict* calls it faster or slower only beyond the timing noise, "
+        f"the largest time ratio of two identical MLP runs (`{MLP_AGAIN}`) over the seeds, and 'faster' also needs "
+        f"every seed to reach the target ('mixed' otherwise). {tuning}Sign test on "
+        f"who reached the target first; Wilcoxon on the accuracy difference.{p_note} 'best after freeze': best "
+        "test accuracy of the quantitative phase alone (seeds that froze).",
         "",
     ]
     settings = []
@@ -66,15 +91,24 @@ def markdown(meta: dict, summary: list[dict]) -> str:
         if row["setting"] not in settings:
             settings.append(row["setting"])
     head = (
-        "| variant | best acc % (mean ± std) | Δ acc vs MLP | best after freeze | final acc | reached target | time to target (s, median) | "
-        "speedup | GLAI first (W/L) | sign p | Wilcoxon p (acc) | total time (s) | epochs | freeze epoch "
-        "(mean) | flip rate at freeze | cost S / cache / Q (s) |"
+        "| variant | lr | best acc % (mean ± std) | Δ acc vs MLP | best after freeze | reached target | "
+        "time to target (s, median) | speedup | verdict | first (W/L) | sign p | Wilcoxon p (acc) | "
+        "total time (s) | freeze epoch (mean) | flip rate at freeze | cost S / cache / Q (s) |"
     )
     for setting in settings:
         rows = [r for r in summary if r["setting"] == setting]
-        lines += [f"#### {setting}", "", head, "|" + " --- |" * 16]
+        noise = rows[0].get("timing_noise")
+        lines += [f"#### {setting}", ""]
+        if noise is not None:
+            lines += [
+                f"Timing noise (two identical MLP runs, time to target): ±{100 * noise:.1f} % at most over the "
+                f"seeds, ±{100 * (rows[0].get('timing_noise_median') or 0.0):.1f} % median",
+                "",
+            ]
+        lines += [head, "|" + " --- |" * 16]
         for r in rows:
-            glai = r["variant"] != MLP
+            other = r["variant"] != MLP
+            glai = r.get("model") == "glai"
             freeze = _num(r["freeze_epoch_mean"], ".1f")
             if glai and r["never_froze"]:
                 freeze += f" ({r['never_froze']} never)"
@@ -82,15 +116,13 @@ def markdown(meta: dict, summary: list[dict]) -> str:
             if glai:
                 cost = " / ".join(_num(r[f"cost_{p}_mean"]) for p in ("structural", "cache", "quantitative"))
             lines.append(
-                f"| {r['variant']} | {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f} | "
-                f"{_num(r['acc_diff_mean'], '+.2f') if glai else '-'} | {_num(r['after_freeze_best_mean'])} | "
-                f"{r['final_acc_mean']:.2f} | {r['reached']}/{r['paired']} | "
-                f"{_num(r['time_to_target_median'], '.2f', 'never')} | "
-                f"{_num(r['speedup_median'], '.2f') if glai else '1'} | "
-                f"{str(r['wins']) + '/' + str(r['losses']) if glai else '-'} | {_num(r['sign_p'], '.3f')} | "
-                f"{_num(r['wilcoxon_acc_p'], '.3f')} | {r['total_time_mean']:.2f} | {r['epochs']} | {freeze} | "
-                f"{_num(r['flip_at_freeze_mean'], '.4f')} | "
-                f"{cost} |"
+                f"| {r['variant']} | {_lr(r)} | {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f} | "
+                f"{_num(r['acc_diff_mean'], '+.2f') if other else '-'} | {_num(r['after_freeze_best_mean'])} | "
+                f"{r['reached']}/{r['paired']} | {_num(r['time_to_target_median'], '.2f', 'never')} | "
+                f"{_num(r['speedup_median'], '.2f') if other else '1'} | {r.get('verdict', '-')} | "
+                f"{str(r['wins']) + '/' + str(r['losses']) if other else '-'} | {_num(r['sign_p'], '.3f')} | "
+                f"{_num(r['wilcoxon_acc_p'], '.3f')} | {r['total_time_mean']:.2f} | {freeze} | "
+                f"{_num(r['flip_at_freeze_mean'], '.4f')} | {cost} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -118,6 +150,29 @@ def load_records(path: Path) -> tuple[dict, list[Record]]:
         extra = {k: v for k, v in run.items() if k not in fields and k not in DERIVED}
         records.append(Record(run["setting"], run["variant"], run["seed"], result, extra))
     return payload["meta"], records
+
+
+def merge_results(paths) -> tuple[dict, list[Record]]:
+    """The runs of several ``results.json`` of one preset (settings run as separate processes) as one study.
+
+    The metadata is the first file's, with the settings, per-setting seconds and commands of all; the study's wall
+    time is the longest of them (the processes ran side by side). A setting found in two files is refused."""
+    meta, records = load_records(paths[0])
+    meta = dict(meta, commands=[meta.get("command")], setting_seconds=dict(meta.get("setting_seconds", {})))
+    for path in paths[1:]:
+        other, more = load_records(path)
+        if other["preset"] != meta["preset"]:
+            raise ValueError(f"{path} was run with another preset than {paths[0]}")
+        clash = set(other["settings"]) & set(meta["settings"])
+        if clash:
+            raise ValueError(f"{path} repeats the settings {sorted(clash)} of an earlier file")
+        meta["settings"] = list(meta["settings"]) + list(other["settings"])
+        meta["setting_seconds"].update(other.get("setting_seconds", {}))
+        meta["commands"].append(other.get("command"))
+        meta["study_seconds"] = max(meta.get("study_seconds", 0.0), other.get("study_seconds", 0.0))
+        meta["backbone"] = meta.get("backbone") or other.get("backbone")
+        records += more
+    return meta, records
 
 
 def write_all(folder: Path, meta: dict, records: list[Record], summary: list[dict]) -> dict[str, Path]:

@@ -10,15 +10,27 @@ random, so there is no pattern cache here: GLAI computes its patterns from the f
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from ..data import NUM_CLASSES, Split, mnist1d
-from ..nn import GLAIMLP
 from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_head, make_optimizer
 from .backbone import ConvEncoder, features
-from .common import BASE, BASE_RULE, MLP, Preset, Record, select
+from .common import (
+    BASE,
+    BASE_RULE,
+    MLP,
+    MLP_AGAIN,
+    Hyper,
+    Plain,
+    Preset,
+    Record,
+    runs_per_seed_and_tuning,
+    select,
+)
+from .tuning import tune, validation_split
 
 NAME = "simclr"
 PROJECTION = 64
@@ -61,39 +73,43 @@ def linear_probe(encoder, data: Split, ridge: float = 1.0) -> float:
 def variants_for(preset: Preset) -> dict:
     early = max(1, round(preset.simclr_epochs * 0.1))
     return {
-        MLP: None,
+        MLP: Plain(),
+        MLP_AGAIN: Plain(again=True),
         BASE: FreezePolicy(**BASE_RULE, cache=False),
         f"freeze@{early}": FreezePolicy(kind="epoch", epoch=early, cache=False),
-        "r=2": FreezePolicy(**BASE_RULE, reduction=2, cache=False),
+        "r=2": FreezePolicy(**BASE_RULE, reduction=2, init="widen", cache=False),
+        f"freeze@{early} r=2": FreezePolicy(
+            kind="epoch", epoch=early, reduction=2, init="widen", cache=False
+        ),
     }
 
 
-def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, device) -> RunResult:
+def train_simclr(name: str, spec, data: Split, preset: Preset, seed: int, device, hyper: Hyper) -> RunResult:
+    """Encoder and head at ``hyper.lr`` (the head's quantitative phase at ``lr * lr_scale``)."""
     torch.manual_seed(seed)
+    policy = None if isinstance(spec, Plain) else replace(spec, lr_scale=hyper.lr_scale)
+    lr = hyper.lr
     encoder = ConvEncoder().to(device)
-    head = make_head(encoder.out_features, preset.hidden, PROJECTION, policy, device)
+    hidden = spec.hidden(preset.hidden) if isinstance(spec, Plain) else preset.hidden
+    head = make_head(encoder.out_features, hidden, PROJECTION, policy, device)
     result = RunResult(name=name, params=count_parameters(head))
     opts = {
-        "encoder": make_optimizer(encoder.parameters(), preset.lr),
-        "head": make_optimizer(head.parameters(), preset.lr),
+        "encoder": make_optimizer(encoder.parameters(), lr),
+        "head": make_optimizer(head.parameters(), lr),
     }
     probe_x = data.x[:512]
     monitor = None
     if policy is not None:
-
-        def rebuild(m: GLAIMLP) -> None:
-            if m.reduction > 1:  # new quantitative Parameters need a new optimizer
-                opts["head"] = make_optimizer(m.parameters(), preset.lr)
-
-        monitor = policy.monitor(head, features(encoder, probe_x), on_freeze=rebuild)
+        monitor = policy.monitor(head, features(encoder, probe_x), optimizer=opts["head"])
         monitor.check()
     gen = torch.Generator().manual_seed(seed)
     n, batch, clock = data.x.shape[0], preset.simclr_batch, 0.0
     for epoch in range(preset.simclr_epochs):
-        for opt in opts.values():
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(preset.lr, epoch, preset.simclr_epochs)
         structural = monitor is not None and head.phase == "structural"
+        for part, opt in opts.items():
+            scale = policy.lr_scale if part == "head" and monitor is not None and not structural else 1.0
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(lr, epoch, preset.simclr_epochs) * scale
         order = torch.randperm(n, generator=gen).to(device)
         start = time.perf_counter()
         encoder.train()
@@ -129,15 +145,28 @@ def train_simclr(name: str, policy, data: Split, preset: Preset, seed: int, devi
 
 
 def count(preset: Preset, only=None) -> int:
-    return len(preset.seeds) * len(select(variants_for(preset), only))
+    per_seed, tuning = runs_per_seed_and_tuning(select(variants_for(preset), only), preset)
+    return len(preset.seeds) * per_seed + tuning
 
 
 def run(preset: Preset, device, data_seed: int = 42, tick=None, only=None) -> list[Record]:
     data = mnist1d(preset.simclr_samples, seed=data_seed).to(device)
+    variants = select(variants_for(preset), only)
+    hypers, trials = {v: Hyper(preset.lr) for v in variants}, {v: [] for v in variants}
+    if preset.tune_grid:
+        held = validation_split(data)
+
+        def score(variant, spec, hyper):
+            return train_simclr(variant, spec, held, preset, 0, device, hyper).best_acc
+
+        hypers, trials = tune(variants, preset.tune_grid, score, tick)
     records = []
     for seed in preset.seeds:
-        for name, policy in select(variants_for(preset), only).items():
-            records.append(Record(NAME, name, seed, train_simclr(name, policy, data, preset, seed, device)))
+        for name, spec in variants.items():
+            result = train_simclr(name, spec, data, preset, seed, device, hypers[name])
+            info = {"model": "mlp" if isinstance(spec, Plain) else "glai", "lr": hypers[name].lr}
+            info.update(lr_scale=hypers[name].lr_scale, tuning=trials[name])
+            records.append(Record(NAME, name, seed, result, info))
             if tick is not None:
                 tick()
     return records

@@ -8,7 +8,12 @@ when GLAI reached the target sooner than the MLP did, a loss when later or never
 differences are compared with the Wilcoxon signed-rank test (exact for these sample sizes). Both are
 computed here in plain Python, so the study needs no scipy. With five seeds the
 smallest two-sided p either test can give is 0.0625, so no result here is "significant" at 5 %: the p-values
-say how one-sided the seeds were, nothing more.
+say how one-sided the seeds were, nothing more, and with fewer than five seeds none is given at all.
+
+Timing noise is measured, not assumed: ``MLP again`` repeats the MLP run of every seed (identical work, identical
+accuracies), and the noise of a setting is the largest ratio between the two runs' times to the target over its
+seeds. A variant is called faster (or slower) only when its median speedup is beyond that ratio, and "within
+noise" otherwise; faster also needs every seed to have reached the target ("mixed" when some never did).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import math
 import statistics
 from collections import defaultdict
 
-from .common import MLP, Record
+from .common import MLP, MLP_AGAIN, Record
 
 TOLERANCE = 0.5  # accuracy points under the MLP's best that count as "reached"
+MIN_SEEDS_FOR_P = 5  # fewer paired seeds give no p-value: the smallest possible one is then 0.125 or more
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -70,11 +76,49 @@ def wilcoxon_p(diffs: list[float]) -> float | None:
     return min(1.0, 2 * min(low, high) / 2**n)
 
 
+def timing_noise(mlp: dict[int, Record], again: dict[int, Record]) -> list[float]:
+    """Per seed, ``max(a, b) / min(a, b) - 1`` for the times ``a`` and ``b`` of the two identical MLP runs to
+    their target (empty without a repeat)."""
+    ratios = []
+    for seed, first in mlp.items():
+        second = again.get(seed)
+        if second is None:
+            continue
+        target = first.result.best_acc - TOLERANCE
+        a, b = first.result.time_to(target), second.result.time_to(target)
+        if a and b:
+            ratios.append(max(a, b) / min(a, b) - 1.0)
+    return ratios
+
+
+def verdict(speedup: float | None, reached: int, paired: int, noise: float | None) -> str:
+    """``faster`` / ``slower`` only beyond the measured timing noise. ``faster`` also needs every seed to have
+    reached the target (a median over seeds that never got there hides them): ``mixed`` otherwise. ``never``
+    when no seed reached it."""
+    if speedup is None or paired == 0:
+        return "-"
+    if reached == 0:
+        return "never"
+    if noise is None:
+        return "no noise measure"
+    if speedup > 1.0 + noise:
+        return "faster" if reached == paired else "mixed"
+    if speedup < 1.0 / (1.0 + noise):
+        return "slower"
+    return "within noise"
+
+
 def summarize(records: list[Record]) -> list[dict]:
     """One row per (setting, variant) with the measures of the study, in the order the variants were run."""
     by_key: dict[tuple[str, str], dict[int, Record]] = defaultdict(dict)
     for rec in records:
         by_key[(rec.setting, rec.variant)][rec.seed] = rec
+    spreads = {
+        setting: timing_noise(runs, by_key.get((setting, MLP_AGAIN), {}))
+        for (setting, variant), runs in by_key.items()
+        if variant == MLP
+    }
+    noise = {setting: max(r) if r else None for setting, r in spreads.items()}
     rows = []
     for (setting, variant), runs in by_key.items():
         mlp_runs = by_key.get((setting, MLP), {})
@@ -91,6 +135,10 @@ def summarize(records: list[Record]) -> list[dict]:
             "total_time_mean": _mean_std(total)[0],
             "total_time_std": _mean_std(total)[1],
             "epochs": runs[seeds[0]].result.epochs,
+            "lr": runs[seeds[0]].extra.get("lr"),
+            "lr_scale": runs[seeds[0]].extra.get("lr_scale"),
+            "timing_noise": noise.get(setting),
+            "timing_noise_median": statistics.median(spreads[setting]) if spreads.get(setting) else None,
         }
         for part in ("structural", "cache", "quantitative"):
             row[f"cost_{part}_mean"] = _mean_std([runs[s].result.cost[part] for s in seeds])[0]
@@ -113,7 +161,9 @@ def summarize(records: list[Record]) -> list[dict]:
         row["flip_at_freeze_mean"] = statistics.fmean(at_freeze) if at_freeze else None
         row["final_acc_mean"] = _mean_std([runs[s].result.test_acc[-1] for s in seeds])[0]
         row["freeze_epoch_mean"] = statistics.fmean(frozen) if frozen else None
-        row["never_froze"] = sum(f is None for f in freezes if variant != MLP)
+        glai = runs[seeds[0]].extra.get("model", "mlp" if variant == MLP else "glai") == "glai"
+        row["model"] = "glai" if glai else "mlp"
+        row["never_froze"] = sum(f is None for f in freezes) if glai else 0
         times, speedups, diffs, wins, losses, reached = [], [], [], 0, 0, 0
         for s in seeds:
             mlp = mlp_runs.get(s)
@@ -135,16 +185,19 @@ def summarize(records: list[Record]) -> list[dict]:
             elif t is None or t > t_mlp:
                 losses += 1
         paired = len(diffs)
+        tested = variant != MLP and paired >= MIN_SEEDS_FOR_P
+        speedup = statistics.median(speedups) if speedups else None
         row.update(
             acc_diff_mean=_mean_std(diffs)[0] if diffs else None,
             reached=reached,
             paired=paired,
             time_to_target_median=statistics.median(times) if times else None,
-            speedup_median=statistics.median(speedups) if speedups else None,
+            speedup_median=speedup,
+            verdict=verdict(speedup, reached, paired, noise.get(setting)) if variant != MLP else "-",
             wins=wins,
             losses=losses,
-            sign_p=sign_test(wins, losses) if variant != MLP else None,
-            wilcoxon_acc_p=wilcoxon_p(diffs) if variant != MLP else None,
+            sign_p=sign_test(wins, losses) if tested else None,
+            wilcoxon_acc_p=wilcoxon_p(diffs) if tested else None,
         )
         rows.append(row)
     return rows
