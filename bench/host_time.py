@@ -27,10 +27,10 @@ from glai.nn import GLAIMLP  # noqa: E402
 def _stub_launches() -> None:
     """No-op launches, and the fused path's sm_90 configuration instead of the interpreter's (whose small
     chunks would add staging buffers a GPU step does not allocate)."""
-    from glai_kernels import fused_config, fused_launch, triton_ops
+    from glai_kernels import fused_config, fused_launch, triton_launch
 
     fused_launch.launch = lambda *args, **kwargs: None
-    triton_ops._launch = lambda *args, **kwargs: None
+    triton_launch.launch = lambda *args, **kwargs: None
     fused_launch._CONFIGS[torch.device("cpu")] = fused_config.defaults_for_capability(90)
 
 

@@ -186,33 +186,40 @@ def no_sync_cases(target, batch: int, head: tuple) -> list[Case]:
     return cases
 
 
+def graph_matches_eager(model, x, dy, replays: int = 5) -> bool:
+    """A training step of ``model`` captured by hand in a CUDA graph and replayed ``replays`` times, against as
+    many eager steps of a twin: whether every parameter ends bit-identical. (``tests/test_fused_cuda.py`` asks
+    this too.)"""
+    twin = copy.deepcopy(model)
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.9) for m in (model, twin)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: signatures validated, kernels compiled, momenta allocated
+        for _ in range(3):
+            _step(model, opts[0], x, dy)
+            _step(twin, opts[1], x, dy)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _step(model, opts[0], x, dy)
+    for _ in range(replays):
+        graph.replay()
+        _step(twin, opts[1], x, dy)
+    torch.cuda.synchronize()
+    return all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
 def graph_case(target, batch: int, head: tuple) -> Case:
-    """A step captured by hand in a CUDA graph and replayed five times, against five eager steps of a twin."""
+    """A structural-phase step captured in a CUDA graph against eager steps (:func:`graph_matches_eager`)."""
     in_f, width, out_f = head
     shape = f"B{batch} {in_f}-{width}x2-{out_f}"
 
     def run(emit):
         model = _model(target, in_f, width, 2, out_f, torch.bfloat16, "structural")
-        twin = copy.deepcopy(model)
-        opts = [torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.9) for m in (model, twin)]
         gen = target.generator(5)
         x = target.randn(batch, in_f, dtype=torch.bfloat16, gen=gen)
         dy = target.randn(batch, out_f, dtype=torch.bfloat16, gen=gen)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: signatures validated, kernels compiled, momenta allocated
-            for _ in range(3):
-                _step(model, opts[0], x, dy)
-                _step(twin, opts[1], x, dy)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            _step(model, opts[0], x, dy)
-        for _ in range(5):
-            graph.replay()
-            _step(twin, opts[1], x, dy)
-        torch.cuda.synchronize()
-        same = all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+        same = graph_matches_eager(model, x, dy)
         emit(what="fused step in a CUDA graph vs eager", ok=same, value=float(same), unit="bit-identical")
 
     return Case(
