@@ -330,37 +330,61 @@ class GLAIMLP(nn.Module):
             weights, biases = self.structure.weights, self.structure.biases
         return structural_patterns(x, weights, biases, backend=self.backend)
 
+    def _stack(self) -> tuple[list, list]:
+        """The trainable layers' weights and biases, read at every call (never cached: ``freeze``,
+        ``load_state_dict``, ``.to()``, ``torch.func.functional_call`` and assigning a new Parameter all change
+        them). A plain ``nn.Linear``'s are read from its parameter dict, as its attribute lookup would find them
+        without ``nn.Module.__getattr__``'s cost (about a microsecond a name); any other layer (parametrized,
+        replaced) through its attributes."""
+        weights, biases = [], []
+        for layer in self._modules["layers"]._modules.values():
+            params = layer._parameters
+            if type(layer) is nn.Linear and "weight" in params and "bias" in params:
+                weights.append(params["weight"])
+                biases.append(params["bias"])
+            else:
+                weights.append(layer.weight)
+                biases.append(layer.bias)
+        return weights, biases
+
+    def _structure_stack(self, structure: FrozenStructure) -> tuple[list, list]:
+        buffers, n = structure._buffers, len(structure.widths) - 1
+        return [buffers[f"weight{i}"] for i in range(n)], [buffers[f"bias{i}"] for i in range(n)]
+
     def forward(self, x: torch.Tensor, patterns: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        check_input(x, self.in_features)
-        weights = [m.weight for m in self.layers]
-        biases = [m.bias for m in self.layers]
-        if self.phase == "structural":
+        # The input is checked with the rest of the call, once per signature (glai_kernels.signature), where
+        # the call is checked; directly only on the structural phase's nn.Linear path, which has no such check.
+        weights, biases = self._stack()
+        structure = self._modules["structure"]
+        if structure is None:  # the structural phase
             if patterns is not None:
+                check_input(x, self.in_features)
                 raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
             # The fused path saves the packed patterns made in its forward (relu(z) = p z); elsewhere
             # nn.Linear + ReLU, the fastest there.
             y = fused_mlp(x, weights, biases, structural=True, backend=self.backend, fused=self.fused)
             if y is not None:
                 return y
+            check_input(x, self.in_features)
             if not torch.is_autocast_enabled(x.device.type):
                 # Only the check: under autocast each nn.Linear casts its own operands, and match_dtypes'
                 # casts would be built and thrown away on every step.
                 match_dtypes(x, weights, biases)
+            layers = self._modules["layers"]
             h = x
-            for layer in self.layers[:-1]:
+            for layer in layers[:-1]:
                 h = torch.relu(layer(h))
-            return self.layers[-1](h)
+            return layers[-1](h)
         if patterns is None:
             # Fused: the frozen structure runs in the same launch as the quantitative layers.
-            structure = (self.structure.weights, self.structure.biases)
             y = fused_mlp(
-                x, weights, biases, structure=structure, reduction=self.reduction, backend=self.backend,
-                fused=self.fused,
+                x, weights, biases, structure=self._structure_stack(structure), reduction=self.reduction,
+                backend=self.backend, fused=self.fused,
             )  # fmt: skip
             if y is not None:
                 return y
             patterns = self.patterns(x)
-        elif hasattr(patterns, "check_model"):
+        elif type(patterns) is not list and hasattr(patterns, "check_model"):
             patterns.check_model(self)  # looked up in a PatternCache: refused unless built for this structure
         return glai_mlp(
             x, weights, biases, patterns, reduction=self.reduction, backend=self.backend, fused=self.fused
