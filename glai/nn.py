@@ -82,13 +82,14 @@ class FrozenStructure(nn.Module):
             self.register_buffer(f"weight{i}", torch.empty(n_out, n_in, device=device, dtype=dtype))
             self.register_buffer(f"bias{i}", torch.empty(n_out, device=device, dtype=dtype) if bias else None)
 
+    # Read from the buffer dict: nn.Module's attribute lookup costs about a microsecond a name, every step.
     @property
     def weights(self) -> list[torch.Tensor]:
-        return [getattr(self, f"weight{i}") for i in range(len(self.widths) - 1)]
+        return [self._buffers[f"weight{i}"] for i in range(len(self.widths) - 1)]
 
     @property
     def biases(self) -> list[torch.Tensor | None]:
-        return [getattr(self, f"bias{i}") for i in range(len(self.widths) - 1)]
+        return [self._buffers[f"bias{i}"] for i in range(len(self.widths) - 1)]
 
     def extra_repr(self) -> str:
         return f"widths={list(self.widths)}"
@@ -331,11 +332,10 @@ class GLAIMLP(nn.Module):
         return structural_patterns(x, weights, biases, backend=self.backend)
 
     def _stack(self) -> tuple[list, list]:
-        """The trainable layers' weights and biases, read at every call (never cached: ``freeze``,
-        ``load_state_dict``, ``.to()``, ``torch.func.functional_call`` and assigning a new Parameter all change
-        them). A plain ``nn.Linear``'s are read from its parameter dict, as its attribute lookup would find them
-        without ``nn.Module.__getattr__``'s cost (about a microsecond a name); any other layer (parametrized,
-        replaced) through its attributes."""
+        """The trainable layers' weights and biases, read at every call: never cached, since ``load_state_dict``,
+        ``.to()``, ``functional_call`` or a new Parameter change them. A plain ``nn.Linear``'s come from its
+        parameter dict (where its attribute lookup finds them, without ``nn.Module.__getattr__``'s microsecond
+        a name), any other layer's (parametrized, replaced) through its attributes."""
         weights, biases = [], []
         for layer in self._modules["layers"]._modules.values():
             params = layer._parameters
@@ -347,13 +347,9 @@ class GLAIMLP(nn.Module):
                 biases.append(layer.bias)
         return weights, biases
 
-    def _structure_stack(self, structure: FrozenStructure) -> tuple[list, list]:
-        buffers, n = structure._buffers, len(structure.widths) - 1
-        return [buffers[f"weight{i}"] for i in range(n)], [buffers[f"bias{i}"] for i in range(n)]
-
     def forward(self, x: torch.Tensor, patterns: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        # The input is checked with the rest of the call, once per signature (glai_kernels.signature), where
-        # the call is checked; directly only on the structural phase's nn.Linear path, which has no such check.
+        # The input is checked with the rest of the call, once per signature (glai_kernels.signature); here
+        # only on the structural phase's nn.Linear path, which has no such check.
         weights, biases = self._stack()
         structure = self._modules["structure"]
         if structure is None:  # the structural phase
@@ -378,7 +374,7 @@ class GLAIMLP(nn.Module):
         if patterns is None:
             # Fused: the frozen structure runs in the same launch as the quantitative layers.
             y = fused_mlp(
-                x, weights, biases, structure=self._structure_stack(structure), reduction=self.reduction,
+                x, weights, biases, structure=(structure.weights, structure.biases), reduction=self.reduction,
                 backend=self.backend, fused=self.fused,
             )  # fmt: skip
             if y is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 try:
+    from torch._C._functorch import unwrap_if_dead
     from torch._functorch.utils import unwrap_dead_wrappers
 
     _TRANSFORMS_ACTIVE = torch._C._are_functorch_transforms_active
@@ -22,11 +23,16 @@ except (ImportError, AttributeError):  # pragma: no cover - older or newer torch
 _C_APPLY: dict = {}  # Function class -> the C apply of its base class, bound to it
 
 
-def eager_apply(cls, args: tuple):
-    """``cls.apply(*args)``; eagerly without a transform, its C implementation directly."""
+def eager_apply(cls, flags: tuple, tensors: tuple):
+    """``cls.apply(*flags, *tensors)`` (``tensors``: tensors or None); eagerly without a transform, its C
+    implementation directly."""
     if not _SHORTCUT or torch.compiler.is_compiling() or _TRANSFORMS_ACTIVE():
-        return cls.apply(*args)
+        return cls.apply(*flags, *tensors)
     apply = _C_APPLY.get(cls)
     if apply is None:
         apply = _C_APPLY[cls] = super(torch.autograd.Function, cls).apply
-    return apply(*unwrap_dead_wrappers(args))
+    try:
+        tensors = tuple(map(unwrap_if_dead, tensors))
+    except TypeError:  # a None (an absent bias) among them
+        tensors = unwrap_dead_wrappers(tensors)
+    return apply(*flags, *tensors)

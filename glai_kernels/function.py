@@ -203,8 +203,7 @@ def glai_mlp(
         if verdict == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once
             y = reference.stack(x2, weights, biases, flat, reduction)
         else:
-            args = (x2, verdict, reduction, L, *weights, *biases, *flat)
-            y = eager_apply(GLAIStackFunction, args)[0]
+            y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), (*weights, *biases, *flat))[0]
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 

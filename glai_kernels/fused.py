@@ -34,10 +34,12 @@ from .fused_config import MAX_WIDTH, default_config
 from .fused_plan import FROM_STRUCTURE, GIVEN, STRUCTURAL, FusedPlan, chain_ends
 from .fused_plan import launcher as _launch
 from .layout import PATTERN_DTYPE, words_for
-from .signature import remember, stack_key
+from .signature import Verdicts
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_PLANS: dict = {}  # call signature -> verdict: a FusedPlan, or the per-layer path's backend name
+# Whether autocast is on for any device: one C call, where the device's own query needs x.device first.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+_PLANS = Verdicts()  # call signature -> verdict: a FusedPlan, or the per-layer path's backend name
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -103,24 +105,24 @@ def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, f
     """``(verdict, autocast dtype or None)`` of a call: a :class:`FusedPlan`, or the name of the backend
     (``"torch"`` or ``"triton"``) the per-layer path runs on. A call is checked in full the first time its
     signature (``glai_kernels.signature``) comes, and whenever ``torch.compile`` traces it."""
-    kind = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-    autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    autocast = None
+    if _any_autocast():
+        kind = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    checks = (x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
+    if torch.compiler.is_compiling():  # traced: checked in full, nothing remembered
+        return _validate(*checks), autocast
     extra_w, extra_b = (), ()
     if mode == GIVEN:
         extra_w = patterns
     elif mode == FROM_STRUCTURE:  # a malformed structure gives no key (0 is no group): the checks name it
         pair = isinstance(structure, (tuple, list)) and len(structure) == 2
         extra_w, extra_b = structure if pair else (0, 0)
-    key = stack_key((mode, reduction, backend, fused, autocast), x, weights, biases, extra_w, extra_b)
-    try:
-        found = _PLANS.get(key) if key is not None else None
-    except TypeError:  # an unhashable flag: the checks below name what is wrong
-        key, found = None, None
-    compiling = torch.compiler.is_compiling()
-    if found is None or compiling:
-        found = _validate(x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
-        if key is not None and not compiling:
-            remember(_PLANS, key, found)
+    key = _PLANS.key((mode, reduction, backend, fused, autocast), x, weights, biases, extra_w, extra_b)
+    found = _PLANS.get(key)
+    if found is None:
+        found = _validate(*checks)
+        _PLANS.put(key, found)
     return found, autocast
 
 
@@ -140,13 +142,13 @@ def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast):
         x2 = x.reshape(-1, x.shape[-1])
         if mode == GIVEN:
             extra_w = [p.reshape(-1, p.shape[-1]) for p in extra_w]
-    eager = not torch.compiler.is_compiling()
-    args = (x2, mode, plan.reduction, L, plan if eager else None, *weights, *biases, *extra_w, *extra_b)
+    flags = (mode, plan.reduction, L, None if torch.compiler.is_compiling() else plan)
+    tensors = (*weights, *biases, *extra_w, *extra_b)
     if autocast is not None:
         with torch.autocast(x.device.type, enabled=False):
-            y = eager_apply(FusedStackFunction, args)[0]
+            y = eager_apply(FusedStackFunction, (x2, *flags), tensors)[0]
     else:
-        y = eager_apply(FusedStackFunction, args)[0]
+        y = eager_apply(FusedStackFunction, (x2, *flags), tensors)[0]
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 

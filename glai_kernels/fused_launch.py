@@ -127,6 +127,7 @@ class Forward:
         self.y_strides = (max(self.out_n, 1), 1)
         self.w_strides, self.b_strides = _strides(weights), _bias_strides(biases)
         self.sw_strides, self.sb_strides = _strides(s_w), _bias_strides(s_b)
+        self.all_biases = all(b is not None for b in biases) and all(b is not None for b in s_b)
         self.h_strides = _dense(self.hidden_n)
         self.p_strides = _strides(patterns) if mode == GIVEN else _dense(self.words_n)
         staged = [(max(n, 1), 1) if n else x.stride() for n in self.staging_n]
@@ -152,10 +153,14 @@ class Forward:
         s_w, s_b = structure if mode == FROM_STRUCTURE else (weights[:-1], biases[:-1])
         # A structural layer wider than a chunk stages its rows in memory (its activations are not kept).
         staging = tuple([x.new_empty(M, n) if n else x for n in self.staging_n])
+        if self.all_biases:
+            b_ptrs, sb_ptrs = tuple(biases), tuple(s_b)
+        else:
+            b_ptrs, sb_ptrs = _bias(biases, weights), _bias(s_b, s_w)
         launch(
             fused_forward_kernel, self.grid, self.cfg, self.device,
-            x, y, *self.sizes, *y_strides, tuple(weights), *self.w_strides, _bias(biases, weights), self.b_strides,
-            tuple(hidden), *h_strides, tuple(words), *p_strides, tuple(s_w), *self.sw_strides, _bias(s_b, s_w),
+            x, y, *self.sizes, *y_strides, tuple(weights), *self.w_strides, b_ptrs, self.b_strides,
+            tuple(hidden), *h_strides, tuple(words), *p_strides, tuple(s_w), *self.sw_strides, sb_ptrs,
             self.sb_strides, staging, *self.st_strides, PRECISION=dot_precision(self.dtype), **self.constexprs,
         )  # fmt: skip
         return y, hidden, words
@@ -268,6 +273,7 @@ class GradWeights:
         self.a_strides = _strides(inputs)
         self.dw_strides = tuple(zip(*[(max(s[1], 1), 1) if s else x.stride() for s in self.dw_shapes]))
         self.db_strides = tuple([1 if s else x.stride(0) for s in self.db_shapes])
+        self.all_biases = all(self.db_shapes)  # and first == 0: no stand-in anywhere
 
     def run(self, grads, inputs, out=None):
         x, M, first = inputs[0], self.M, self.first
@@ -281,9 +287,12 @@ class GradWeights:
                 if t is not None:
                     t.zero_()
             return dws, dbs
-        g = tuple([t if i >= first else x for i, t in enumerate(grads)])
-        dw = tuple([t if t is not None else x for t in dws])
-        db = tuple([t if t is not None else x for t in dbs])
+        if first == 0 and self.all_biases:
+            g, dw, db = tuple(grads), tuple(dws), tuple(dbs)
+        else:
+            g = tuple([t if i >= first else x for i, t in enumerate(grads)])
+            dw = tuple([t if t is not None else x for t in dws])
+            db = tuple([t if t is not None else x for t in dbs])
         dy_strides = g[-1].stride()
         g_strides = (self.g_head[0] + dy_strides[:1], self.g_head[1] + dy_strides[1:])
         dw_strides, db_strides = self.dw_strides, self.db_strides
