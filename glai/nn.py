@@ -82,13 +82,14 @@ class FrozenStructure(nn.Module):
             self.register_buffer(f"weight{i}", torch.empty(n_out, n_in, device=device, dtype=dtype))
             self.register_buffer(f"bias{i}", torch.empty(n_out, device=device, dtype=dtype) if bias else None)
 
+    # Read from the buffer dict: nn.Module's attribute lookup costs about a microsecond a name, every step.
     @property
     def weights(self) -> list[torch.Tensor]:
-        return [getattr(self, f"weight{i}") for i in range(len(self.widths) - 1)]
+        return [self._buffers[f"weight{i}"] for i in range(len(self.widths) - 1)]
 
     @property
     def biases(self) -> list[torch.Tensor | None]:
-        return [getattr(self, f"bias{i}") for i in range(len(self.widths) - 1)]
+        return [self._buffers[f"bias{i}"] for i in range(len(self.widths) - 1)]
 
     def extra_repr(self) -> str:
         return f"widths={list(self.widths)}"
@@ -330,37 +331,56 @@ class GLAIMLP(nn.Module):
             weights, biases = self.structure.weights, self.structure.biases
         return structural_patterns(x, weights, biases, backend=self.backend)
 
+    def _stack(self) -> tuple[list, list]:
+        """The trainable layers' weights and biases, read at every call: never cached, since ``load_state_dict``,
+        ``.to()``, ``functional_call`` or a new Parameter change them. A plain ``nn.Linear``'s come from its
+        parameter dict (where its attribute lookup finds them, without ``nn.Module.__getattr__``'s microsecond
+        a name), any other layer's (parametrized, replaced) through its attributes."""
+        weights, biases = [], []
+        for layer in self._modules["layers"]._modules.values():
+            params = layer._parameters
+            if type(layer) is nn.Linear and "weight" in params and "bias" in params:
+                weights.append(params["weight"])
+                biases.append(params["bias"])
+            else:
+                weights.append(layer.weight)
+                biases.append(layer.bias)
+        return weights, biases
+
     def forward(self, x: torch.Tensor, patterns: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        check_input(x, self.in_features)
-        weights = [m.weight for m in self.layers]
-        biases = [m.bias for m in self.layers]
-        if self.phase == "structural":
+        # The input is checked with the rest of the call, once per signature (glai_kernels.signature); here
+        # only on the structural phase's nn.Linear path, which has no such check.
+        weights, biases = self._stack()
+        structure = self._modules["structure"]
+        if structure is None:  # the structural phase
             if patterns is not None:
+                check_input(x, self.in_features)
                 raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
             # The fused path saves the packed patterns made in its forward (relu(z) = p z); elsewhere
             # nn.Linear + ReLU, the fastest there.
             y = fused_mlp(x, weights, biases, structural=True, backend=self.backend, fused=self.fused)
             if y is not None:
                 return y
+            check_input(x, self.in_features)
             if not torch.is_autocast_enabled(x.device.type):
                 # Only the check: under autocast each nn.Linear casts its own operands, and match_dtypes'
                 # casts would be built and thrown away on every step.
                 match_dtypes(x, weights, biases)
+            layers = self._modules["layers"]
             h = x
-            for layer in self.layers[:-1]:
+            for layer in layers[:-1]:
                 h = torch.relu(layer(h))
-            return self.layers[-1](h)
+            return layers[-1](h)
         if patterns is None:
             # Fused: the frozen structure runs in the same launch as the quantitative layers.
-            structure = (self.structure.weights, self.structure.biases)
             y = fused_mlp(
-                x, weights, biases, structure=structure, reduction=self.reduction, backend=self.backend,
-                fused=self.fused,
+                x, weights, biases, structure=(structure.weights, structure.biases), reduction=self.reduction,
+                backend=self.backend, fused=self.fused,
             )  # fmt: skip
             if y is not None:
                 return y
             patterns = self.patterns(x)
-        elif hasattr(patterns, "check_model"):
+        elif type(patterns) is not list and hasattr(patterns, "check_model"):
             patterns.check_model(self)  # looked up in a PatternCache: refused unless built for this structure
         return glai_mlp(
             x, weights, biases, patterns, reduction=self.reduction, backend=self.backend, fused=self.fused

@@ -21,10 +21,12 @@ import contextlib
 import torch
 
 from . import backend as _backend
+from . import fused as _fused
 from . import reference
-from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from .checks import check_devices, check_input, check_stack, match_dtypes
+from .eager import eager_apply
 from .first_order import first_order
-from .fused import fused_mlp
+from .fused_plan import GIVEN, FusedPlan
 from .layout import unit_gates
 
 _NO_OP = contextlib.nullcontext()
@@ -183,30 +185,26 @@ def glai_mlp(
 
     Returns ``(*, out_features)``. No gradient flows to ``patterns``.
     """
-    y = fused_mlp(x, weights, biases, patterns=patterns, reduction=reduction, backend=backend, fused=fused)
-    if y is not None:
-        return y
-    _backend.check_backend_name(backend)
-    weights, biases = check_stack(weights, biases)
-    check_input(x, weights[0].shape[1])
-    hidden = [w.shape[0] for w in weights[:-1]]
-    check_reduction(reduction, hidden)
-    lead = tuple(x.shape[:-1])
-    patterns = check_patterns(patterns, hidden, reduction, lead, x.device)
-    check_devices(x, weights, biases)
-    x, weights, biases = match_dtypes(x, weights, biases)
-    name = _backend.resolve_backend(backend, x.device)
-    x2 = x.reshape(-1, x.shape[-1])
-    flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
-    # Autocast off inside (match_dtypes cast the operands already); entering the context costs microseconds of
-    # host time a step, so it is entered only when autocast is on.
-    off = torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_OP
-    with off:
-        if name == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once (reference.stack)
+    verdict, autocast = _fused.verdict(GIVEN, x, weights, biases, patterns, None, reduction, backend, fused)
+    if type(verdict) is FusedPlan:
+        return _fused.run(verdict, x, weights, biases, patterns, None, autocast)
+    # The call was checked (once per signature, glai_kernels.signature): the per-layer path on `verdict`.
+    L = len(weights)
+    biases = [None] * L if biases is None else biases
+    if autocast is not None:  # the casts are part of the autograd graph: fp32 master weights get gradients
+        x, weights, biases = match_dtypes(x, list(weights), list(biases))
+    x2, flat = x, patterns
+    if x.dim() != 2:
+        x2 = x.reshape(-1, x.shape[-1])
+        flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
+    # Autocast off inside (the operands are cast already); entering the context costs microseconds of host
+    # time a step, so it is entered only when autocast is on.
+    with torch.autocast(x.device.type, enabled=False) if autocast is not None else _NO_OP:
+        if verdict == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once
             y = reference.stack(x2, weights, biases, flat, reduction)
         else:
-            y = GLAIStackFunction.apply(x2, name, reduction, len(weights), *weights, *biases, *flat)[0]
-    return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
+            y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), (*weights, *biases, *flat))[0]
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 @torch.no_grad()

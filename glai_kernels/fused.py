@@ -14,9 +14,12 @@ without a spill and fits the shared memory); float32, float16 or bfloat16 operan
 Depth, input and output features, batch, strides and reduction are free. See ``docs/fused.md``.
 
 **Host path.** Arguments are validated once per signature (shapes, strides, dtypes, devices, autocast state,
-flags) and the verdict remembered, so a step does a dictionary lookup, no checks, no host synchronisation, no
-CPU tensor. Eagerly the launches are called directly; under ``torch.compile`` each launch is one custom op
-(``torch.ops.glai.fused_forward``, ``fused_grad_data``, ``fused_grad_weights``) with a shape-only fake.
+flags: ``glai_kernels.signature``) and the verdict remembered, so a step builds a key and does a dictionary
+lookup, no checks, no host synchronisation, no CPU tensor. ``glai_mlp`` asks the same verdict on every backend
+(:func:`verdict`). The verdict of the fused path is a :class:`~glai_kernels.fused_plan.FusedPlan`, which keeps
+each launch with its stride arguments, so a step only allocates outputs and gathers pointers. Eagerly the
+launches are called directly; under ``torch.compile`` each launch is one custom op (``torch.ops.glai.fused_forward``,
+``fused_grad_data``, ``fused_grad_weights``) with a shape-only fake.
 """
 
 from __future__ import annotations
@@ -25,26 +28,18 @@ import torch
 
 from . import backend as _backend
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from .eager import eager_apply
 from .first_order import first_order
 from .fused_config import MAX_WIDTH, default_config
+from .fused_plan import FROM_STRUCTURE, GIVEN, STRUCTURAL, FusedPlan, chain_ends
+from .fused_plan import launcher as _launch
 from .layout import PATTERN_DTYPE, words_for
+from .signature import Verdicts
 
-GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # forward modes: patterns given, made, from the frozen structure
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_PER_LAYER = "per-layer"
-_PLANS: dict = {}
-
-
-_LAUNCH = None
-
-
-def _launch():
-    global _LAUNCH
-    if _LAUNCH is None:
-        from . import fused_launch  # imports Triton: only once the backend resolved to it
-
-        _LAUNCH = fused_launch
-    return _LAUNCH
+# Whether autocast is on for any device: one C call, where the device's own query needs x.device first.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+_PLANS = Verdicts()  # call signature -> verdict: a FusedPlan, or the per-layer path's backend name
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -85,10 +80,6 @@ def _max_width(device: str) -> int:
 
 
 # ----------------------------------------------------------------------------- entry
-def _key(t):
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
-
-
 def fused_mlp(
     x, weights, biases, *, patterns=None, structure=None, structural=False, reduction=1, backend="auto",
     fused=None,
@@ -104,44 +95,66 @@ def fused_mlp(
     if fused is None and (backend == "torch" or (backend == "auto" and not getattr(x, "is_cuda", False))):
         return None  # resolves to the torch backend: decided without building a signature
     mode = STRUCTURAL if structural else (FROM_STRUCTURE if structure is not None else GIVEN)
-    extra_w = () if mode == STRUCTURAL else (patterns if mode == GIVEN else structure[0])
-    extra_b = structure[1] if mode == FROM_STRUCTURE else ()
-    kind = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-    autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
-    try:
-        key = (mode, reduction, backend, fused, autocast, _key(x), tuple(map(_key, weights)),
-               tuple(map(_key, biases or ())), tuple(map(_key, extra_w)), tuple(map(_key, extra_b)))  # fmt: skip
-        plan = _PLANS.get(key)
-    except (AttributeError, TypeError):  # not tensors: the checks below name what is wrong
-        key, plan = None, None
-    if plan is None or torch.compiler.is_compiling():
-        plan = _validate(x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
-        if key is not None and not torch.compiler.is_compiling():
-            _PLANS[key] = plan
-    if plan is _PER_LAYER:
+    plan, autocast = verdict(mode, x, weights, biases, patterns, structure, reduction, backend, fused)
+    if type(plan) is not FusedPlan:
         return None
-    L, lead = len(weights), tuple(x.shape[:-1])
-    biases = [None] * L if biases is None else list(biases)
+    return run(plan, x, weights, biases, patterns, structure, autocast)
+
+
+def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, fused):
+    """``(verdict, autocast dtype or None)`` of a call: a :class:`FusedPlan`, or the name of the backend
+    (``"torch"`` or ``"triton"``) the per-layer path runs on. A call is checked in full the first time its
+    signature (``glai_kernels.signature``) comes, and whenever ``torch.compile`` traces it."""
+    autocast = None
+    if _any_autocast():
+        kind = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    checks = (x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
+    if torch.compiler.is_compiling():  # traced: checked in full, nothing remembered
+        return _validate(*checks), autocast
+    extra_w, extra_b = (), ()
+    if mode == GIVEN:
+        extra_w = patterns
+    elif mode == FROM_STRUCTURE:  # a malformed structure gives no key (0 is no group): the checks name it
+        pair = isinstance(structure, (tuple, list)) and len(structure) == 2
+        extra_w, extra_b = structure if pair else (0, 0)
+    key = _PLANS.key((mode, reduction, backend, fused, autocast), x, weights, biases, extra_w, extra_b)
+    found = _PLANS.get(key)
+    if found is None:
+        found = _validate(*checks)
+        _PLANS.put(key, found)
+    return found, autocast
+
+
+def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast):
+    """The fused forward of a call whose verdict is ``plan``, ``x`` of any leading shape."""
+    mode, L = plan.mode, plan.n_layers
+    biases = (None,) * L if biases is None else biases
+    extra_w = patterns if mode == GIVEN else (structure[0] if mode == FROM_STRUCTURE else ())
+    extra_b = structure[1] if mode == FROM_STRUCTURE else ()
     if autocast is not None:  # casts in the autograd graph: fp32 master weights get their gradients
-        x, weights, biases = match_dtypes(x, list(weights), biases)
+        x, weights, biases = match_dtypes(x, list(weights), list(biases))
         if mode == FROM_STRUCTURE:
             extra_w = [w.to(autocast) for w in extra_w]
             extra_b = [b if b is None else b.to(autocast) for b in extra_b]
-    x2 = x.reshape(-1, x.shape[-1])
-    if mode == GIVEN:
-        extra_w = [p.reshape(-1, p.shape[-1]) for p in extra_w]
-    args = (x2, mode, reduction, L, *weights, *biases, *extra_w, *extra_b)
+    x2 = x
+    if x.dim() != 2:
+        x2 = x.reshape(-1, x.shape[-1])
+        if mode == GIVEN:
+            extra_w = [p.reshape(-1, p.shape[-1]) for p in extra_w]
+    flags = (mode, plan.reduction, L, None if torch.compiler.is_compiling() else plan)
+    tensors = (*weights, *biases, *extra_w, *extra_b)
     if autocast is not None:
-        with torch.autocast(kind, enabled=False):
-            out = _apply(args)
+        with torch.autocast(x.device.type, enabled=False):
+            y = eager_apply(FusedStackFunction, (x2, *flags), tensors)[0]
     else:
-        out = _apply(args)
-    y = out[0]
-    return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])
+        y = eager_apply(FusedStackFunction, (x2, *flags), tensors)[0]
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _validate(x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast):
-    """The full checks (errors as the per-layer path gives them), then the verdict: a plan or _PER_LAYER."""
+    """The full checks (errors as the per-layer path gives them), then the verdict: a FusedPlan, or the
+    per-layer path's backend name."""
     check_fused_flag(fused)
     _backend.check_backend_name(backend)
     weights, biases = check_stack(weights, biases)
@@ -179,50 +192,66 @@ def _validate(x, weights, biases, patterns, structure, mode, reduction, backend,
     if autocast is None:
         match_dtypes(x, weights, biases)
     name = _backend.resolve_backend(backend, x.device)
+    if fused is False:
+        return name
     reason = why_not_fused(name, len(weights), dtype, hidden, structural_hidden, x.device)
     if reason is None:
-        return "fused"
+        return FusedPlan(mode, 1 if mode == STRUCTURAL else reduction, [b is not None for b in biases])
     if fused:
         raise ValueError(f"fused=True: {reason}")
-    return _PER_LAYER
+    return name
 
 
 # ----------------------------------------------------------------------------- the Function
 class FusedStackFunction(torch.autograd.Function):
-    """``apply(x, mode, reduction, n_layers, *weights, *biases, *extra)`` on 2-d ``x``; ``extra`` is the
+    """``apply(x, mode, reduction, n_layers, plan, *weights, *biases, *extra)`` on 2-d ``x``; ``extra`` is the
     patterns (``GIVEN``), nothing (``STRUCTURAL``) or the structure's weights then biases
-    (``FROM_STRUCTURE``). Returns ``(y, *hidden, *words)`` (words only when made here); only ``y`` is
-    differentiable. Saves ``x``, the weights, the hidden outputs and the packed patterns: nothing else."""
+    (``FROM_STRUCTURE``); ``plan`` the call's :class:`FusedPlan` eagerly (its launches), None while
+    ``torch.compile`` traces (the launches are custom ops then). Returns ``(y, *hidden, *words)`` (words only
+    when made here); only ``y`` is differentiable. Saves ``x``, the weights, the hidden outputs and the packed
+    patterns: nothing else."""
 
     @staticmethod
-    def forward(x, mode, reduction, n_layers, *tensors):
+    def forward(x, mode, reduction, n_layers, plan, *tensors):
         L = n_layers
-        weights, biases, extra = list(tensors[:L]), list(tensors[L : 2 * L]), list(tensors[2 * L :])
-        extra_w, extra_b = (extra[: L - 1], extra[L - 1 :]) if mode == FROM_STRUCTURE else (extra, [])
-        return tuple(_op("forward")(x, weights, biases, extra_w, extra_b, mode, reduction))
+        weights, biases, extra = tensors[:L], tensors[L : 2 * L], tensors[2 * L :]
+        extra_w, extra_b = (extra[: L - 1], extra[L - 1 :]) if mode == FROM_STRUCTURE else (extra, ())
+        if plan is not None and not torch.compiler.is_compiling():
+            return plan.forward(x, weights, biases, extra_w, extra_b)
+        args = (x, list(weights), list(biases), list(extra_w), list(extra_b), mode, reduction)
+        return tuple(_op("forward")(*args))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, mode, reduction, L = inputs[:4]
-        tensors = inputs[4:]
+        x, mode, reduction, L, plan = inputs[:5]
+        tensors = inputs[5:]
         hidden = output[1:L]
         words = output[L:] if mode != GIVEN else tensors[2 * L :]
         ctx.mark_non_differentiable(*output[1:])
         ctx.save_for_backward(x, *tensors[:L], *hidden, *words)
-        ctx.n_layers, ctx.n_extra = L, len(tensors) - 2 * L
-        ctx.reduction = 1 if mode == STRUCTURAL else reduction
-        ctx.has_bias = [b is not None for b in tensors[L : 2 * L]]
+        ctx.plan, ctx.n_layers, ctx.n_extra = plan, L, len(tensors) - 2 * L
+        if plan is None:  # traced: the plan's backward is not used
+            ctx.reduction = 1 if mode == STRUCTURAL else reduction
+            ctx.has_bias = [b is not None for b in tensors[L : 2 * L]]
 
     @staticmethod
     def backward(ctx, grad_y, *_):
-        # First order only (glai_kernels.first_order): the kernels record no graph of their own.
+        # First order only (glai_kernels.first_order): the kernels record no graph of their own. Grad mode is
+        # on only while a graph of this backward is recorded (create_graph=True, torch.func).
+        if not torch.is_grad_enabled():
+            return FusedStackFunction._grads(ctx, grad_y)
         with torch.no_grad():
             grads = FusedStackFunction._grads(ctx, grad_y)
         return first_order(grads, (grad_y, *ctx.saved_tensors))
 
     @staticmethod
     def _grads(ctx, grad_y):
-        L, r = ctx.n_layers, ctx.reduction
+        plan = ctx.plan
+        if plan is not None and not torch.compiler.is_compiling():
+            return plan.backward(ctx, grad_y)
+        # Traced (torch.compile, compiled autograd): the launches as custom ops.
+        L = ctx.n_layers
+        r, has_b = (ctx.reduction, ctx.has_bias) if plan is None else (plan.reduction, plan.has_bias)
         saved = ctx.saved_tensors
         x, weights, hidden, words = (
             saved[0],
@@ -231,45 +260,22 @@ class FusedStackFunction(torch.autograd.Function):
             list(saved[2 * L :]),
         )
         need = ctx.needs_input_grad
-        need_w, need_b = need[4 : 4 + L], need[4 + L : 4 + 2 * L]
-        wanted = [i for i in range(L) if need_w[i] or need_b[i]]
-        first = wanted[0] if wanted else L  # frozen first layers stop the chain above them
-        lowest = 0 if need[0] else first
+        lowest, first, need_dx = chain_ends(need, L)
+        need_w, need_b = need[5 : 5 + L], need[5 + L : 5 + 2 * L]
         grads, dx = [None] * (L - 1), None
         if lowest < L - 1:
-            res = _op("grad_data")(grad_y, weights, words, r, lowest, bool(need[0]))
+            res = _op("grad_data")(grad_y, weights, words, r, lowest, need_dx)
             grads[lowest:] = res[: L - 1 - lowest]
-            dx = res[-1] if need[0] else None
+            dx = res[-1] if need_dx else None
         dws, dbs = [None] * L, [None] * L
         if first < L:
-            has_b = [ctx.has_bias[i] for i in range(L)]
-            res = _op("grad_weights")(grads[first:] + [grad_y], [x, *hidden], has_b, first)
+            res = _op("grad_weights")(grads[first:] + [grad_y], [x, *hidden], list(has_b), first)
             dws[first:] = res[: L - first]
             it = iter(res[L - first :])
             dbs = [next(it) if i >= first and has_b[i] else None for i in range(L)]
         dws = [d if need_w[i] else None for i, d in enumerate(dws)]
         dbs = [d if need_b[i] else None for i, d in enumerate(dbs)]
-        return (dx, None, None, None, *dws, *dbs, *([None] * ctx.n_extra))
-
-
-# Function.apply binds its arguments with inspect.signature on every call when setup_context is defined (tens of
-# microseconds, to fill in defaults this forward has none of); eagerly, with no torch.func transform active, the
-# C implementation it ends in is called directly.
-# That shortcut leans on two private names of torch's own Function.apply; a torch without them takes the public
-# path, a few tens of microseconds slower.
-try:
-    from torch._functorch.utils import unwrap_dead_wrappers
-
-    _C_APPLY = super(torch.autograd.Function, FusedStackFunction).apply
-    _TRANSFORMS_ACTIVE = torch._C._are_functorch_transforms_active
-except (ImportError, AttributeError):  # pragma: no cover - older or newer torch internals
-    _C_APPLY = None
-
-
-def _apply(args):
-    if _C_APPLY is None or torch.compiler.is_compiling() or _TRANSFORMS_ACTIVE():
-        return FusedStackFunction.apply(*args)
-    return _C_APPLY(*unwrap_dead_wrappers(args))
+        return (dx, None, None, None, None, *dws, *dbs, *([None] * ctx.n_extra))
 
 
 # ----------------------------------------------------------------------------- launches as ops

@@ -4,11 +4,21 @@ Shapes are trusted here (``glai_kernels.fused`` validates them once per signatur
 operands are read in place. ``config`` overrides :func:`fused_config.default_config`; ``out`` passes
 preallocated outputs (tests fill them with NaN first, so an element a kernel forgets to write fails).
 
-What a launch derives from shapes and flags alone (constexprs, grid, tile tables) is remembered per
-signature, and so is the weight gradient's split-combine workspace (fp32 partials and one ticket counter a
-tile, zeroed once and reset by the kernel itself): a step allocates nothing but its outputs, with
-``torch.empty``, so it can be captured in a CUDA graph after one warm-up step. One workspace serves launches
-that run one after another on a stream, not two at once on two streams.
+Each launch is a class (:class:`Forward`, :class:`GradData`, :class:`GradWeights`) built from a call's
+tensors: what the launch derives from their shapes and strides (constexprs, grid, tile tables, every stride
+argument) is computed when it is built, and ``run`` allocates the outputs (``new_empty``, row-major), gathers
+the operands' pointers and launches. :func:`forward`, :func:`grad_data` and :func:`grad_weights` build one per
+call. The fused Function (``glai_kernels.fused``) builds each once per call signature and runs it at every step:
+a signature fixes every operand's strides, and the outputs ``run`` allocates have the same strides every time,
+so a step reads only the upstream gradient's strides (autograd passes whatever layout it has).
+
+What derives from shapes and flags alone is remembered across the signatures that share it (``_STATIC``, at
+most ``signature.MEMO_SIZE`` entries). The weight gradient's split-combine workspace (fp32 partials and one
+ticket counter a tile, zeroed once and reset by the kernel itself) is kept per stack and split count, never per
+batch size: at most ``MAX_SPLITS`` a stack, and never freed, so a CUDA graph that captured a launch never
+replays into released memory. A step allocates nothing but its outputs, so it can be captured in a CUDA graph
+after one warm-up step. One workspace serves launches that run one after another on a stream, not two at once
+on two streams.
 """
 
 from __future__ import annotations
@@ -20,12 +30,14 @@ from .fused_config import padded
 from .kernels.fused_backward import fused_grad_data_kernel, fused_grad_weights_kernel
 from .kernels.fused_forward import fused_forward_kernel
 from .layout import PATTERN_DTYPE, WORD_BITS, words_for
+from .signature import remember
 from .triton_ops import INTERPRETED, dot_precision
 
 GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # forward modes, see kernels/fused_forward.py
 
 _CONFIGS: dict = {}
-_STATIC: dict = {}  # per signature: what a launch derives from shapes and flags (and its workspace)
+_STATIC: dict = {}  # per signature: what a launch derives from shapes and flags (at most MEMO_SIZE of them)
+_WORKSPACES: dict = {}  # per stack and split count: the weight gradient's workspace
 
 
 def config_for(device: torch.device, config: dict | None) -> dict:
@@ -60,16 +72,23 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _mat(ts) -> tuple:
-    """Pointers and (row, column) strides of a list of 2-d tensors, as the kernels' tuples."""
-    rows, cols = zip(*[t.stride() for t in ts])
-    return tuple(ts), rows, cols
+def _strides(ts) -> tuple:
+    """Row and column strides of a list of 2-d tensors, as the kernels' tuples."""
+    return tuple(zip(*[t.stride() for t in ts])) or ((), ())
+
+
+def _dense(widths) -> tuple:
+    """The strides :func:`_strides` gives for row-major ``[M, n]`` tensors as ``new_empty`` makes them."""
+    return tuple(max(n, 1) for n in widths), (1,) * len(widths)
 
 
 def _bias(biases, weights) -> tuple:
-    """Bias pointers (a weight stands in for an absent bias: never read) and strides."""
-    ptrs = tuple(b if b is not None else w for b, w in zip(biases, weights))
-    return ptrs, tuple(b.stride(0) if b is not None else 0 for b in biases)
+    """Bias pointers: a weight stands in for an absent bias (never read)."""
+    return tuple([b if b is not None else w for b, w in zip(biases, weights)])
+
+
+def _bias_strides(biases) -> tuple:
+    return tuple(b.stride(0) if b is not None else 0 for b in biases)
 
 
 def _memo(key, config, build):
@@ -79,47 +98,79 @@ def _memo(key, config, build):
         return build()
     found = _STATIC.get(key)
     if found is None:
-        found = _STATIC[key] = build()
+        found = remember(_STATIC, key, build())
     return found
 
 
-def forward(x, weights, biases, mode, reduction=1, patterns=None, structure=None, *, config=None, out=None):
-    """``(y, hidden, words)`` of the stack on 2-d ``x``: ``hidden`` the ``L - 1`` hidden outputs (the layer
-    inputs the backward needs), ``words`` the patterns (the given ones in mode ``GIVEN``, else written).
-    ``structure``: ``(weights, biases)`` of the frozen structure's hidden layers (mode ``FROM_STRUCTURE``).
-    ``out``: ``(y, hidden, words)`` buffers (``words`` ignored in mode ``GIVEN``)."""
-    M, IN = x.shape
-    dev, dt = x.device, x.dtype
-    s_w, s_b = structure if mode == FROM_STRUCTURE else (weights[:-1], biases[:-1])
-    key = (
-        "forward", mode, reduction, dev, dt, IN, tuple([w.shape[0] for w in weights]),
-        tuple([b is None for b in biases]), tuple([w.shape[0] for w in s_w]), tuple([b is None for b in s_b]),
-    )  # fmt: skip
-    st = _memo(key, config, lambda: _forward_static(key, config))
-    if out is None:
-        y = torch.empty((M, st["OUT"]), dtype=dt, device=dev)
-        hidden = [torch.empty((M, n), dtype=dt, device=dev) for n in st["HIDDEN"]]
-        words = (
-            None
-            if mode == GIVEN
-            else [torch.empty((M, w), dtype=PATTERN_DTYPE, device=dev) for w in st["words"]]
-        )
-    else:
-        y, hidden, words = out[0], list(out[1]), (None if mode == GIVEN else list(out[2]))
-    if mode == GIVEN:
-        words = patterns
-    if M == 0:
+class Forward:
+    """The forward launch of one call signature: ``run`` gives ``(y, hidden, words)`` of the stack on 2-d ``x``,
+    ``hidden`` the ``L - 1`` hidden outputs (the layer inputs the backward needs), ``words`` the patterns (the
+    given ones in mode ``GIVEN``, else written). ``structure``: ``(weights, biases)`` of the frozen structure's
+    hidden layers (mode ``FROM_STRUCTURE``). ``out``: ``(y, hidden, words)`` buffers (``words`` ignored in mode
+    ``GIVEN``)."""
+
+    def __init__(self, x, weights, biases, mode, reduction=1, patterns=None, structure=None, config=None):
+        M, IN = x.shape
+        dev, dt = x.device, x.dtype
+        s_w, s_b = structure if mode == FROM_STRUCTURE else (weights[:-1], biases[:-1])
+        key = (
+            "forward", mode, reduction, dev, dt, IN, tuple([w.shape[0] for w in weights]),
+            tuple([b is None for b in biases]), tuple([w.shape[0] for w in s_w]), tuple([b is None for b in s_b]),
+        )  # fmt: skip
+        st = _memo(key, config, lambda: _forward_static(key, config))
+        self.mode, self.M, self.device, self.dtype = mode, M, dev, dt
+        self.cfg, self.constexprs = st["cfg"], st["constexprs"]
+        self.out_n, self.hidden_n = st["OUT"], st["HIDDEN"]
+        self.words_n, self.staging_n = st["words"], st["staging"]
+        self.grid = (_cdiv(M, self.cfg["BLOCK_M"]),)
+        self.sizes = (M, IN, self.out_n, *x.stride())
+        self.y_strides = (max(self.out_n, 1), 1)
+        self.w_strides, self.b_strides = _strides(weights), _bias_strides(biases)
+        self.sw_strides, self.sb_strides = _strides(s_w), _bias_strides(s_b)
+        self.all_biases = all(b is not None for b in biases) and all(b is not None for b in s_b)
+        self.h_strides = _dense(self.hidden_n)
+        self.p_strides = _strides(patterns) if mode == GIVEN else _dense(self.words_n)
+        staged = [(max(n, 1), 1) if n else x.stride() for n in self.staging_n]
+        self.st_strides = tuple(zip(*staged))
+
+    def run(self, x, weights, biases, patterns=None, structure=None, out=None):
+        M, mode = self.M, self.mode
+        if out is None:
+            y = x.new_empty(M, self.out_n)
+            hidden = [x.new_empty(M, n) for n in self.hidden_n]
+            words = None
+            if mode != GIVEN:
+                words = [torch.empty(M, w, dtype=PATTERN_DTYPE, device=self.device) for w in self.words_n]
+            y_strides, h_strides, p_strides = self.y_strides, self.h_strides, self.p_strides
+        else:
+            y, hidden, words = out[0], list(out[1]), (None if mode == GIVEN else list(out[2]))
+            y_strides, h_strides = y.stride(), _strides(hidden)
+            p_strides = self.p_strides if mode == GIVEN else _strides(words)
+        if mode == GIVEN:
+            words = patterns
+        if M == 0:
+            return y, hidden, words
+        s_w, s_b = structure if mode == FROM_STRUCTURE else (weights[:-1], biases[:-1])
+        # A structural layer wider than a chunk stages its rows in memory (its activations are not kept).
+        staging = tuple([x.new_empty(M, n) if n else x for n in self.staging_n])
+        if self.all_biases:
+            b_ptrs, sb_ptrs = tuple(biases), tuple(s_b)
+        else:
+            b_ptrs, sb_ptrs = _bias(biases, weights), _bias(s_b, s_w)
+        launch(
+            fused_forward_kernel, self.grid, self.cfg, self.device,
+            x, y, *self.sizes, *y_strides, tuple(weights), *self.w_strides, b_ptrs, self.b_strides,
+            tuple(hidden), *h_strides, tuple(words), *p_strides, tuple(s_w), *self.sw_strides, sb_ptrs,
+            self.sb_strides, staging, *self.st_strides, PRECISION=dot_precision(self.dtype), **self.constexprs,
+        )  # fmt: skip
         return y, hidden, words
-    # A structural layer wider than a chunk stages its rows in memory (its activations are not kept).
-    staging = [torch.empty((M, n), dtype=dt, device=dev) if n else x for n in st["staging"]]
-    cfg = st["cfg"]
-    launch(
-        fused_forward_kernel, (_cdiv(M, cfg["BLOCK_M"]),), cfg, dev,
-        x, y, M, IN, st["OUT"], *x.stride(), *y.stride(), *_mat(weights), *_bias(biases, weights),
-        *_mat(hidden), *_mat(words), *_mat(s_w), *_bias(s_b, s_w), *_mat(staging),
-        PRECISION=dot_precision(dt), **st["constexprs"],
-    )  # fmt: skip
-    return y, hidden, words
+
+
+def forward(x, weights, biases, mode, reduction=1, patterns=None, structure=None, *, config=None, out=None):
+    """``(y, hidden, words)``: see :class:`Forward`, built for this call."""
+    return Forward(x, weights, biases, mode, reduction, patterns, structure, config).run(
+        x, weights, biases, patterns, structure, out
+    )
 
 
 def _forward_static(key, config) -> dict:
@@ -142,31 +193,49 @@ def _forward_static(key, config) -> dict:
     )  # fmt: skip
 
 
-def grad_data(dy, weights, words, reduction, lowest, need_dx, *, config=None, out=None):
-    """``(grads, dx)``: ``grads[l]`` the gradient at hidden layer ``l``'s output for ``l >= lowest`` (None
-    below), ``dx`` when ``need_dx`` (which needs ``lowest == 0``). ``out``: ``(grads, dx)`` buffers."""
-    M, OUT = dy.shape
-    dev, dt = dy.device, dy.dtype
-    key = ("grad_data", reduction, lowest, need_dx, dev, dt, tuple([w.shape[0] for w in weights[:-1]]))
-    st = _memo(key, config, lambda: _grad_data_static(key, config))
-    IN = weights[0].shape[1]
-    if out is None:
-        grads = [
-            torch.empty((M, n), dtype=dt, device=dev) if i >= lowest else None for i, n in enumerate(key[-1])
-        ]
-        dx = torch.empty((M, IN), dtype=dt, device=dev) if need_dx else None
-    else:
-        grads, dx = list(out[0]), out[1]
-    if M == 0:
+class GradData:
+    """The data-gradient launch of one call signature: ``run`` gives ``(grads, dx)``, ``grads[l]`` the gradient
+    at hidden layer ``l``'s output for ``l >= lowest`` (None below), ``dx`` when ``need_dx`` (which needs
+    ``lowest == 0``). ``out``: ``(grads, dx)`` buffers. Only ``dy``'s strides are read again at each run."""
+
+    def __init__(self, dy, weights, words, reduction, lowest, need_dx, config=None):
+        M, OUT = dy.shape
+        dev, dt = dy.device, dy.dtype
+        key = ("grad_data", reduction, lowest, need_dx, dev, dt, tuple([w.shape[0] for w in weights[:-1]]))
+        st = _memo(key, config, lambda: _grad_data_static(key, config))
+        self.M, self.device, self.dtype, self.lowest, self.need_dx = M, dev, dt, lowest, need_dx
+        self.cfg, self.constexprs, self.hidden_n = st["cfg"], st["constexprs"], key[-1]
+        self.IN = weights[0].shape[1]
+        self.grid = (_cdiv(M, self.cfg["BLOCK_M"]),)
+        self.sizes = (M, self.IN, OUT)
+        self.dx_strides = (max(self.IN, 1), 1) if need_dx else (0, 0)
+        self.w_strides, self.p_strides = _strides(weights), _strides(words)
+        self.g_strides = _dense(self.hidden_n)
+
+    def run(self, dy, weights, words, out=None):
+        M, lowest, need_dx = self.M, self.lowest, self.need_dx
+        if out is None:
+            grads = [dy.new_empty(M, n) if i >= lowest else None for i, n in enumerate(self.hidden_n)]
+            dx = dy.new_empty(M, self.IN) if need_dx else None
+        else:
+            grads, dx = list(out[0]), out[1]
+        if M == 0:
+            return grads, dx
+        g = [t if t is not None else dy for t in grads]  # never written: below the chain's end
+        g_strides = self.g_strides if out is None and lowest == 0 else _strides(g)
+        dx_strides = dx.stride() if out is not None and need_dx else self.dx_strides
+        launch(
+            fused_grad_data_kernel, self.grid, self.cfg, self.device,
+            dy, dx if need_dx else dy, *self.sizes, *dy.stride(), *dx_strides, tuple(weights), *self.w_strides,
+            tuple(words), *self.p_strides, tuple(g), *g_strides, PRECISION=dot_precision(self.dtype),
+            **self.constexprs,
+        )  # fmt: skip
         return grads, dx
-    g = [t if t is not None else dy for t in grads]  # never written: below the chain's end
-    cfg = st["cfg"]
-    launch(
-        fused_grad_data_kernel, (_cdiv(M, cfg["BLOCK_M"]),), cfg, dev,
-        dy, dx if need_dx else dy, M, IN, OUT, *dy.stride(), *(dx.stride() if need_dx else (0, 0)),
-        *_mat(weights), *_mat(words), *_mat(g), PRECISION=dot_precision(dt), **st["constexprs"],
-    )  # fmt: skip
-    return grads, dx
+
+
+def grad_data(dy, weights, words, reduction, lowest, need_dx, *, config=None, out=None):
+    """``(grads, dx)``: see :class:`GradData`, built for this call."""
+    return GradData(dy, weights, words, reduction, lowest, need_dx, config).run(dy, weights, words, out)
 
 
 def _grad_data_static(key, config) -> dict:
@@ -181,38 +250,66 @@ def _grad_data_static(key, config) -> dict:
     return dict(cfg=cfg, constexprs=constexprs)
 
 
-def grad_weights(grads, inputs, has_bias, first, *, config=None, out=None):
-    """``(dws, dbs)`` of layers ``first ..`` (None below, and ``dbs[l]`` None without a bias) from
-    ``grads[l]`` ``[M, N_l]`` (the last one ``dy``) and ``inputs[l]`` ``[M, K_l]`` (``x``, then the hidden
-    outputs). ``out``: ``(dws, dbs)`` buffers. With several batch splits the fp32 partials go to a workspace
-    kept per signature (zeroed ticket counters that the kernel resets itself)."""
-    x = inputs[0]
-    M, dev, dt = x.shape[0], x.device, x.dtype
-    Ns = tuple([g.shape[1] if i >= first else 1 for i, g in enumerate(grads)])
-    Ks = tuple([a.shape[1] for a in inputs])
-    key = ("grad_weights", first, tuple(has_bias), dev, dt, M, Ns, Ks)
-    st = _memo(key, config, lambda: _grad_weights_static(key, config))
-    if out is None:
-        dws = [torch.empty(s, dtype=dt, device=dev) if s else None for s in st["dw_shapes"]]
-        dbs = [torch.empty(s, dtype=dt, device=dev) if s else None for s in st["db_shapes"]]
-    else:
-        dws, dbs = list(out[0]), list(out[1])
-    if M == 0:
-        for t in dws + dbs:
-            if t is not None:
-                t.zero_()
+class GradWeights:
+    """The weight-gradient launch of one call signature: ``run`` gives ``(dws, dbs)`` of layers ``first ..``
+    (None below, and ``dbs[l]`` None without a bias) from ``grads[l]`` ``[M, N_l]`` (the last one ``dy``) and
+    ``inputs[l]`` ``[M, K_l]`` (``x``, then the hidden outputs). ``out``: ``(dws, dbs)`` buffers. With several
+    batch splits the fp32 partials go to a workspace (zeroed ticket counters that the kernel resets itself).
+    Only the strides of ``dy`` (the last of ``grads``) are read again at each run."""
+
+    def __init__(self, grads, inputs, has_bias, first, config=None):
+        x = inputs[0]
+        M, dev, dt = x.shape[0], x.device, x.dtype
+        Ns = tuple([g.shape[1] if i >= first else 1 for i, g in enumerate(grads)])
+        Ks = tuple([a.shape[1] for a in inputs])
+        key = ("grad_weights", first, tuple(has_bias), dev, dt, M, Ns, Ks)
+        st = _memo(key, config, lambda: _grad_weights_static(key, config))
+        self.M, self.first, self.device, self.dtype = M, first, dev, dt
+        self.st, self.cfg, self.constexprs, self.grid = st, st["cfg"], st["constexprs"], st["grid"]
+        self.dw_shapes, self.db_shapes = st["dw_shapes"], st["db_shapes"]
+        self.sizes = (Ns, Ks, st["ws_dw"], st["ws_db"], M, st["m_split"])
+        g_rows, g_cols = _strides([t if i >= first else x for i, t in enumerate(grads[:-1])])
+        self.g_head = g_rows, g_cols
+        self.a_strides = _strides(inputs)
+        self.dw_strides = tuple(zip(*[(max(s[1], 1), 1) if s else x.stride() for s in self.dw_shapes]))
+        self.db_strides = tuple([1 if s else x.stride(0) for s in self.db_shapes])
+        self.all_biases = all(self.db_shapes)  # and first == 0: no stand-in anywhere
+
+    def run(self, grads, inputs, out=None):
+        x, M, first = inputs[0], self.M, self.first
+        if out is None:
+            dws = [x.new_empty(*s) if s else None for s in self.dw_shapes]
+            dbs = [x.new_empty(*s) if s else None for s in self.db_shapes]
+        else:
+            dws, dbs = list(out[0]), list(out[1])
+        if M == 0:
+            for t in dws + dbs:
+                if t is not None:
+                    t.zero_()
+            return dws, dbs
+        if first == 0 and self.all_biases:
+            g, dw, db = tuple(grads), tuple(dws), tuple(dbs)
+        else:
+            g = tuple([t if i >= first else x for i, t in enumerate(grads)])
+            dw = tuple([t if t is not None else x for t in dws])
+            db = tuple([t if t is not None else x for t in dbs])
+        dy_strides = g[-1].stride()
+        g_strides = (self.g_head[0] + dy_strides[:1], self.g_head[1] + dy_strides[1:])
+        dw_strides, db_strides = self.dw_strides, self.db_strides
+        if out is not None:
+            dw_strides, db_strides = _strides(dw), tuple([t.stride(0) for t in db])
+        ws, counters = self.st["workspace"] or (x, x)  # one split: never touched
+        launch(
+            fused_grad_weights_kernel, self.grid, self.cfg, self.device,
+            g, *g_strides, tuple(inputs), *self.a_strides, dw, *dw_strides, db, db_strides, *self.sizes, ws,
+            self.st["ws_split"], counters, PRECISION=dot_precision(self.dtype), **self.constexprs,
+        )  # fmt: skip
         return dws, dbs
-    g = [t if i >= first else x for i, t in enumerate(grads)]
-    dw = [t if t is not None else x for t in dws]
-    db = [t if t is not None else x for t in dbs]
-    ws, counters = st["workspace"] or (x, x)  # one split: never touched
-    launch(
-        fused_grad_weights_kernel, st["grid"], st["cfg"], dev,
-        *_mat(g), *_mat(inputs), *_mat(dw), tuple(db), tuple(t.stride(0) for t in db), Ns, Ks,
-        st["ws_dw"], st["ws_db"], M, st["m_split"], ws, st["ws_split"], counters,
-        PRECISION=dot_precision(dt), **st["constexprs"],
-    )  # fmt: skip
-    return dws, dbs
+
+
+def grad_weights(grads, inputs, has_bias, first, *, config=None, out=None):
+    """``(dws, dbs)``: see :class:`GradWeights`, built for this call."""
+    return GradWeights(grads, inputs, has_bias, first, config).run(grads, inputs, out)
 
 
 def _grad_weights_static(key, config) -> dict:
@@ -234,10 +331,7 @@ def _grad_weights_static(key, config) -> dict:
         size += Ns[i] if i >= first and has_bias[i] else 0
     workspace = None
     if splits > 1 and M > 0:
-        workspace = (
-            torch.empty(splits * size, dtype=torch.float32, device=dev),
-            torch.zeros(start[-1], dtype=torch.int32, device=dev),
-        )
+        workspace = _workspace((dev, first, has_bias, Ns, Ks, splits), splits * size, start[-1])
     constexprs = dict(
         TILE_START=tuple(start), TILES_K=tiles_k, HAS_B=tuple(bool(has_bias[i]) and i >= first for i in range(L)),
         SPLITS=splits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], UPCAST=INTERPRETED,
@@ -248,3 +342,16 @@ def _grad_weights_static(key, config) -> dict:
         dw_shapes=[(Ns[i], Ks[i]) if i >= first else None for i in range(L)],
         db_shapes=[(Ns[i],) if i >= first and has_bias[i] else None for i in range(L)],
     )  # fmt: skip
+
+
+def _workspace(key, floats: int, tiles: int) -> tuple:
+    """The split-combine workspace of a stack and split count: fp32 partials and one zeroed ticket counter a
+    tile. Kept for the process's life and shared by every batch size with that split count (at most
+    ``MAX_SPLITS`` a stack), so a CUDA graph that captured a launch never replays into freed memory."""
+    found = _WORKSPACES.get(key)
+    if found is None:
+        found = _WORKSPACES[key] = (
+            torch.empty(floats, dtype=torch.float32, device=key[0]),
+            torch.zeros(tiles, dtype=torch.int32, device=key[0]),
+        )
+    return found

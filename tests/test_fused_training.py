@@ -144,7 +144,7 @@ def test_auto_rule(launches, monkeypatch):
     kernels when a width is over it, and the torch reference (no launch) on the torch backend. (The limit is
     lowered to 32 here, which keeps the interpreter's work small; the rule is the same at 512.)"""
     monkeypatch.setattr(fused, "_max_width", lambda device: 32)
-    monkeypatch.setattr(fused, "_PLANS", {})
+    monkeypatch.setattr(fused, "_PLANS", fused.Verdicts())
     x = torch.randn(5, 7, device=DEVICE)
     for hidden, backend, expect in (
         ([32, 17], "triton", "fused"),
