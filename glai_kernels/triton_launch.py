@@ -15,6 +15,7 @@ import torch
 from . import launch_configs, tuning
 from .kernels.tiles import grouped_tile
 from .layout import WORD_BITS
+from .signature import remember as remember_bounded
 from .tuning import PARAMS
 
 try:
@@ -235,13 +236,14 @@ def new_plan(op, M, N, K, dtype, device, config) -> Plan:
 
 
 def remember(key, plan: Plan) -> Plan:
-    """Keep ``plan`` for its signature; plans of configurations older than a cache reload are dropped."""
+    """Keep ``plan`` for its signature (at most ``signature.MEMO_SIZE``, the oldest forgotten first); plans of
+    configurations older than a cache reload are dropped."""
     if key is not None:
         global _generation
         if _generation != launch_configs.generation:
             PLANS.clear()
             _generation = launch_configs.generation
-        PLANS[key] = plan
+        remember_bounded(PLANS, key, plan)
     return plan
 
 

@@ -200,7 +200,7 @@ def test_dry_run_output_is_one_line_per_section_and_the_table_last(dry_run):
 
 def test_stdout_of_a_full_gpu_run_stays_small():
     """The table of the GPU plan (its head grid, its kernel shapes), filled with figures as wide as they get,
-    plus the preflight and section lines, fits the 6,000 characters the issue allows."""
+    plus the preflight and section lines, fits in the 6,000 characters we allow ourselves."""
     sections = plan.build(Replay(), None, None, plan.GPU, "subset", {})
     records = []
     for section in sections:

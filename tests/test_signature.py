@@ -187,6 +187,21 @@ def test_the_fused_launch_memos_are_bounded_in_a_loop_over_batch_sizes(monkeypat
     assert splits == {2}
 
 
+def test_the_per_layer_launch_plans_are_bounded_in_a_loop_over_batch_sizes(monkeypatch):
+    """The per-layer kernels' plans (one per call signature) keep at most MEMO_SIZE entries. (Launches are
+    stubbed: only the host side runs.)"""
+    tl = pytest.importorskip("glai_kernels.triton_launch", reason="the per-layer kernels need Triton")
+    monkeypatch.setattr(tl, "launch", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tl, "PLANS", {})
+    from glai_kernels import triton_ops
+
+    w = torch.randn(16, 7, device=DEVICE)
+    x = torch.randn(signature.MEMO_SIZE + 40, 7, device=DEVICE)
+    for batch in range(1, x.shape[0] + 1):
+        triton_ops.masked_forward(x[:batch], w, None, None, 1)
+    assert len(tl.PLANS) == signature.MEMO_SIZE
+
+
 @pytest.mark.parametrize("backend, fused_", [PATHS[0], PATHS[2]], ids=["torch", "fused"])
 def test_the_model_reads_its_parameters_at_every_call(backend, fused_):
     """Nothing is cached in GLAIMLP: a new Parameter, functional_call's tensors and a parametrized layer are
