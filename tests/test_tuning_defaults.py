@@ -128,11 +128,13 @@ def test_batch_splits():
 # ----------------------------------------------------------------------------- layering
 # Each tuning module may import only the modules listed for it (within glai_kernels), directly or lazily.
 LAYERS = {
+    "signature": set(),  # the memo of checked call signatures: a leaf any launch side may use
     "tuning": {"costs", "layout"},
     "tuning_cache": {"tuning", "costs", "layout"},
     "launch_configs": {"tuning", "tuning_cache", "costs", "layout"},
-    "triton_launch": {"launch_configs", "tuning", "tuning_cache", "costs", "layout", "kernels"},
+    "triton_launch": {"launch_configs", "tuning", "tuning_cache", "costs", "layout", "kernels", "signature"},
     "triton_ops": {
+        "signature",
         "triton_launch",
         "launch_configs",
         "tuning",
