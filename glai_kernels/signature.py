@@ -112,7 +112,9 @@ class Verdicts:
         for i, entry in enumerate(entries):
             try:
                 same = entry[0].check(*tensors)
-            except TypeError:  # one is not a tensor
+            except (
+                Exception
+            ):  # one is not a tensor, or a guard of another torch refuses: no verdict, check in full
                 return None
             if same:
                 if i:  # the most recently used first
@@ -133,7 +135,7 @@ class Verdicts:
         layout, tensors = key
         try:
             guard = TensorGuards(*tensors, dynamic_dims_sizes=None, dynamic_dims_strides=None)
-        except TypeError:  # pragma: no cover - a tensor guard with another constructor: Python keys from now
+        except Exception:  # pragma: no cover - a tensor guard of another torch refuses: Python keys from now
             self.guards = False
             self._memo.clear()
             return
