@@ -201,6 +201,7 @@ def compare(
     out=None,
     overwrite: bool = False,
     progress: bool = True,
+    plan: bool = True,
     name: str = SETTING,
     source: str | None = None,
     command: str | None = None,
@@ -210,7 +211,8 @@ def compare(
     (numpy arrays or torch tensors), tested on ``X_test``, ``y_test`` or a seeded hold-out of ``test_fraction``.
 
     Every input is checked first (:class:`~.userdata.DataError` or ``ValueError``, one line); files are written
-    only when ``out`` is given (a new or empty folder unless ``overwrite``). ``variants``: names to run besides the
+    only when ``out`` is given (a new or empty folder unless ``overwrite``). ``plan``: print the plan and the
+    estimated wall time on stderr first; ``progress``: a progress bar over the runs. ``variants``: names to run besides the
     MLP and its repeat (default all of :func:`variants_for`)."""
     device = torch.device(device)
     preset, epochs = make_preset(quick, hidden=hidden, epochs=epochs, batch_size=batch_size, seeds=seeds)
@@ -236,7 +238,7 @@ def compare(
         )
     data, kind = prepared.split.to(device), prepared.task
     estimate = estimate_seconds(prepared, chosen, preset, epochs, device)
-    if progress:
+    if plan:
         print(plan_line(prepared, chosen, preset, epochs, estimate), file=sys.stderr, flush=True)
     tick, close = progress_ticker(sum(run_count(chosen, preset)), disable=not progress)
     started = time.perf_counter()
