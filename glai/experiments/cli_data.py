@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..demo import int_at_least
 from .common import MLP
-from .compare import compare, variants_for
+from .compare import compare, seconds, variants_for
 from .examples import KINDS, make_example
 from .userdata import TASKS, DataError, load, prepare
 
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, out: Path, command: str, device) -> int:
     )
     print(result.table())
     print(
-        f"wall time {time.perf_counter() - started:.0f} s (estimated {result.meta['estimated_seconds']:.2g} s); files:"
+        f"wall time {time.perf_counter() - started:.0f} s (estimated {seconds(result.meta['estimated_seconds'])}); files:"
     )
     for path in result.files.values():
         print(f"  {path}")

@@ -122,6 +122,10 @@ def estimate_seconds(prepared: Prepared, variants: dict, preset: Preset, epochs:
     return per_step * total_steps * 1.15  # about 15 % on top for evaluation, freeze checks and caches
 
 
+def seconds(t: float) -> str:
+    return f"{t:.0f} s" if t >= 10 else f"{t:.1f} s"
+
+
 def plan_line(prepared: Prepared, variants: dict, preset: Preset, epochs: int, estimate: float) -> str:
     info, task = prepared.info, prepared.task
     tuning, measured = run_count(variants, preset)
@@ -130,7 +134,7 @@ def plan_line(prepared: Prepared, variants: dict, preset: Preset, epochs: int, e
         f"plan: {info['train_samples']} training / {info['test_samples']} test samples, {info['features']} "
         f"features, {what} ({info['task_reason']}); {info['holdout']}; heads {list(preset.hidden)}; variants "
         f"{', '.join(variants)}; {tuning} tuning + {measured} measured runs ({len(preset.seeds)} seeds) of {epochs} "
-        f"epochs, batch {preset.batch_size}; estimated wall time {estimate:.2g} s"
+        f"epochs, batch {preset.batch_size}; estimated wall time {seconds(estimate)}"
     )
 
 

@@ -59,7 +59,7 @@ def markdown(meta: dict, summary: list[dict]) -> str:
             freeze += f" ({r['never_froze']} never)"
         line = f"| {r['variant']} | {r['params']} | {_lr(r)} | {_score(r['best_acc_mean'], unit)} ± "
         line += f"{_score(r['best_acc_std'], unit)} |"
-        line += f" {_num(r.get('best_rmse_mean'), '.4g')} |" if regression else ""
+        line += f" {_num(r.get('best_rmse_mean'), '#.4g')} |" if regression else ""
         diff = _num(r["acc_diff_mean"], "+.2f" if unit == "%" else "+.4f") if other else "-"
         line += (
             f" {diff} | {r['reached']}/{r['paired']} | {_num(r['time_to_target_median'], '.2f', 'never')} | "

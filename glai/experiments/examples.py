@@ -3,8 +3,8 @@
 Both are drawn from a random "teacher" ReLU network, so a ReLU head can learn them but not in one step:
 ``x ~ N(0, I)`` with ``FEATURES`` features, ``h = relu(x W1 + b1)`` with ``TEACHER_WIDTH`` units, ``z = h W2``.
 
-- ``classification``: ``CLASSES`` classes, the label is ``argmax(z + noise)`` (Gumbel noise, so the classes
-  overlap a little), written as the names ``class_a``, ``class_b``, ... to show the label mapping;
+- ``classification``: ``CLASSES`` classes, the label is the ``argmax`` of ``z`` standardised per column (classes
+  of similar size) plus Gumbel noise (so the classes overlap a little), written as the names ``class_a``, ``class_b``, ... to show the label mapping;
 - ``regression``: the target is ``z[:, 0]`` plus Gaussian noise of a tenth of its standard deviation.
 
 The format follows the file's suffix (.csv, .npz or .pt); the draw depends only on ``seed`` and ``samples``.
@@ -33,7 +33,7 @@ def draw(kind: str, samples: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.
     w2 = rng.normal(size=(TEACHER_WIDTH, CLASSES)) / np.sqrt(TEACHER_WIDTH)
     z = np.maximum(x @ w1 + b1, 0.0) @ w2
     if kind == "classification":
-        noisy = z / z.std() + 0.3 * rng.gumbel(size=z.shape)
+        noisy = (z - z.mean(0)) / z.std(0) + 0.3 * rng.gumbel(size=z.shape)
         names = np.array([f"class_{chr(ord('a') + c)}" for c in range(CLASSES)])
         return x, names[noisy.argmax(1)]
     y = z[:, 0]
