@@ -315,6 +315,30 @@ REFUSALS = {
     "inf in targets": ("d.npz", {"X": X8, "y": np.where(np.arange(200) == 7, np.inf, Y8)}, [], "at y[7]"),
     "nan in a csv": ("d.csv", "a,b,t\n1,2,3\n4,nan,5\n", [], "'nan' in column 'b' on line 3"),
     "non-numeric column": ("d.csv", "a,city,t\n1,Oslo,3\n", [], "got 'Oslo' in column 'city' on line 2"),
+    "empty cell": ("d.csv", "a,b,t\n1,2,3\n4,,5\n", [], "an empty one in column 'b' on line 3"),
+    "empty target": ("d.csv", "a,b,t\n1,2,3\n4,5,\n", [], "an empty 't' on line 3"),
+    "row too short": ("d.csv", "a,b,t\n1,2,3\n4,5\n", [], "got 2 on line 3"),
+    "X_test without y_test": ("d.npz", {"X": X8, "y": Y8, "X_test": X8}, [], "X_test and y_test together"),
+    "test features disagree": (
+        "d.npz",
+        {"X": X8, "y": Y8, "X_test": X8[:, :5], "y_test": Y8},
+        [],
+        "expected X_test with X's 8 features, got 5",
+    ),
+    "unseen test class": (
+        "d.npz",
+        {"X": XC, "y": YC, "X_test": XC[:3], "y_test": np.array(["cat", "dog", "yak"])},
+        [],
+        "['yak'] only in y_test",
+    ),
+    "string features": (
+        "d.npz",
+        {"X": np.array([["a"] * 8] * 200), "y": Y8},
+        [],
+        "expected numeric features in X",
+    ),
+    "constant regression target": ("d.npz", {"X": X8, "y": np.full(200, 2.5)}, [], "the constant 2.5"),
+    "pt not a dict": ("d.pt", None, [], "holding a dict of tensors"),
     "lengths disagree": ("d.npz", {"X": X8, "y": Y8[:150]}, [], "X with 200 rows and y with 150"),
     "one class": ("d.npz", {"X": X8, "y": np.zeros(200, np.int64)}, [], "at least 2 classes"),
     "class too small": (
@@ -332,6 +356,8 @@ REFUSALS = {
 def test_cli_refusals_write_nothing(case, tmp_path, capsys):
     name, content, extra, expected = REFUSALS[case]
     path = tmp_path / name if content is None else _write(tmp_path, name, content)
+    if case == "pt not a dict":
+        torch.save(torch.zeros(3), path)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
         main(["--data", str(path), "--out", str(out), *extra, *CLI_FAST])
@@ -340,6 +366,17 @@ def test_cli_refusals_write_nothing(case, tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("glai-experiment: error: argument --data: ")
     assert expected in err, err
     assert not out.exists()
+
+
+def test_a_folder_that_holds_files_is_refused_before_training(tmp_path, capsys):
+    x, y = _regression()
+    np.savez(tmp_path / "r.npz", X=x, y=y)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(tmp_path / "r.npz"), "--out", str(tmp_path / "out"), *CLI_FAST])
+    assert exc.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
 def test_data_flags_need_data_and_data_refuses_the_settings(capsys):

@@ -44,6 +44,8 @@ def write(path, x: np.ndarray, y: np.ndarray) -> Path:
     """``X`` and ``y`` as ``path``'s format: .csv (columns f0.. and target), .npz or .pt (dict of arrays)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".npz", ".pt"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
         with open(path, "w", newline="") as fh:
             out = csv.writer(fh)

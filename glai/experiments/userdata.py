@@ -126,6 +126,10 @@ def _load_csv(path: Path, target: str | None) -> dict[str, np.ndarray]:
     for c, j in enumerate(features):
         for i, row in enumerate(rows[1:]):
             cell = row[j].strip()
+            if not cell:
+                raise DataError(
+                    f"expected a value in every feature cell, got an empty one in column {header[j]!r} on line {i + 2}"
+                )
             try:
                 x[i, c] = float(cell)
             except ValueError:
