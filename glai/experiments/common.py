@@ -1,9 +1,11 @@
 """What every setting shares: the size presets, the environment record and the MLP-vs-GLAI runner.
 
-A setting hands :func:`run_heads` a fixed classification problem (raw MNIST-1D or frozen features) and a set of
-variants: plain MLPs (:class:`Plain`) and GLAI heads (freeze policies). For every seed each variant starts from the
-same seed, sees the same batches and uses the same optimizer and schedule; with reduction 1 the MLP and GLAI are
-even the same network until the freeze, so any difference comes from the freeze itself. Each variant trains with
+A setting hands :func:`run_heads` a fixed problem (raw MNIST-1D or frozen features, or a user's data through
+:mod:`.compare`), its :class:`~.task.Task` (loss, test score, target tolerance; MNIST-1D's ten classes by
+default) and a set of variants: plain MLPs (:class:`Plain`) and GLAI heads (freeze policies). For every seed
+each variant starts from the same seed, sees the same batches and uses the same optimizer and schedule; with
+reduction 1 the MLP and GLAI are even the same network until the freeze, so any difference comes from the freeze
+itself. Each variant trains with
 its own learning rate, tuned beforehand on a validation split with the same budget for every variant
 (:mod:`.tuning`); the MLP is also run a second time (``MLP again``), whose time against the first run's measures
 the timing noise of identical work in the same study.
