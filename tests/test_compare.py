@@ -4,6 +4,7 @@ Tiny data (200 samples, 8 features), 2 epochs, 1 seed, the quick preset and head
 of a second; refusals are checked before anything trains, so they cost only the parsing.
 """
 
+import importlib.util
 import json
 import math
 
@@ -11,13 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("matplotlib")
+from glai.experiments import DataError, compare, main, stats
+from glai.experiments.compare import GLAI_R1, GLAI_R2, progress_ticker
+from glai.experiments.examples import draw, make_example
+from glai.experiments.task import R2_TOLERANCE, r2_score
+from glai.experiments.userdata import MIN_TRAIN, load, prepare
 
-from glai.experiments import DataError, compare, main, stats  # noqa: E402
-from glai.experiments.compare import GLAI_R1, GLAI_R2, progress_ticker  # noqa: E402
-from glai.experiments.examples import draw, make_example  # noqa: E402
-from glai.experiments.task import R2_TOLERANCE, r2_score  # noqa: E402
-from glai.experiments.userdata import MIN_TRAIN, load, prepare  # noqa: E402
+# Writing the files draws a plot: those tests need matplotlib (a demo extra); the checks and the API do not.
+needs_plot = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed"
+)
 
 FAST = {"quick": True, "epochs": 2, "seeds": 1, "hidden": (16, 16), "progress": False}
 CLI_FAST = [
@@ -164,6 +168,7 @@ def test_compare_classification_from_tensors_writes_nothing_without_out(tmp_path
     assert "| GLAI r=2 |" in result.table()
 
 
+@needs_plot
 def test_compare_regression_scores_r2_and_rmse_and_writes_files(tmp_path):
     x, y = _regression()
     result = compare(x, y, out=tmp_path / "out", **FAST)
@@ -234,6 +239,7 @@ def test_plain_progress_line_without_tqdm(monkeypatch, capsys):
 # ---- the command line: one end-to-end run per format, then every refusal ---------------------------------------
 
 
+@needs_plot
 def test_cli_csv_classification_end_to_end(tmp_path, capsys):
     x, y = _classes()
     path = tmp_path / "pets.csv"
@@ -253,6 +259,7 @@ def test_cli_csv_classification_end_to_end(tmp_path, capsys):
     assert (again / "RESULTS.md").read_text() == (out / "RESULTS.md").read_text()
 
 
+@needs_plot
 def test_cli_npz_regression_end_to_end(tmp_path, capsys):
     x, y = _regression()
     np.savez(tmp_path / "r.npz", X=x, y=y)
@@ -262,6 +269,7 @@ def test_cli_npz_regression_end_to_end(tmp_path, capsys):
     assert "estimated wall time" in out.err
 
 
+@needs_plot
 def test_cli_pt_end_to_end_with_a_given_test_split(tmp_path, capsys):
     x, y = _classes()
     codes = torch.tensor(np.unique(y, return_inverse=True)[1])
