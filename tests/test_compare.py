@@ -310,8 +310,8 @@ XC, YC = _classes()
 REFUSALS = {
     "missing file": ("gone.npz", None, [], "does not exist"),
     "unknown format": ("d.parquet", "x", [], "expected a file ending in .npz, .csv, .pt"),
-    "not an npz": ("d.npz", "plain text", [], "expected a .npz archive of arrays"),
-    "not a pt": ("d.pt", b"\x00\x01junk", [], "expected a .pt file saved by torch.save"),
+    "not an npz": ("d.npz", "plain text", [], "which is not a zip file"),
+    "not a pt": ("d.pt", b"\x00\x01junk", [], "torch.load(weights_only=True) cannot read (UnpicklingError)"),
     "missing y": ("d.npz", {"X": X8}, [], "expected the keys X and y"),
     "missing target column": (
         "d.csv",
@@ -348,12 +348,17 @@ REFUSALS = {
     "constant regression target": ("d.npz", {"X": X8, "y": np.full(200, 2.5)}, [], "the constant 2.5"),
     "pt not a dict": ("d.pt", None, [], "holding a dict of tensors"),
     "lengths disagree": ("d.npz", {"X": X8, "y": Y8[:150]}, [], "X with 200 rows and y with 150"),
-    "one class": ("d.npz", {"X": X8, "y": np.zeros(200, np.int64)}, [], "at least 2 classes"),
+    "one class": (
+        "d.npz",
+        {"X": X8, "y": np.zeros(200, np.int64)},
+        [],
+        "at least 2 classes, got only 0 in y",
+    ),
     "class too small": (
         "d.npz",
         {"X": X8, "y": np.r_[np.zeros(199, np.int64), 1]},
         [],
-        "at least 2 samples of every class",
+        "got 1 of class 1 (give X_test",
     ),
     "classification on continuous": ("d.npz", {"X": X8, "y": Y8}, ["--task", "classification"], "continuous"),
     "too few samples": ("d.npz", {"X": X8[:20], "y": Y8[:20]}, [], f"at least {MIN_TRAIN} training samples"),

@@ -66,19 +66,28 @@ def load(path, target: str | None = None) -> dict[str, np.ndarray]:
     if suffix == ".csv":
         return _load_csv(path, target)
     if suffix == ".npz":
+        if not zipfile.is_zipfile(
+            path
+        ):  # np.savez writes a zip archive; np.load would call anything else pickled
+            raise DataError(
+                f"expected a .npz archive of arrays (np.savez), got {str(path)!r}, which is not a zip file"
+            )
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataError(f"expected a .npz archive of arrays, got {str(path)!r}, which is not one ({exc})")
+            first = str(exc).split(". ")[0]
+            raise DataError(
+                f"expected a .npz archive of arrays, got {str(path)!r}, which cannot be read ({first})"
+            ) from None
     else:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many kinds for a file that is not its own
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(
-                f"expected a .pt file saved by torch.save, got {str(path)!r}, which is not one ({first})"
-            )
+                f"expected a .pt file of a dict of tensors saved by torch.save, got {str(path)!r}, which "
+                f"torch.load(weights_only=True) cannot read ({type(exc).__name__})"
+            ) from None
         if not isinstance(loaded, dict):
             raise DataError(f"expected a .pt file holding a dict of tensors, got a {type(loaded).__name__}")
         arrays = {}
@@ -181,6 +190,11 @@ def _check_array(name: str, a: np.ndarray, ndim: int) -> np.ndarray:
     return a
 
 
+def _show(value) -> str:
+    """A label as the user wrote it: ``3`` or ``'cat'``, not ``np.int64(3)``."""
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
 def _is_integral(y: np.ndarray) -> bool:
     return y.dtype.kind in "iub" or (y.dtype.kind == "f" and bool(np.all(y == np.round(y))))
 
@@ -228,7 +242,7 @@ def _holdout(y: np.ndarray, kind: str, fraction: float, seed: int) -> tuple[np.n
         if len(idx) < 2:
             raise DataError(
                 f"expected at least 2 samples of every class for the stratified hold-out, got {len(idx)} of class "
-                f"{c!r} (give X_test and y_test, or drop the class)"
+                f"{_show(c)} (give X_test and y_test, or drop the class)"
             )
         idx = rng.permutation(idx)
         held = min(len(idx) - 1, max(1, round(len(idx) * fraction)))
@@ -280,7 +294,7 @@ def prepare(
     if kind == "classification":
         classes = np.unique(t)
         if len(classes) < 2:
-            raise DataError(f"expected at least 2 classes, got only {classes[0]!r} in y")
+            raise DataError(f"expected at least 2 classes, got only {_show(classes[0])} in y")
         if given:
             unseen = sorted(set(np.unique(tt).tolist()) - set(classes.tolist()))
             if unseen:
