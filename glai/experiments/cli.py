@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         if args.data is not None:
             set_threads(args.threads)
             command = "glai-experiment " + " ".join(sys.argv[1:] if argv is None else argv)
-            out = args.out or _fresh_folder("data")
+            out = args.out or _fresh_folder(args.data.stem)
             return cli_data.run(args, out, command, pick_device(args.device))
         return _study(args, argv)
     except NonFiniteError as exc:

@@ -131,7 +131,14 @@ def _load_csv(path: Path, target: str | None) -> dict[str, np.ndarray]:
                 f"expected {len(header)} cells per row as in the header, got {len(row)} on line {i}"
             )
     features = [j for j in range(len(header)) if j != t]
-    x = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
+    cells = np.array([[row[j] for j in features] for row in rows[1:]], dtype=str)
+    try:  # the whole table at once; the cell-by-cell pass below runs only to say where a problem is
+        x = np.char.strip(cells).astype(np.float64)
+        if np.all(np.isfinite(x)):
+            return {"X": x, "y": _csv_target(rows, t, name)}
+    except ValueError:
+        pass
+    x = np.empty(cells.shape, dtype=np.float64)
     for c, j in enumerate(features):
         for i, row in enumerate(rows[1:]):
             cell = row[j].strip()
@@ -140,16 +147,21 @@ def _load_csv(path: Path, target: str | None) -> dict[str, np.ndarray]:
                     f"expected a value in every feature cell, got an empty one in column {header[j]!r} on line {i + 2}"
                 )
             try:
-                x[i, c] = float(cell)
+                value = x[i, c] = float(cell)
             except ValueError:
                 raise DataError(
                     f"expected numeric feature columns, got {cell!r} in column {header[j]!r} on line {i + 2} "
                     "(encode categories as numbers, or drop the column)"
                 ) from None
-            if not math.isfinite(x[i, c]):
+            if not math.isfinite(value):
                 raise DataError(
                     f"expected finite features, got {cell!r} in column {header[j]!r} on line {i + 2}"
                 )
+    return {"X": x, "y": _csv_target(rows, t, name)}  # cells Python reads but numpy did not, e.g. "1_000"
+
+
+def _csv_target(rows: list[list[str]], t: int, name: str) -> np.ndarray:
+    """The target column: floats when every cell is a number, else the labels as strings."""
     labels = [row[t].strip() for row in rows[1:]]
     try:
         y = np.array([float(v) for v in labels])
@@ -166,7 +178,7 @@ def _load_csv(path: Path, target: str | None) -> dict[str, np.ndarray]:
             raise DataError(
                 f"expected finite targets, got {labels[bad[0]]!r} in {name!r} on line {bad[0] + 2}"
             )
-    return {"X": x, "y": y}
+    return y
 
 
 def _check_array(name: str, a: np.ndarray, ndim: int) -> np.ndarray:
