@@ -200,11 +200,16 @@ def train_classifier(
     policy: FreezePolicy | None = None,
     probe_size: int = 512,
     progress: Callable | None = None,
+    loss: Callable = F.cross_entropy,
+    score: Callable | None = None,
 ) -> RunResult:
     """Train ``model`` (a plain MLP, or a :class:`GLAIMLP` frozen by ``policy``) on ``data``; evaluate each epoch.
 
     ``progress`` is called as ``progress(epoch, result)`` after each epoch (e.g. to move a progress bar).
+    ``loss(output, target)`` is minimised (cross-entropy by default) and ``score(model, x_test, y_test)``, higher
+    is better, fills ``test_acc`` (:func:`accuracy` in percent by default; a regression passes R² and MSE).
     """
+    score = accuracy if score is None else score
     glai = isinstance(model, GLAIMLP)
     if glai and policy is None:
         policy = FreezePolicy()
@@ -243,11 +248,11 @@ def train_classifier(
                 logits = model(xb, patterns=cache.lookup(order_cpu[i : i + batch_size], device=xb.device))
             else:
                 logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            batch_loss = loss(logits, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             opt.step()
-            total.add_(loss.detach(), alpha=idx.numel())  # in float64, as a Python float sum was
+            total.add_(batch_loss.detach(), alpha=idx.numel())  # in float64, as a Python float sum was
         mean_loss = total.item() / max(
             1, n
         )  # also waits for the epoch's queued GPU work before the clock stops
@@ -273,7 +278,7 @@ def train_classifier(
         clock += time.perf_counter() - start
         result.time.append(clock)
         result.train_loss.append(mean_loss)
-        result.test_acc.append(accuracy(model, data.x_test, data.y_test))
+        result.test_acc.append(score(model, data.x_test, data.y_test))
         if progress is not None:
             progress(epoch, result)
     if glai:

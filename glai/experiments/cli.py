@@ -12,7 +12,7 @@ from pathlib import Path
 from ..cli_checks import ArgumentParser, check_environment, check_output_folder, device_name
 from ..demo import int_at_least, pick_device, set_threads
 from ..monitor import NonFiniteError
-from . import backbone, fewshot, scratch, simclr
+from . import backbone, cli_data, fewshot, scratch, simclr
 from .common import MLP, PRESETS, environment
 from .report import load_records, merge_results, write_all
 from .stats import summarize
@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the quick preset (a few minutes on 2 CPU cores)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="sizes (default: full, or quick)")
     p.add_argument(
-        "--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}"
+        "--settings", default=None, help=f"comma-separated subset of {','.join(SETTINGS)} (default: all)"
     )
     p.add_argument(
         "--variants", default=None, help="comma-separated variant names to run (with the MLP); default: all"
@@ -60,7 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="summarise and plot saved results.json files again, no training (several: one study whose "
         "settings ran as separate processes; default --out: the first file's folder)",
     )
+    cli_data.add_arguments(p)
     args = p.parse_args(argv)
+    settings_given = args.settings is not None
+    args.settings = args.settings if settings_given else ",".join(SETTINGS)
     if args.quick and args.preset not in (None, "quick"):
         p.error(f"argument --quick: conflicts with --preset {args.preset} (--quick means --preset quick)")
     args.preset = args.preset or ("quick" if args.quick else "full")
@@ -73,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.settings) - set(SETTINGS))
     if unknown:
         p.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
-    if args.variants is not None:
+    cli_data.check(p, args, settings_given)
+    if args.variants is not None and args.data is None:
         # A misspelt name would otherwise select nothing and leave a study of the MLP alone.
         preset = PRESETS[args.preset]
         known = {v for s in args.settings for v in MODULES[s].variants_for(preset)} - {MLP}
@@ -141,6 +145,19 @@ def _fresh_folder(preset: str) -> Path:
 
 
 def _finish(out: Path, meta: dict, records: list) -> None:
+    if "task" in meta:  # a comparison on a user's data (--data): its own table, the same statistics
+        from .compare import add_rmse
+        from .compare_report import write_comparison
+
+        summary = summarize(records, tolerance=meta["task"]["tolerance"])
+        if meta["task"]["kind"] == "regression":
+            add_rmse(summary, records, meta["data"]["test_target_std"])
+        files = write_comparison(out, meta, records, summary)
+        print((out / "RESULTS.md").read_text())
+        print(f"wall time {meta['study_seconds']:.0f}s; files:")
+        for path in files.values():
+            print(f"  {path}")
+        return
     files = write_all(out, meta, records, summarize(records))
     print((out / "RESULTS.md").read_text())
     print(f"study wall time {meta['study_seconds']:.0f}s; files:")
@@ -150,11 +167,18 @@ def _finish(out: Path, meta: dict, records: list) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.make_example is not None:
+        return cli_data.write_example(args)
     if args.loaded is not None:
         meta, records = args.loaded
         _finish(args.out or args.from_json[0].parent, meta, records)
         return 0
     try:
+        if args.data is not None:
+            set_threads(args.threads)
+            command = "glai-experiment " + " ".join(sys.argv[1:] if argv is None else argv)
+            out = args.out or _fresh_folder(args.data.stem)
+            return cli_data.run(args, out, command, pick_device(args.device))
         return _study(args, argv)
     except NonFiniteError as exc:
         print(f"glai-experiment: error: {exc}", file=sys.stderr)

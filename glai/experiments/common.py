@@ -1,9 +1,11 @@
 """What every setting shares: the size presets, the environment record and the MLP-vs-GLAI runner.
 
-A setting hands :func:`run_heads` a fixed classification problem (raw MNIST-1D or frozen features) and a set of
-variants: plain MLPs (:class:`Plain`) and GLAI heads (freeze policies). For every seed each variant starts from the
-same seed, sees the same batches and uses the same optimizer and schedule; with reduction 1 the MLP and GLAI are
-even the same network until the freeze, so any difference comes from the freeze itself. Each variant trains with
+A setting hands :func:`run_heads` a fixed problem (raw MNIST-1D or frozen features, or a user's data through
+:mod:`.compare`), its :class:`~.task.Task` (loss, test score, target tolerance; MNIST-1D's ten classes by
+default) and a set of variants: plain MLPs (:class:`Plain`) and GLAI heads (freeze policies). For every seed
+each variant starts from the same seed, sees the same batches and uses the same optimizer and schedule; with
+reduction 1 the MLP and GLAI are even the same network until the freeze, so any difference comes from the freeze
+itself. Each variant trains with
 its own learning rate, tuned beforehand on a validation split with the same budget for every variant
 (:mod:`.tuning`); the MLP is also run a second time (``MLP again``), whose time against the first run's measures
 the timing noise of identical work in the same study.
@@ -20,8 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from ..data import NUM_CLASSES, Split
+from ..data import Split
 from ..train import FreezePolicy, RunResult, make_head, train_classifier
+from .task import CLASSIFY, Task
 
 MLP = "MLP"
 MLP_AGAIN = (
@@ -209,13 +212,23 @@ class Hyper:
 
 
 def train_variant(
-    variant: str, spec, hyper: Hyper, data: Split, seed: int, *, preset: Preset, epochs: int, batch_size: int
+    variant: str,
+    spec,
+    hyper: Hyper,
+    data: Split,
+    seed: int,
+    *,
+    preset: Preset,
+    epochs: int,
+    batch_size: int,
+    task: Task = CLASSIFY,
 ) -> RunResult:
-    """One run of one variant: a plain MLP of the spec's widths, or the preset's GLAI head under its policy."""
+    """One run of one variant: a plain MLP of the spec's widths, or the preset's GLAI head under its policy, with
+    the task's outputs, loss and test score."""
     torch.manual_seed(seed)
     policy = None if isinstance(spec, Plain) else replace(spec, lr_scale=hyper.lr_scale)
     hidden = spec.hidden(preset.hidden) if isinstance(spec, Plain) else preset.hidden
-    model = make_head(data.in_features, hidden, NUM_CLASSES, policy, data.x.device)
+    model = make_head(data.in_features, hidden, task.out_features, policy, data.x.device)
     return train_classifier(
         model,
         data,
@@ -226,11 +239,20 @@ def train_variant(
         seed=seed,
         policy=policy,
         probe_size=512,
+        loss=task.loss,
+        score=task.score,
     )
 
 
 def tune_heads(
-    variants: dict, tune_data: Split | None, *, preset: Preset, epochs: int, batch_size: int, tick=None
+    variants: dict,
+    tune_data: Split | None,
+    *,
+    preset: Preset,
+    epochs: int,
+    batch_size: int,
+    tick=None,
+    task: Task = CLASSIFY,
 ) -> tuple[dict[str, Hyper], dict[str, list]]:
     """Hyper-parameters of every variant, tuned on ``tune_data`` (training samples with a held-out test part)
     when the preset asks for it, else the preset's learning rate for all."""
@@ -240,7 +262,7 @@ def tune_heads(
         return {v: Hyper(preset.lr) for v in variants}, {v: [] for v in variants}
 
     def score(variant, spec, hyper):
-        kwargs = {"preset": preset, "epochs": epochs, "batch_size": batch_size}
+        kwargs = {"preset": preset, "epochs": epochs, "batch_size": batch_size, "task": task}
         return train_variant(variant, spec, hyper, tune_data, 0, **kwargs).best_acc
 
     return tune(variants, preset.tune_grid, score, tick)
@@ -258,11 +280,12 @@ def run_heads(
     tick: Callable[[], None] | None = None,
     tune_data: Split | None = None,
     tuned: tuple[dict, dict] | None = None,
+    task: Task = CLASSIFY,
 ) -> list[Record]:
     """Train every variant on ``data`` for every seed of the preset, with the hyper-parameters ``tuned`` gave, or
     tuned here on ``tune_data`` first (training samples with a held-out test part)."""
     batch_size = batch_size or preset.batch_size
-    kwargs = {"preset": preset, "epochs": epochs, "batch_size": batch_size}
+    kwargs = {"preset": preset, "epochs": epochs, "batch_size": batch_size, "task": task}
     hypers, trials = tuned or tune_heads(variants, tune_data, tick=tick, **kwargs)
     records = []
     for seed in preset.seeds:
