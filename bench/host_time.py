@@ -1,6 +1,6 @@
 """Host (Python) time of one training step's forward + backward, with every kernel launch stubbed out.
 
-    python -m bench.host_time [--iters 2000] [--hidden 128 128] [--threads 1]
+    python -m bench.host_time [--iters 2000] [--hidden 128 128] [--batch 64] [--splits N] [--threads 1]
 
 On a GPU a head-sized step is short enough that the Python between launches can be the step's length: this
 measures that Python alone, on CPU, for the fused path (three launches a step) and the per-layer path (one
@@ -24,14 +24,18 @@ import torch  # noqa: E402
 from glai.nn import GLAIMLP  # noqa: E402
 
 
-def _stub_launches() -> None:
+def _stub_launches(splits: int | None = None) -> None:
     """No-op launches, and the fused path's sm_90 configuration instead of the interpreter's (whose small
-    chunks would add staging buffers a GPU step does not allocate)."""
+    chunks would add staging buffers a GPU step does not allocate). ``splits``: the weight gradient's batch
+    splits (on CPU the default is one, which needs no split-combine workspace; a GPU splits a long batch)."""
     from glai_kernels import fused_config, fused_launch, triton_launch
 
     fused_launch.launch = lambda *args, **kwargs: None
     triton_launch.launch = lambda *args, **kwargs: None
-    fused_launch._CONFIGS[torch.device("cpu")] = fused_config.defaults_for_capability(90)
+    config = fused_config.defaults_for_capability(90)
+    if splits is not None:
+        config["weights"]["SPLITS"] = splits
+    fused_launch._CONFIGS[torch.device("cpu")] = config
 
 
 def _median_us(step, iters: int, repeats: int = 5) -> tuple[float, float]:
@@ -49,8 +53,10 @@ def _median_us(step, iters: int, repeats: int = 5) -> tuple[float, float]:
     return statistics.median(wall) * 1e6, statistics.median(cpu) * 1e6
 
 
-def measure(hidden, iters: int, batch: int = 64, in_f: int = 64, out_f: int = 10) -> list[tuple[str, tuple]]:
-    _stub_launches()
+def measure(
+    hidden, iters: int, batch: int = 64, in_f: int = 64, out_f: int = 10, splits: int | None = None
+) -> list[tuple[str, tuple]]:
+    _stub_launches(splits)
     rows = []
     x = torch.randn(batch, in_f)
     dy = torch.randn(batch, out_f)
@@ -78,13 +84,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--splits", type=int, default=None, help="weight-gradient batch splits (default: 1)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(
-        f"host time of one forward + backward, launches stubbed, hidden {args.hidden} (median us: wall, CPU)"
+        f"host time of one forward + backward, launches stubbed, hidden {args.hidden}, batch {args.batch}, "
+        f"splits {args.splits or 1} (median us: wall, CPU)"
     )
-    for name, (wall, cpu) in measure(args.hidden, args.iters):
+    for name, (wall, cpu) in measure(args.hidden, args.iters, args.batch, splits=args.splits):
         print(f"  {name} {wall:8.1f} {cpu:8.1f}")
 
 

@@ -13,12 +13,16 @@ a signature fixes every operand's strides, and the outputs ``run`` allocates hav
 so a step reads only the upstream gradient's strides (autograd passes whatever layout it has).
 
 What derives from shapes and flags alone is remembered across the signatures that share it (``_STATIC``, at
-most ``signature.MEMO_SIZE`` entries). The weight gradient's split-combine workspace (fp32 partials and one
-ticket counter a tile, zeroed once and reset by the kernel itself) is kept per stack and split count, never per
-batch size: at most ``MAX_SPLITS`` a stack, and never freed, so a CUDA graph that captured a launch never
-replays into released memory. A step allocates nothing but its outputs, so it can be captured in a CUDA graph
-after one warm-up step. One workspace serves launches that run one after another on a stream, not two at once
-on two streams.
+most ``signature.MEMO_SIZE`` entries).
+
+The weight gradient's split-combine workspace (fp32 partials and one ticket counter a tile) is allocated for
+every launch that splits the batch, through PyTorch's caching allocator on the launch's stream, its counters
+zeroed there (``torch.zeros``: one small memset before the launch). Nothing of it outlives the launch, so no
+launch can leave state behind for the next one: two streams get two workspaces (the allocator hands a block
+back only to its own stream, in stream order), a CUDA graph captures the allocation from its private pool
+together with the memset, so every replay starts from zeroed counters, and a launch that faulted takes its
+counters with it. A step allocates nothing that lives longer than the step, so it can be captured in a CUDA
+graph after one warm-up step. See docs/fused.md for the alternatives and the cost.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # forward modes, see kernels/fused_
 
 _CONFIGS: dict = {}
 _STATIC: dict = {}  # per signature: what a launch derives from shapes and flags (at most MEMO_SIZE of them)
-_WORKSPACES: dict = {}  # per stack and split count: the weight gradient's workspace
 
 
 def config_for(device: torch.device, config: dict | None) -> dict:
@@ -254,7 +257,7 @@ class GradWeights:
     """The weight-gradient launch of one call signature: ``run`` gives ``(dws, dbs)`` of layers ``first ..``
     (None below, and ``dbs[l]`` None without a bias) from ``grads[l]`` ``[M, N_l]`` (the last one ``dy``) and
     ``inputs[l]`` ``[M, K_l]`` (``x``, then the hidden outputs). ``out``: ``(dws, dbs)`` buffers. With several
-    batch splits the fp32 partials go to a workspace (zeroed ticket counters that the kernel resets itself).
+    batch splits the fp32 partials go to a workspace allocated for the launch, with zeroed ticket counters.
     Only the strides of ``dy`` (the last of ``grads``) are read again at each run."""
 
     def __init__(self, grads, inputs, has_bias, first, config=None):
@@ -298,7 +301,10 @@ class GradWeights:
         dw_strides, db_strides = self.dw_strides, self.db_strides
         if out is not None:
             dw_strides, db_strides = _strides(dw), tuple([t.stride(0) for t in db])
-        ws, counters = self.st["workspace"] or (x, x)  # one split: never touched
+        ws, counters = x, x  # one split: never touched
+        if self.st["ws_floats"]:  # fresh for every launch, on its stream: no state survives a launch
+            ws = torch.empty(self.st["ws_floats"], dtype=torch.float32, device=self.device)
+            counters = torch.zeros(self.grid[0], dtype=torch.int32, device=self.device)
         launch(
             fused_grad_weights_kernel, self.grid, self.cfg, self.device,
             g, *g_strides, tuple(inputs), *self.a_strides, dw, *dw_strides, db, db_strides, *self.sizes, ws,
@@ -329,29 +335,13 @@ def _grad_weights_static(key, config) -> dict:
         size += Ns[i] * Ks[i] if i >= first else 0
         ws_db.append(size)
         size += Ns[i] if i >= first and has_bias[i] else 0
-    workspace = None
-    if splits > 1 and M > 0:
-        workspace = _workspace((dev, first, has_bias, Ns, Ks, splits), splits * size, start[-1])
     constexprs = dict(
         TILE_START=tuple(start), TILES_K=tiles_k, HAS_B=tuple(bool(has_bias[i]) and i >= first for i in range(L)),
         SPLITS=splits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], UPCAST=INTERPRETED,
     )  # fmt: skip
     return dict(
         cfg=cfg, constexprs=constexprs, grid=(start[-1], splits), m_split=m_split, ws_dw=tuple(ws_dw),
-        ws_db=tuple(ws_db), ws_split=size, workspace=workspace,
+        ws_db=tuple(ws_db), ws_split=size, ws_floats=splits * size if splits > 1 and M > 0 else 0,
         dw_shapes=[(Ns[i], Ks[i]) if i >= first else None for i in range(L)],
         db_shapes=[(Ns[i],) if i >= first and has_bias[i] else None for i in range(L)],
     )  # fmt: skip
-
-
-def _workspace(key, floats: int, tiles: int) -> tuple:
-    """The split-combine workspace of a stack and split count: fp32 partials and one zeroed ticket counter a
-    tile. Kept for the process's life and shared by every batch size with that split count (at most
-    ``MAX_SPLITS`` a stack), so a CUDA graph that captured a launch never replays into freed memory."""
-    found = _WORKSPACES.get(key)
-    if found is None:
-        found = _WORKSPACES[key] = (
-            torch.empty(floats, dtype=torch.float32, device=key[0]),
-            torch.zeros(tiles, dtype=torch.int32, device=key[0]),
-        )
-    return found

@@ -100,8 +100,18 @@ def gates_of(words: torch.Tensor, n: int, reduction: int, dtype: torch.dtype) ->
     """:func:`unit_gates` without its argument checks, for callers that have checked the patterns already.
 
     Written for the host time of a small step (a few microseconds a call): the C++ embedding op directly, the
-    table found by one dictionary lookup, no tensor shape read back that the arguments already give."""
-    if not _LITTLE_ENDIAN or words.stride(-1) != 1:
+    table found by one dictionary lookup, no tensor shape read back that the arguments already give.
+
+    The byte lookup reads the words as bytes (``view(torch.uint8)``), which neither ``torch.func`` transforms
+    (no batching rule for ``aten::view.dtype``) nor Inductor (a dtype view needs a unit last stride, which a
+    compiled graph may not give the words) can take; under either the bits are unpacked by shifts and masks
+    instead, the same gates. Both checks cost about 0.1 us."""
+    if (
+        not _LITTLE_ENDIAN
+        or words.stride(-1) != 1
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+    ):
         gates = _bits(words, n // reduction).to(dtype)
         return gates.repeat_interleave(reduction, dim=-1) if reduction > 1 else gates
     device = words.device

@@ -116,9 +116,17 @@ def check_no_overlap(op: str, outs: dict, ins: dict) -> None:
 
 
 def _describable(t: torch.Tensor) -> bool:
-    """A row-major 2-d view whose rows start on 16-byte boundaries (the copy engine's rule)."""
+    """A row-major 2-d view whose rows start on 16-byte boundaries (the copy engine's rule) and neither
+    repeat nor overlap: a row stride of at least one row (a broadcast operand, e.g. the gradient of
+    ``y.sum(0)`` expanded back with strides ``(0, 1)``, or rows that share elements, take the pointer loop: a
+    tensor descriptor holds positive strides over distinct elements only)."""
+    rows, cols = t.shape
     return (
-        t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.shape[0] > 0 and t.shape[1] > 0
+        t.stride(1) == 1
+        and rows > 0
+        and cols > 0
+        and t.stride(0) >= cols
+        and (t.stride(0) * t.element_size()) % 16 == 0
     )
 
 

@@ -109,3 +109,34 @@ def test_bf16_head_against_float64(phase):
         y_ref.backward(dy.double())
         for p, q in zip(model.parameters(), ref.parameters()):
             assert rel(p.grad, q.grad) < 1e-2
+
+
+def test_split_weight_gradients_on_two_streams_at_once():
+    """Weight-gradient launches that split the batch, queued on two streams with nothing ordering one against
+    the other, give the bits each gives alone: every launch has its own partials and counters."""
+    fl = pytest.importorskip("glai_kernels.fused_launch")
+    cfg = {"weights": dict(fl.config_for(DEVICE, None)["weights"], SPLITS=8)}
+    gen = torch.Generator(device=DEVICE).manual_seed(5)
+    dims, M = (300, 100, 100, 130), 65536
+
+    def operands():
+        grads = [torch.randn(M, n, device=DEVICE, generator=gen) * M**-0.5 for n in dims[1:]]
+        inputs = [torch.randn(M, k, device=DEVICE, generator=gen) for k in dims[:-1]]
+        return grads, inputs
+
+    cases = [operands(), operands()]
+    alone = [fl.grad_weights(g, a, [True] * 3, 0, config=cfg) for g, a in cases]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    results = [[], []]
+    for _ in range(10):
+        for i, s in enumerate(streams):
+            with torch.cuda.stream(s):
+                results[i].append(fl.grad_weights(*cases[i], [True] * 3, 0, config=cfg))
+    torch.cuda.synchronize()
+    for i in range(2):
+        for dws, dbs in results[i]:
+            for got, want in zip(dws + dbs, alone[i][0] + alone[i][1]):
+                assert torch.equal(got, want), f"stream {i}: a launch differs from the same launch alone"

@@ -68,3 +68,18 @@ def test_unit_gates_table_lookup_equals_the_bit_shifts(n, r):
             gates = unit_gates(view, n * r, r, dtype)
             assert gates.dtype == dtype and gates.shape == (2, 5, n * r)
             assert torch.equal(gates, unit_mask(view, n * r, r).to(dtype))
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_unit_gates_under_vmap_equal_the_eager_gates(r):
+    """Under a torch.func transform the words cannot be viewed as bytes (no batching rule for a dtype view on
+    some torch versions): the bits are unpacked by shifts there, with the same gates, padding bits ignored."""
+    g = torch.Generator().manual_seed(r)
+    n = 33 * r
+    words = torch.randint(-(2**31), 2**31, (5, 4, words_for(n // r)), generator=g, dtype=torch.int64)
+    words = words.to(torch.int32)
+    eager = unit_gates(words, n, r, torch.float32)
+    mapped = torch.func.vmap(lambda w: unit_gates(w, n, r, torch.float32))(words)
+    assert torch.equal(mapped, eager)
+    bits = ((words[..., torch.arange(n) // r // 32] >> (torch.arange(n) // r % 32)) & 1).float()
+    assert torch.equal(eager, bits)

@@ -102,6 +102,51 @@ def test_tma_falls_back_to_pointers_for_misaligned_operands(descriptors):
     assert descriptors == []
 
 
+def test_broadcast_and_overlapping_operands_take_the_pointer_loop(monkeypatch):
+    """A tensor descriptor holds positive strides over distinct elements: the gradient of ``y.sum(0)``
+    expanded back (strides ``(0, 1)``) and rows that overlap (row stride below the row length) are never
+    described, and the kernels read them in place with the reference's result."""
+    from glai_kernels import triton_launch
+
+    if triton_launch.TensorDescriptor is None:
+        pytest.skip("this Triton has no host tensor descriptors")
+    described = []
+    real = triton_launch.descriptor
+
+    def spy(t, block):
+        described.append((tuple(t.shape), t.stride()))
+        return real(t, block)
+
+    monkeypatch.setattr(triton_launch, "descriptor", spy)
+    M, K, N, r = 88, 40, 104, 2
+    g_ = gen(61)
+    for dtype in DTYPES:
+        w, x = randn(N, K, dtype=dtype, g=g_), randn(M, K, dtype=dtype, g=g_)
+        words, wd = rand_words(M, N // r, g_), rand_words(M, K, g_)
+        grad = randn(N, dtype=dtype, g=g_).expand(M, N)  # d(y.sum(0))/dy: strides (0, 1)
+        flat = randn(8 * M + N, dtype=dtype, g=g_)
+        overlapping = flat.as_strided((M, N), (8, 1))  # row i is flat[8 i : 8 i + N]: 16-byte aligned rows
+        cfg = dict(TMA_CONFIG, K_MAJOR=0)
+        for what, g in (("broadcast", grad), ("overlapping", overlapping)):
+            assert g.stride()[0] < N
+            out = triton_ops.backward_data(g, w, wd, 1, config=cfg, out=poison(M, K, dtype=dtype))
+            assert_close_rel(out, ref.backward_data(f64(g), f64(w), wd, 1), dtype, f"backward_data, {what}")
+            dw, db = triton_ops.backward_weights(
+                g, x, True, config=cfg, out=(poison(N, K, dtype=dtype), poison(N, dtype=dtype))
+            )
+            r_dw, r_db = ref.backward_weights(f64(g), f64(x), True)
+            assert_close_rel(dw, r_dw, dtype, f"dW, {what}")
+            assert_close_rel(db, r_db, dtype, f"db, {what}")
+        xb = randn(K, dtype=dtype, g=g_).expand(M, K)  # one input row repeated
+        out = triton_ops.masked_forward(xb, w, None, words, r, config=cfg, out=poison(M, N, dtype=dtype))
+        assert_close_rel(
+            out, ref.masked_forward(f64(xb), f64(w), None, words, r), dtype, "forward, broadcast x"
+        )
+        triton_ops.backward_data(randn(M, N, dtype=dtype, g=g_), w, wd, 1, config=cfg)  # dense: described
+    assert described, "dense operands must still be described"
+    assert all(s[1] == 1 and s[0] >= shape[1] for shape, s in described), described
+
+
 # ----------------------------------------------------------------------------- gate without its ReLU output
 def test_gate_without_relu_output(monkeypatch):
     """The last structural layer feeds no gate: only its pattern is written; the ReLU output is None."""

@@ -28,9 +28,10 @@ def apply_pattern(
     ``rows``, times its 0/1 gate ``p`` read from the pattern words. Multiplying rather than selecting keeps a
     NaN or inf of a closed unit (``0 * inf`` is NaN), as the formula does.
 
-    ``n0`` is a multiple of ``BLOCK_N``; ``rows`` are valid; columns past ``N`` read 0 (they are never
-    stored). One word covers ``WORD_BITS * REDUCTION`` quantitative units (``SPAN``). Since tiles start at
-    multiples of ``BLOCK_N``, two cases need no per-element gather:
+    ``n0`` is a multiple of ``BLOCK_N`` (it may be at or past ``N``: a chunked layer runs every chunk of its
+    padded width); ``rows`` are valid; no word past the last one is read (``tests/test_pattern_bounds.py``);
+    columns past ``N`` are never stored. One word covers ``WORD_BITS * REDUCTION`` quantitative units
+    (``SPAN``). Since tiles start at multiples of ``BLOCK_N``, two cases need no per-element gather:
 
     - ``BLOCK_N`` a multiple of ``SPAN``: the tile holds ``BLOCK_N / SPAN`` whole words per row. Load that
       small ``[BLOCK_M, words]`` block, then expand each word to its ``SPAN`` columns (column ``c`` of a word
@@ -52,8 +53,9 @@ def apply_pattern(
         bits = (words[:, :, None] >> shift[None, None, :]) & 1
         return z * tl.reshape(bits, (BLOCK_M, BLOCK_N)).to(tl.float32)
     elif (WORD_BITS * REDUCTION) % BLOCK_N == 0:
-        # The tile starts below N (every launched tile does), so its word exists: no mask.
-        word = n0 // (WORD_BITS * REDUCTION)
+        # A chunked layer runs every chunk up to its padded width, so a tile may start at or past N, in a
+        # word past the last one: it would only feed columns past N (never stored), so read the last word.
+        word = tl.minimum(n0 // (WORD_BITS * REDUCTION), tl.cdiv(N // REDUCTION, WORD_BITS) - 1)
         words = tl.load(words_ptr + rows.to(tl.int64) * stride_wm + word * stride_ww)
         shift = (n0 % (WORD_BITS * REDUCTION) + tl.arange(0, BLOCK_N)) // REDUCTION
         return z * ((words[:, None] >> shift[None, :]) & 1).to(tl.float32)

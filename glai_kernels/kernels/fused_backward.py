@@ -15,8 +15,10 @@ Determinism without atomics in the sums: each split accumulates its rows in a fi
 program writes ``dW`` itself. With ``SPLITS > 1`` every split writes its fp32 partial tile to a workspace,
 then takes a ticket from the tile's counter (an atomic used only for ordering, acquire-release at GPU scope,
 after a barrier so all of the program's stores precede it); the program that draws the last ticket adds the
-``SPLITS`` partials in split order 0, 1, ..., writes ``dW`` and ``db``, and resets the counter to 0 for the next
-launch. Whichever program finishes last, the sum is the same, bit for bit; no third launch, no memset.
+``SPLITS`` partials in split order 0, 1, ..., writes ``dW`` and ``db``. Whichever program finishes last, the sum
+is the same, bit for bit. The counters start at zero because the host allocates and zeroes them for this launch
+on its stream (``glai_kernels.fused_launch``); the kernel never resets them, so no counter state is carried from
+one launch to the next.
 """
 
 import triton
@@ -118,7 +120,6 @@ def _weight_tile(
             tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=tile_ok)
             if HAS_BIAS:
                 tl.store(db_ptr + offs_r * stride_db, btotal.to(db_ptr.dtype.element_ty), mask=db_ok)
-            tl.atomic_xchg(cnt_ptr, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
 @triton.jit
