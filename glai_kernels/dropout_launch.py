@@ -35,3 +35,9 @@ def keep_mask(seed: torch.Tensor, layer: int, rows: int, cols: int, p: float) ->
             seed, out, rows, cols, layer, threshold(p) if p else 0, scale(p), BLOCK_M=_BLOCK, BLOCK_N=_BLOCK
         )
     return out
+
+
+def fused_constexprs(rates, n_hidden: int) -> dict:
+    """The fused kernels' per-layer dropout constexprs (``DROP_T`` 0 everywhere: no dropout code at all)."""
+    parts = [constexprs(p) for p in (rates or (0.0,) * n_hidden)]
+    return {"DROP_T": tuple(c["DROP_T"] for c in parts), "DROP_SCALE": tuple(c["DROP_SCALE"] for c in parts)}
