@@ -8,7 +8,7 @@ import torch
 from .dropout import scale, threshold
 from .kernels.dropout import keep_mask_kernel
 
-_BLOCK = 32
+_BLOCK = 64
 
 
 def constexprs(p: float) -> dict:
