@@ -2,7 +2,6 @@
 float64 reference fed the same masks (``keep_mask``), the model's steps on the per-layer and fused paths, their
 repeatability, and the fused step's launch count. Under Triton's interpreter without CUDA (conftest)."""
 
-import collections
 import math
 
 import pytest
@@ -12,6 +11,8 @@ from glai.nn import GLAIMLP
 from glai_kernels import glai_mlp, reference, unit_mask
 
 fl = pytest.importorskip("glai_kernels.fused_launch", reason="the dropout kernels need Triton")
+from test_fused_training import launches  # noqa: E402, F401  (the launch-counting fixture)
+
 from glai_kernels import triton_ops  # noqa: E402
 from glai_kernels.dropout import draw_seed, keep_mask  # noqa: E402
 
@@ -167,31 +168,12 @@ def test_same_generator_state_same_bits_and_a_new_step_new_bits(fused):
     assert torch.equal(model(x), model(x)) and torch.equal(torch.get_rng_state(), state)
 
 
-class _Counting:
-    def __init__(self, kernel, name, counts):
-        self.kernel, self.name, self.counts = kernel, name, counts
-
-    def __getitem__(self, grid):
-        def run(*args, **kwargs):
-            self.counts[self.name] += 1
-            return self.kernel[grid](*args, **kwargs)
-
-        return run
-
-
-def test_a_fused_step_with_dropout_is_still_three_launches(monkeypatch):
-    counts = collections.Counter()
-    for name in ("fused_forward_kernel", "fused_grad_data_kernel", "fused_grad_weights_kernel"):
-        monkeypatch.setattr(fl, name, _Counting(getattr(fl, name), name, counts))
-    for name in ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel"):
-        monkeypatch.setattr(triton_ops, name, _Counting(getattr(triton_ops, name), name, counts))
+def test_a_fused_step_with_dropout_is_still_three_launches(launches):  # noqa: F811  (the fixture)
     model = _model("quantitative", None)
     model(torch.randn(33, 13, device=DEVICE)).square().sum().backward()
-    assert dict(counts) == {
-        "fused_forward_kernel": 1,
-        "fused_grad_data_kernel": 1,
-        "fused_grad_weights_kernel": 1,
-    }
+    assert dict(launches) == {
+        "fused_forward_kernel": 1, "fused_grad_data_kernel": 1, "fused_grad_weights_kernel": 1
+    }  # fmt: skip
 
 
 def test_dropout_on_the_triton_kernels_is_refused_under_torch_compile(monkeypatch):
