@@ -126,6 +126,10 @@ class GLAIMLP(nn.Module):
     Shape: input ``(*, in_features)``, output ``(*, out_features)``; patterns ``(*, ceil(n_l / r / 32))`` int32.
     """
 
+    # Class defaults: a model pickled whole before dropout existed unpickles without these attributes.
+    _dropout: tuple = ()
+    _drops = False
+
     def __init__(
         self,
         in_features: int,

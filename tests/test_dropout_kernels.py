@@ -184,3 +184,29 @@ def test_dropout_on_the_triton_kernels_is_refused_under_torch_compile(monkeypatc
     for fused in (True, False):
         with pytest.raises(NotImplementedError, match="not supported under torch.compile"):
             glai_mlp(x, w, None, patterns, backend="triton", fused=fused, dropout=0.2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the seed lives on the device")
+def test_cuda_step_with_dropout_makes_no_sync_and_a_graph_replay_draws_new_masks():
+    model = GLAIMLP(64, [128, 128], 10, dropout=0.1, backend="triton").cuda().freeze()
+    x = torch.randn(512, 64, device="cuda")
+    static_y = None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up: launches built, kernels compiled
+            model(x).sum().backward()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = model(x)
+    outs = []
+    for _ in range(2):
+        graph.replay()
+        outs.append(static_y.clone())
+    assert not torch.equal(outs[0], outs[1])  # each replay draws a new seed from the device generator
