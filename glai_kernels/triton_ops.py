@@ -249,12 +249,19 @@ def _masked_impl(op, a, weight, bias, words, reduction, config, out, dropout=Non
     if plan.tma:
         a, b, tma = tl_.operands(plan, a, b.t() if op == "masked_forward" and not plan.copy_b else b)
     w_args = (words, *words.stride()) if words is not None else (None, 0, 0)
-    tl_.launch(
-        masked_matmul_kernel, plan, tma, out.device,
-        (a, b, bias, w_args[0], out, M, N, plan.K, *(a.stride() if not tma else (0, 0)), stride_bk, stride_bn,
-         bias.stride(0) if bias is not None else 0, *w_args[1:], *out.stride()),
-        {"seed_ptr": dropout[0], "drop_layer": dropout[1]} if rate else None,
-    )  # fmt: skip
+    args = (a, b, bias, w_args[0], out, M, N, plan.K, *(a.stride() if not tma else (0, 0)), stride_bk, stride_bn,
+            bias.stride(0) if bias is not None else 0, *w_args[1:], *out.stride())  # fmt: skip
+    if rate:  # the dropout seed and layer: keywords of the kernel, after its constexprs
+        tl_.launch(
+            masked_matmul_kernel,
+            plan,
+            tma,
+            out.device,
+            args,
+            {"seed_ptr": dropout[0], "drop_layer": dropout[1]},
+        )
+    else:
+        tl_.launch(masked_matmul_kernel, plan, tma, out.device, args)
     return out
 
 
