@@ -61,6 +61,7 @@ def ptxas_resources(ptx: str, capability: int) -> dict:
 def _args(kernel: str, M: int, N: int, K: int, dt: str, precision: str, c: dict, v: dict) -> tuple:
     """``(jit function, pointer element types, ints, constexprs)`` of a launch as ``triton_ops`` makes it for a
     contiguous layer, ``M x N`` the output and ``K`` the reduction (``costs.gemm_dims``)."""
+    from .dropout_launch import constexprs as dropout_constexprs
     from .kernels.gate import gate_kernel
     from .kernels.masked_matmul import masked_matmul_kernel
     from .kernels.weight_grad import weight_grad_kernel
@@ -81,16 +82,23 @@ def _args(kernel: str, M: int, N: int, K: int, dt: str, precision: str, c: dict,
     if kernel in ("masked_forward", "backward_data"):
         backward = kernel == "backward_data"
         gated = v.get("gated", True)
+        drop = v.get("dropout", 0.0)
         p = dict(a_ptr=dt, b_ptr=dt, bias_ptr=None if backward else dt, words_ptr="i32" if gated else None,
-                 out_ptr=dt)  # fmt: skip
+                 out_ptr=dt, seed_ptr="i64" if drop else None)  # fmt: skip
         # Forward: B = W^T read in place ([N, K], K contiguous). Backward data: B = W, [K, N] with N contiguous,
         # or (K_MAJOR) a column-major copy of W whose K is contiguous.
         b_kn = backward and not c["K_MAJOR"]
         bk, bn = (N, 1) if b_kn else (1, K)
         ints = dict(M=M, N=N, K=K, stride_am=K, stride_ak=1, stride_bk=bk, stride_bn=bn, stride_bias=1,
-                    stride_pm=words_for(N // r), stride_pw=1, stride_om=N, stride_on=1)  # fmt: skip
+                    stride_pm=words_for(N // r), stride_pw=1, stride_om=N, stride_on=1, drop_layer=0)  # fmt: skip
         const = dict(
-            HAS_BIAS=not backward, HAS_GATE=gated, REDUCTION=r, WORD_BITS=WORD_BITS, B_KN=b_kn, **common
+            HAS_BIAS=not backward,
+            HAS_GATE=gated,
+            REDUCTION=r,
+            WORD_BITS=WORD_BITS,
+            B_KN=b_kn,
+            **common,
+            **dropout_constexprs(drop),
         )
         descs = {
             "a_ptr": ("BLOCK_M", "BLOCK_K"),
@@ -121,7 +129,7 @@ def _args(kernel: str, M: int, N: int, K: int, dt: str, precision: str, c: dict,
 def lower(kernel: str, M: int, N: int, K: int, key: str, c: dict, capability: int = 90, **variant) -> dict:
     """Compile ``kernel`` at configuration ``c`` for ``sm_<capability>`` on a GEMM ``M x N x K`` with operands of
     dtype key ``key`` (``tuning_cache.DTYPE_KEYS``); returns the machine-code figures. ``variant``: ``reduction``,
-    ``gated``, ``relu_out``, ``bias``, ``split`` (per kernel, as ``_args`` reads them)."""
+    ``gated``, ``relu_out``, ``bias``, ``split``, ``dropout`` (per kernel, as ``_args`` reads them)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

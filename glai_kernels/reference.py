@@ -26,21 +26,35 @@ def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu_
     return (torch.relu(z) if relu_out else None), pack_patterns(z > 0)
 
 
-def masked_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, words, reduction: int):
-    """``p * (h W^T + b)``; ``words=None`` means an ungated (output) layer."""
+def masked_forward(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, words, reduction: int, dropout=None
+):
+    """``p * (h W^T + b)``; ``words=None`` means an ungated (output) layer. ``dropout``: None, or ``(seed,
+    layer, rate)``: the result is then multiplied by the Triton kernels' mask of hidden layer ``layer``
+    (``glai_kernels.dropout.keep_mask``, which needs Triton)."""
     z = F.linear(h, weight, bias)
-    if words is None:
-        return z
-    # z is a fresh temporary here (ops run without autograd), so the gates multiply in place.
-    return z.mul_(unit_gates(words, weight.shape[0], reduction, z.dtype))
+    if words is not None:
+        # z is a fresh temporary here (ops run without autograd), so the gates multiply in place.
+        z.mul_(unit_gates(words, weight.shape[0], reduction, z.dtype))
+    return _drop(z, dropout)
 
 
-def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int):
-    """``(g W) * p_prev``: the gradient reaching the previous layer's output; ``words=None`` for ``dx``."""
+def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int, dropout=None):
+    """``(g W) * p_prev``: the gradient reaching the previous layer's output; ``words=None`` for ``dx``.
+    ``dropout``: ``(seed, layer, rate)`` of the previous layer (its forward's mask), or None."""
     d = g @ weight
-    if words is None:
-        return d
-    return d.mul_(unit_gates(words, weight.shape[1], reduction, d.dtype))
+    if words is not None:
+        d.mul_(unit_gates(words, weight.shape[1], reduction, d.dtype))
+    return _drop(d, dropout)
+
+
+def _drop(t: torch.Tensor, dropout) -> torch.Tensor:
+    if dropout is None or not dropout[2]:
+        return t
+    from .dropout import keep_mask
+
+    seed, layer, p = dropout
+    return t.mul_(keep_mask(seed, layer, t.shape[0], t.shape[1], p).to(t.dtype))
 
 
 def backward_weights(g: torch.Tensor, h: torch.Tensor, need_bias: bool):
@@ -54,8 +68,12 @@ def backward_weights(g: torch.Tensor, h: torch.Tensor, need_bias: bool):
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
-def stack(x: torch.Tensor, weights, biases, patterns, reduction: int) -> torch.Tensor:
+def stack(x: torch.Tensor, weights, biases, patterns, reduction: int, drop=None) -> torch.Tensor:
     """``y`` of the whole quantitative stack on 2-d ``x``, differentiable by autograd in ``x``, weights and biases.
+
+    ``drop``: None, or per hidden layer the dropout applied to its gated output ``h_l``: ``0``/None (none), a
+    rate ``p`` (``F.dropout``, torch's generator) or a float mask tensor (``0`` or ``1 / (1 - p)``, e.g. the
+    Triton kernels' mask from ``glai_kernels.dropout.keep_mask``) that ``h_l`` is multiplied by.
 
     The same products as :func:`masked_forward` layer by layer, so forward and gradients equal those of the
     autograd Function over the per-op functions bit for bit: ``dW_l = g_l^T h_{l-1}`` by ``AddmmBackward``, and
@@ -71,4 +89,13 @@ def stack(x: torch.Tensor, weights, biases, patterns, reduction: int) -> torch.T
             # Under a torch.func transform the gates may be batched where h is not: out of place there.
             gates = gates_of(patterns[i], w.shape[0], reduction, h.dtype)
             h = h * gates if _transforms_active() else h.mul_(gates)
+            if drop is not None and drop[i] is not None:
+                h = _dropped(h, drop[i])
     return h
+
+
+def _dropped(h: torch.Tensor, d) -> torch.Tensor:
+    """``h`` after dropout ``d``: a rate (``F.dropout``, training mode) or a float mask to multiply by."""
+    if isinstance(d, torch.Tensor):
+        return h * d.to(h.dtype)
+    return F.dropout(h, d, True) if d else h

@@ -23,6 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from glai_kernels.dropout_launch import fused_constexprs  # noqa: E402
 from glai_kernels.fused_config import chunk_for, defaults_for_capability, padded  # noqa: E402
 from glai_kernels.kernels.fused_backward import fused_grad_data_kernel, fused_grad_weights_kernel  # noqa: E402
 from glai_kernels.kernels.fused_forward import fused_forward_kernel  # noqa: E402
@@ -81,7 +82,7 @@ def _mats(dt, shapes):
     return tuple(dt for _ in shapes), tuple(s[1] for s in shapes), tuple(1 for _ in shapes)
 
 
-def forward_case(width, dt, prec, cap, mode=0, r=1, depth=DEPTH):
+def forward_case(width, dt, prec, cap, mode=0, r=1, depth=DEPTH, dropout=0.0):
     cfg = defaults_for_capability(cap)["chain"]
     hidden = (width,) * depth
     s_n = tuple(n // r for n in hidden)
@@ -99,20 +100,21 @@ def forward_case(width, dt, prec, cap, mode=0, r=1, depth=DEPTH):
     args.update(zip(("sw_ptrs", "sw_sn", "sw_sk"), _mats(dt, s_shapes)))
     args.update(sb_ptrs=tuple(dt for _ in s_shapes), sb_s=tuple(1 for _ in s_shapes))
     args.update(zip(("st_ptrs", "st_sm", "st_sn"), _mats(dt, [(BATCH, n) for n in s_n])))
+    args.update(seed_ptr="i64")
     consts = dict(
         HIDDEN=hidden, PAD=tuple(padded(n) for n in hidden), HAS_B=(True,) * (depth + 1), S_HIDDEN=s_n,
         S_PAD=tuple(padded(n) for n in s_n), S_HAS_B=(True,) * depth, MODE=mode, REDUCTION=1 if mode == 1 else r,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"],
         CHUNK=chunk_for(cfg, tuple(padded(n) for n in hidden + s_n)), WORD_BITS=WORD_BITS, UPCAST=False,
-        PRECISION=prec,
+        PRECISION=prec, **fused_constexprs((dropout,) * depth if dropout else None, depth),
     )  # fmt: skip
-    name = f"forward mode{mode} r{r} w{width} {dt} {prec} sm{cap}"
+    name = f"forward mode{mode} r{r} w{width}{f' dropout{dropout}' if dropout else ''} {dt} {prec} sm{cap}"
     return name, lambda: lower_fused(
         fused_forward_kernel, args, consts, cap, cfg["num_warps"], cfg["num_stages"]
     )
 
 
-def data_case(width, dt, prec, cap, r=1, depth=DEPTH):
+def data_case(width, dt, prec, cap, r=1, depth=DEPTH, dropout=0.0):
     cfg = defaults_for_capability(cap)["chain"]
     hidden = (width,) * depth
     dims = (IN, *hidden, OUT)
@@ -122,13 +124,14 @@ def data_case(width, dt, prec, cap, r=1, depth=DEPTH):
     args.update(zip(("w_ptrs", "w_sn", "w_sk"), _mats(dt, w_shapes)))
     args.update(zip(("p_ptrs", "p_sm", "p_sw"), _mats("i32", [(BATCH, words_for(n // r)) for n in hidden])))
     args.update(zip(("g_ptrs", "g_sm", "g_sn"), _mats(dt, [(BATCH, n) for n in hidden])))
+    args.update(seed_ptr="i64")
     consts = dict(
         HIDDEN=hidden, PAD=tuple(padded(n) for n in hidden), LOWEST=0, NEED_DX=True, REDUCTION=r,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"],
         CHUNK=chunk_for(cfg, tuple(padded(n) for n in hidden)), WORD_BITS=WORD_BITS, UPCAST=False,
-        PRECISION=prec,
+        PRECISION=prec, **fused_constexprs((dropout,) * depth if dropout else None, depth),
     )  # fmt: skip
-    name = f"grad_data r{r} w{width} {dt} {prec} sm{cap}"
+    name = f"grad_data r{r} w{width}{f' dropout{dropout}' if dropout else ''} {dt} {prec} sm{cap}"
     return name, lambda: lower_fused(
         fused_grad_data_kernel, args, consts, cap, cfg["num_warps"], cfg["num_stages"]
     )
@@ -192,10 +195,13 @@ def cases(sweep: bool = False):
         forward_case(64, "fp32", "tf32", 90, mode=1, depth=1),
         forward_case(_widest(80), "fp16", "tf32", 80),
         forward_case(_widest(86), "fp16", "tf32", 86, mode=2),
+        forward_case(top, "bf16", "tf32", 90, mode=2, r=1, dropout=0.1),  # Philox in every hidden epilogue
+        forward_case(_widest(86), "fp16", "tf32", 86, mode=1, dropout=0.1),
         data_case(top, "bf16", "tf32", 90),
         data_case(33, "bf16", "tf32", 90, r=3, depth=2),
         data_case(_widest(80), "fp16", "tf32", 80),
         data_case(_widest(86), "fp16", "tf32", 86),
+        data_case(top, "bf16", "tf32", 90, dropout=0.1),
         weights_case(128, "bf16", "tf32", 90),
         weights_case(128, "bf16", "tf32", 90, splits=1),
         weights_case(128, "fp16", "tf32", 80),

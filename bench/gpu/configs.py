@@ -59,14 +59,14 @@ def _record_layers(seen: list) -> callable:
     original = triton_launch.launch
     keys = set()
 
-    def launch(kernel, plan, tma, device, args):
+    def launch(kernel, plan, tma, device, args, *extra):
         key = (_name(kernel), plan.M, plan.N, plan.K, id(plan), tma)
         if key not in keys:
             keys.add(key)
             seen.append({"kernel": _name(kernel), "mnk": [plan.M, plan.N, plan.K], "precision": plan.precision,
                          "config": dict(plan.config), "tma": bool(tma), "splits": plan.splits,
                          "source": plan.source})  # fmt: skip
-        return original(kernel, plan, tma, device, args)
+        return original(kernel, plan, tma, device, args, *extra)
 
     triton_launch.launch = launch
 
