@@ -42,7 +42,8 @@ from .convert_trace import read_block
 from .nn import GLAIMLP, PhaseError, check_glaimlp
 
 CONVERT_OPTIONS = ("reduction", "backend")
-_ORIGIN = "_mlp_origin"  # a GLAIMLP's plain attribute: (the module it was converted from, its Linear layers)
+# A GLAIMLP's plain attribute: (the module it was converted from, its Linear layers, its dropout rates).
+_ORIGIN = "_mlp_origin"
 
 
 def _flatten(seq: nn.Sequential, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -97,7 +98,7 @@ def _build(module: nn.Module, chain: Chain, *, reduction: int, backend: str, cls
     if unset:  # a tensor GLAIMLP.__init__ creates that conversion does not know about
         raise RuntimeError(f"GLAIMLP.from_mlp left {unset} unset on the meta device")
     if type(module) is not nn.Sequential and not (chain.folds or chain.lead or chain.trail):
-        setattr(model, _ORIGIN, (module, linears))  # a tuple: not registered as a submodule
+        setattr(model, _ORIGIN, (module, linears, tuple(chain.dropout)))  # a tuple: no submodule registered
     return model.train(module.training)
 
 
@@ -152,18 +153,14 @@ def _origin(model: GLAIMLP) -> tuple[nn.Module, list[nn.Linear]] | None:
     origin = getattr(model, _ORIGIN, None)
     if origin is None:
         return None
-    module, linears = origin
+    module, linears, rates = origin
     shapes = [m.weight.shape for m in model.layers] == [m.weight.shape for m in linears]
     biases = [m.bias is None for m in model.layers] == [m.bias is None for m in linears]
-    same_rates = tuple(getattr(model, "dropout", ())) == tuple(_rates(module, linears))
-    return origin if shapes and biases and same_rates else None
+    return (module, linears) if shapes and biases and _rates(model) == rates else None
 
 
-def _rates(module: nn.Module, linears: list[nn.Linear]) -> list[float]:
-    try:
-        return read_module(module).dropout
-    except Refused:
-        return [-1.0]  # it no longer reads as a chain: never the same
+def _rates(model: GLAIMLP) -> tuple[float, ...]:
+    return tuple(getattr(model, "dropout", ())) or (0.0,) * (len(model.layers) - 1)
 
 
 def to_mlp(model: GLAIMLP) -> nn.Module:
@@ -189,7 +186,7 @@ def to_mlp(model: GLAIMLP) -> nn.Module:
                 memo[id(old.bias)] = new.bias
         return copy.deepcopy(module, memo).train(model.training)
     layers: list[nn.Module] = []
-    rates = tuple(getattr(model, "dropout", ())) or (0.0,) * (len(model.layers) - 1)
+    rates = _rates(model)
     for i, source in enumerate(model.layers):
         w = source.weight
         linear = nn.Linear(w.shape[1], w.shape[0], bias=source.bias is not None, device="meta", dtype=w.dtype)

@@ -79,10 +79,24 @@ def trace(module: nn.Module) -> torch.fx.Graph:
     try:
         return _LeafTracer().trace(module)
     except Exception as exc:  # noqa: BLE001 - any failure of the tracer is a reason to report, not to raise
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise Refused(
-            f"its forward could not be traced by torch.fx: {type(exc).__name__}: {first}", "chain"
+            f"its forward could not be traced by torch.fx ({type(exc).__name__}: {first}){_held(module)}",
+            "chain",
         ) from None
+
+
+def _held(module: nn.Module) -> str:
+    """What an untraceable module holds, when that looks like an MLP inside a larger forward (OPT's layer)."""
+    linears = [name for name, m in module.named_children() if isinstance(m, nn.Linear)]
+    relus = [name for name, m in module.named_children() if isinstance(m, nn.ReLU)]
+    if len(linears) < 2 or not relus:
+        return ""
+    return (
+        f"; it holds Linear layers {', '.join(linears)} and a ReLU ({', '.join(relus)}): if they form an MLP, it "
+        "runs inside this larger forward, not in a module of its own, so there is nothing to swap (a module "
+        "holding just that MLP would convert)"
+    )
 
 
 def _chain_steps(module: nn.Module, graph: torch.fx.Graph) -> list[tuple[str, nn.Module]]:
