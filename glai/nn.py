@@ -19,11 +19,13 @@ import hashlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from glai_kernels import glai_mlp, structural_patterns, words_for
 from glai_kernels.backend import check_backend_name
 from glai_kernels.checks import check_input, check_reduction, match_dtypes
+from glai_kernels.dropout import active, check_rates
 from glai_kernels.fused import check_fused_flag, fused_mlp, width_problem
 
 from . import resize, widen
@@ -71,6 +73,10 @@ def _hidden_widths(hidden_features, depth) -> tuple[int, ...]:
     return (width,) * _positive_int(1 if depth is None else depth, "depth")
 
 
+def _rates_repr(rates: tuple[float, ...]):
+    return rates[0] if len(set(rates)) == 1 else list(rates)
+
+
 class FrozenStructure(nn.Module):
     """The hidden layers of the structural net after the freeze, as buffers: they get no gradient and are
     no parameters, but they move with ``.to()`` and live in the ``state_dict``."""
@@ -111,6 +117,11 @@ class GLAIMLP(nn.Module):
             the backend resolves to ``"triton"`` and the widths fit (``glai_kernels.fused``), and through the
             per-layer path (``nn.Linear`` + ReLU in the structural phase) otherwise; ``True`` forces it (a
             ValueError names the limit where it cannot); ``False`` never takes it.
+        dropout: inverted dropout on the hidden activations, one rate or one per hidden layer, in ``[0, 1)``:
+            like ``nn.Dropout(p)`` after each ReLU, in both phases, on every path, and off in ``eval()``. The
+            patterns are the pre-dropout signs: dropout zeroes activations, it never flips a pattern bit. The
+            structural net that makes the patterns in the quantitative phase runs without it. ``0`` (the
+            default) draws nothing and runs exactly the code without dropout.
 
     Shape: input ``(*, in_features)``, output ``(*, out_features)``; patterns ``(*, ceil(n_l / r / 32))`` int32.
     """
@@ -126,6 +137,7 @@ class GLAIMLP(nn.Module):
         bias: bool = True,
         backend: str = "auto",
         fused: bool | None = None,
+        dropout: float | Sequence[float] = 0.0,
         device=None,
         dtype=None,
     ):
@@ -143,6 +155,7 @@ class GLAIMLP(nn.Module):
             if problem is not None:
                 raise ValueError(f"fused=True: {problem}")
         self.fused = fused
+        self.dropout = check_rates(dropout, len(self.hidden_features))
         self.layers = self._make_layers(self.structural_widths, device=device, dtype=dtype)
         self.register_module("structure", None)  # the frozen structure once frozen: it alone says the phase
 
@@ -360,10 +373,21 @@ class GLAIMLP(nn.Module):
                 biases.append(layer.bias)
         return weights, biases
 
+    @property
+    def dropout(self) -> tuple[float, ...]:
+        """The dropout rate of each hidden layer (assigning one rate or a sequence validates it)."""
+        return self._dropout
+
+    @dropout.setter
+    def dropout(self, value) -> None:
+        self._dropout = check_rates(value, len(self.hidden_features))
+        self._drops = active(self._dropout)
+
     def forward(self, x: torch.Tensor, patterns: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         # The input is checked with the rest of the call, once per signature (glai_kernels.signature); here
         # only on the structural phase's nn.Linear path, which has no such check.
         weights, biases = self._stack()
+        drop = self._dropout if self._drops and self.training else None
         structure = self._modules["structure"]
         if structure is None:  # the structural phase
             if patterns is not None:
@@ -371,7 +395,9 @@ class GLAIMLP(nn.Module):
                 raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
             # The fused path saves the packed patterns made in its forward (relu(z) = p z); elsewhere
             # nn.Linear + ReLU, the fastest there.
-            y = fused_mlp(x, weights, biases, structural=True, backend=self.backend, fused=self.fused)
+            y = fused_mlp(
+                x, weights, biases, structural=True, backend=self.backend, fused=self.fused, dropout=drop
+            )
             if y is not None:
                 return y
             check_input(x, self.in_features)
@@ -381,14 +407,18 @@ class GLAIMLP(nn.Module):
                 match_dtypes(x, weights, biases)
             layers = self._modules["layers"]
             h = x
-            for layer in layers[:-1]:
-                h = torch.relu(layer(h))
+            if drop is None:
+                for layer in layers[:-1]:
+                    h = torch.relu(layer(h))
+            else:  # nn.Dropout after each ReLU, torch's generator
+                for layer, p in zip(layers[:-1], drop):
+                    h = F.dropout(torch.relu(layer(h)), p, True) if p else torch.relu(layer(h))
             return layers[-1](h)
         if patterns is None:
             # Fused: the frozen structure runs in the same launch as the quantitative layers.
             y = fused_mlp(
                 x, weights, biases, structure=(structure.weights, structure.biases), reduction=self.reduction,
-                backend=self.backend, fused=self.fused,
+                backend=self.backend, fused=self.fused, dropout=drop,
             )  # fmt: skip
             if y is not None:
                 return y
@@ -396,8 +426,9 @@ class GLAIMLP(nn.Module):
         elif type(patterns) is not list and hasattr(patterns, "check_model"):
             patterns.check_model(self)  # looked up in a PatternCache: refused unless built for this structure
         return glai_mlp(
-            x, weights, biases, patterns, reduction=self.reduction, backend=self.backend, fused=self.fused
-        )
+            x, weights, biases, patterns, reduction=self.reduction, backend=self.backend, fused=self.fused,
+            dropout=drop,
+        )  # fmt: skip
 
     def structure_digest(self) -> str:
         """A short hash of the frozen structure: patterns cached under one digest are valid only for it."""
@@ -415,4 +446,4 @@ class GLAIMLP(nn.Module):
             f"in_features={self.in_features}, hidden_features={list(self.hidden_features)}, "
             f"out_features={self.out_features}, reduction={self.reduction}, bias={self.bias}, "
             f"phase={self.phase}, backend={self.backend}"
-        )
+        ) + (f", dropout={_rates_repr(self._dropout)}" if self._drops else "")

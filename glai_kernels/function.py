@@ -24,6 +24,7 @@ from . import backend as _backend
 from . import fused as _fused
 from . import reference
 from .checks import check_devices, check_input, check_stack, match_dtypes
+from .dropout import active, check_rates
 from .eager import eager_apply
 from .first_order import first_order
 from .fused_plan import GIVEN, FusedPlan
@@ -167,8 +168,9 @@ def _backward_once(ctx, grad_y, grad_hidden):
 
 
 def glai_mlp(
-    x, weights, biases, patterns, *, reduction: int = 1, backend: str = "auto", fused: bool | None = None
-) -> torch.Tensor:
+    x, weights, biases, patterns, *, reduction: int = 1, backend: str = "auto", fused: bool | None = None,
+    dropout=None,
+) -> torch.Tensor:  # fmt: skip
     """Quantitative forward of a GLAI stack with fixed patterns, differentiable in ``x``, weights and biases.
 
     Args:
@@ -182,12 +184,19 @@ def glai_mlp(
         fused: ``None`` runs the whole stack in three launches a step (``glai_kernels.fused``) when the backend
             resolves to ``"triton"`` and the stack fits that path's limits; ``True`` forces it (a ValueError
             names the limit where it cannot); ``False`` keeps the per-layer kernels.
+        dropout: None, or inverted dropout on every hidden output ``h_l``, one rate or one per hidden layer
+            (``glai_kernels.dropout``): always applied when given (it is the caller's training mode that
+            decides, as for ``F.dropout(training=True)``). The ``"torch"`` backend draws with ``F.dropout``, the
+            Triton kernels in the kernel from one seed a step.
 
     Returns ``(*, out_features)``. No gradient flows to ``patterns``.
     """
+    if dropout is not None:
+        dropout = check_rates(dropout, len(weights) - 1)
+        dropout = dropout if active(dropout) else None
     verdict, autocast = _fused.verdict(GIVEN, x, weights, biases, patterns, None, reduction, backend, fused)
     if type(verdict) is FusedPlan:
-        return _fused.run(verdict, x, weights, biases, patterns, None, autocast)
+        return _fused.run(verdict, x, weights, biases, patterns, None, autocast, dropout)
     # The call was checked (once per signature, glai_kernels.signature): the per-layer path on `verdict`.
     L = len(weights)
     biases = [None] * L if biases is None else biases
@@ -201,8 +210,10 @@ def glai_mlp(
     # time a step, so it is entered only when autocast is on.
     with torch.autocast(x.device.type, enabled=False) if autocast is not None else _NO_OP:
         if verdict == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once
-            y = reference.stack(x2, weights, biases, flat, reduction)
+            y = reference.stack(x2, weights, biases, flat, reduction, dropout)
         else:
+            if dropout is not None:
+                raise NotImplementedError("dropout on the per-layer Triton path")
             y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), (*weights, *biases, *flat))[0]
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 

@@ -82,7 +82,7 @@ def _max_width(device: str) -> int:
 # ----------------------------------------------------------------------------- entry
 def fused_mlp(
     x, weights, biases, *, patterns=None, structure=None, structural=False, reduction=1, backend="auto",
-    fused=None,
+    fused=None, dropout=None,
 ):  # fmt: skip
     """The stack's output through the fused path, or None where the per-layer path must run instead.
 
@@ -98,7 +98,7 @@ def fused_mlp(
     plan, autocast = verdict(mode, x, weights, biases, patterns, structure, reduction, backend, fused)
     if type(plan) is not FusedPlan:
         return None
-    return run(plan, x, weights, biases, patterns, structure, autocast)
+    return run(plan, x, weights, biases, patterns, structure, autocast, dropout)
 
 
 def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, fused):
@@ -126,8 +126,11 @@ def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, f
     return found, autocast
 
 
-def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast):
-    """The fused forward of a call whose verdict is ``plan``, ``x`` of any leading shape."""
+def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast, dropout=None):
+    """The fused forward of a call whose verdict is ``plan``, ``x`` of any leading shape; ``dropout`` None or
+    the checked rates of the hidden layers (at least one above 0)."""
+    if dropout is not None:
+        raise NotImplementedError("dropout on the fused path")
     mode, L = plan.mode, plan.n_layers
     biases = (None,) * L if biases is None else biases
     extra_w = patterns if mode == GIVEN else (structure[0] if mode == FROM_STRUCTURE else ())

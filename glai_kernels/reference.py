@@ -54,8 +54,12 @@ def backward_weights(g: torch.Tensor, h: torch.Tensor, need_bias: bool):
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
-def stack(x: torch.Tensor, weights, biases, patterns, reduction: int) -> torch.Tensor:
+def stack(x: torch.Tensor, weights, biases, patterns, reduction: int, drop=None) -> torch.Tensor:
     """``y`` of the whole quantitative stack on 2-d ``x``, differentiable by autograd in ``x``, weights and biases.
+
+    ``drop``: None, or per hidden layer the dropout applied to its gated output ``h_l``: ``0``/None (none), a
+    rate ``p`` (``F.dropout``, torch's generator) or a float mask tensor (``0`` or ``1 / (1 - p)``, e.g. the
+    Triton kernels' mask from ``glai_kernels.dropout.keep_mask``) that ``h_l`` is multiplied by.
 
     The same products as :func:`masked_forward` layer by layer, so forward and gradients equal those of the
     autograd Function over the per-op functions bit for bit: ``dW_l = g_l^T h_{l-1}`` by ``AddmmBackward``, and
@@ -71,4 +75,13 @@ def stack(x: torch.Tensor, weights, biases, patterns, reduction: int) -> torch.T
             # Under a torch.func transform the gates may be batched where h is not: out of place there.
             gates = gates_of(patterns[i], w.shape[0], reduction, h.dtype)
             h = h * gates if _transforms_active() else h.mul_(gates)
+            if drop is not None and drop[i] is not None:
+                h = _dropped(h, drop[i])
     return h
+
+
+def _dropped(h: torch.Tensor, d) -> torch.Tensor:
+    """``h`` after dropout ``d``: a rate (``F.dropout``, training mode) or a float mask to multiply by."""
+    if isinstance(d, torch.Tensor):
+        return h * d.to(h.dtype)
+    return F.dropout(h, d, True) if d else h

@@ -1,0 +1,84 @@
+"""Inverted dropout on the hidden activations of a GLAI stack: the rates, the seed of a step, and its masks.
+
+``h_l`` (the gated output of hidden layer ``l``) becomes ``h_l * m_l / (1 - p_l)`` with ``m_l`` a keep-mask
+drawn with probability ``1 - p_l`` per element, exactly as ``nn.Dropout(p_l)`` after each ReLU. The pattern
+``p_l`` is the pre-dropout sign ``[z_l > 0]``: a dropped unit is a zeroed activation, never a flipped bit. With
+the pattern and the mask fixed the stack is still linear in its weights, and the gradients are those of
+``DESIGN``'s formulas with the gate ``p_l`` replaced by ``p_l m_l / (1 - p_l)``:
+
+    g_{l-1} = (g_l W_l) * p_{l-1} * m_{l-1} / (1 - p_{l-1}),     dW_l = g_l^T h_{l-1}   (h the dropped input)
+
+The ``"torch"`` backend draws its masks with ``torch.nn.functional.dropout`` (torch's own generator and
+kernels). The Triton kernels draw them inside the kernel from one 64-bit seed a step (:func:`draw_seed`):
+``keep(seed, layer, row, col) = philox(seed; col, row, layer, 0)[0] >= p 2^32`` (``kernels/dropout.py``), so
+the backward regenerates the very bits of the forward from the same seed and no mask ever goes to memory. The
+per-layer kernels and the fused ones use the same function, so the two Triton paths drop the same units for the
+same seed. :func:`keep_mask` materialises a mask for tests and for the float64 reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+# The mask compares 31 random bits with a threshold: the keep rate is 1 - p to within 2**-31.
+THRESHOLD_BITS = 31
+
+
+def check_rates(dropout, n_hidden: int, what: str = "dropout") -> tuple[float, ...]:
+    """``dropout`` (one rate, or one per hidden layer) as a tuple of ``n_hidden`` floats in ``[0, 1)``, or an
+    error naming what was expected and what came."""
+    if isinstance(dropout, (int, float)) and not isinstance(dropout, bool):
+        rates = (dropout,) * n_hidden
+    elif isinstance(dropout, Sequence) and not isinstance(dropout, str):
+        if len(dropout) != n_hidden:
+            raise ValueError(
+                f"{what} must be one rate or one per hidden layer ({n_hidden}), got {len(dropout)} rates"
+            )
+        rates = tuple(dropout)
+    else:
+        raise TypeError(f"{what} must be a float or a sequence of floats, got {type(dropout).__name__}")
+    for i, p in enumerate(rates):
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise TypeError(f"{what}[{i}] must be a float, got {type(p).__name__}")
+        if not 0 <= p < 1 or math.isnan(p):
+            raise ValueError(
+                f"{what} probability has to be in [0, 1) (1 would drop every unit), got {p} at layer {i}"
+            )
+    return tuple(float(p) for p in rates)
+
+
+def active(rates) -> bool:
+    """Whether any rate draws a mask (``None`` or all zeros: nothing is drawn, the old path runs)."""
+    return rates is not None and any(rates)
+
+
+def threshold(p: float) -> int:
+    """The integer threshold of rate ``p``: a unit is kept when its 31 random bits are at least this."""
+    return min(round(p * 2**THRESHOLD_BITS), 2**THRESHOLD_BITS - 1)
+
+
+def scale(p: float) -> float:
+    """What a kept unit is multiplied by: ``1 / (1 - p)`` (inverted dropout: the expectation is unchanged)."""
+    return 1.0 / (1.0 - p)
+
+
+def draw_seed(device: torch.device) -> torch.Tensor:
+    """The seed of one step: one int64 drawn from torch's default generator for ``device``, as a tensor there.
+
+    On CUDA this is a tiny kernel on the current stream that advances the device generator's Philox offset,
+    as ``torch.nn.functional.dropout`` does: no host synchronisation (the kernels load the seed from device
+    memory), and inside a CUDA graph the draw is captured with the generator's offset, so each replay draws a
+    new seed. ``torch.manual_seed`` makes a run repeat its masks bit for bit.
+    """
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+
+
+def keep_mask(seed: torch.Tensor, layer: int, rows: int, cols: int, p: float) -> torch.Tensor:
+    """The ``[rows, cols]`` float32 mask (``0`` or ``1 / (1 - p)``) the Triton kernels apply to hidden layer
+    ``layer`` for ``seed``; computed by a small kernel calling the kernels' own mask function."""
+    from .dropout_launch import keep_mask as _keep_mask
+
+    return _keep_mask(seed, layer, rows, cols, p)
