@@ -79,7 +79,6 @@ def _build(module: nn.Module, chain: Chain, *, reduction: int, backend: str, cls
         fold_batchnorm(linear, norm)
     linears = chain.layers
     first = linears[0].weight
-    rates = {"dropout": chain.dropout} if any(chain.dropout) else {}
     # Built on the meta device: nothing is allocated or drawn from the RNG before the Parameters are taken over.
     model = cls(
         linears[0].in_features,
@@ -90,7 +89,7 @@ def _build(module: nn.Module, chain: Chain, *, reduction: int, backend: str, cls
         backend=backend,
         device="meta",
         dtype=first.dtype,
-        **rates,
+        dropout=chain.dropout,
     )
     for target, source in zip(model.layers, linears):
         _share(target, source)
@@ -156,11 +155,7 @@ def _origin(model: GLAIMLP) -> tuple[nn.Module, list[nn.Linear]] | None:
     module, linears, rates = origin
     shapes = [m.weight.shape for m in model.layers] == [m.weight.shape for m in linears]
     biases = [m.bias is None for m in model.layers] == [m.bias is None for m in linears]
-    return (module, linears) if shapes and biases and _rates(model) == rates else None
-
-
-def _rates(model: GLAIMLP) -> tuple[float, ...]:
-    return tuple(getattr(model, "dropout", ())) or (0.0,) * (len(model.layers) - 1)
+    return (module, linears) if shapes and biases and tuple(model.dropout) == rates else None
 
 
 def to_mlp(model: GLAIMLP) -> nn.Module:
@@ -186,7 +181,7 @@ def to_mlp(model: GLAIMLP) -> nn.Module:
                 memo[id(old.bias)] = new.bias
         return copy.deepcopy(module, memo).train(model.training)
     layers: list[nn.Module] = []
-    rates = _rates(model)
+    rates = model.dropout
     for i, source in enumerate(model.layers):
         w = source.weight
         linear = nn.Linear(w.shape[1], w.shape[0], bias=source.bias is not None, device="meta", dtype=w.dtype)

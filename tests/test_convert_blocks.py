@@ -1,8 +1,7 @@
 """Attribute-style MLP blocks (a forward that chains the module's own layers), the conversion report, folding.
 
-timm does not install beside this torch, so its ``timm.layers.Mlp`` is emulated by ``TimmStyleMlp`` below (same
-attributes and forward for ``act_layer=nn.ReLU``, ``norm_layer=None``: ``fc1, act, drop1, norm=Identity, fc2,
-drop2``); tests that use it say "emulated" in their names. Real classes from ``transformers`` are in
+timm does not install beside this torch, so its ``timm.layers.Mlp`` is emulated by ``TimmStyleMlp``
+(``_convert_models.py``); tests that use it say "emulated" in their names. Real classes from ``transformers`` are in
 ``test_convert_hf.py``.
 """
 
@@ -12,43 +11,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from _convert_models import Encoder, TimmStyleMlp
 from torch import nn
 
 import glai
 from glai import GLAIMLP, PhaseError
 from glai.convert_chain import CLOSENESS
-
-
-class TimmStyleMlp(nn.Module):
-    """Emulation of timm's ``Mlp`` with ReLU (the same attribute names and forward)."""
-
-    def __init__(self, in_features, hidden_features, out_features, drop=(0.0, 0.0), bias=True):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
-        self.act = nn.ReLU()
-        self.drop1 = nn.Dropout(drop[0])
-        self.norm = nn.Identity()
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
-        self.drop2 = nn.Dropout(drop[1])
-
-    def forward(self, x):
-        x = self.fc1(x)
-        x = self.act(x)
-        x = self.drop1(x)
-        x = self.norm(x)
-        x = self.fc2(x)
-        x = self.drop2(x)
-        return x
-
-
-class Encoder(nn.Module):
-    def __init__(self, mlp):
-        super().__init__()
-        self.embed = nn.Linear(5, 12)
-        self.mlp = mlp
-
-    def forward(self, x):
-        return self.mlp(torch.tanh(self.embed(x)))
 
 
 class Chained(nn.Module):
