@@ -62,6 +62,8 @@ def read_module(module: nn.Module, *, fold_batchnorm: bool = False) -> Chain:
     check_plain(module, None)
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
         return read_chain(_flatten(module), fold_batchnorm=fold_batchnorm)
+    if not any(True for _ in module.children()):  # a lone layer (Linear, ReLU...): read as a chain of one
+        return read_chain([("", module)], fold_batchnorm=fold_batchnorm)
     try:
         return read_block(module, fold_batchnorm=fold_batchnorm)
     except Refused as exc:
@@ -232,10 +234,12 @@ def convert(
         raise TypeError(
             f"predicate must be a callable (name, module) -> bool, got {type(predicate).__name__}"
         )
-    if _is_itself_an_mlp(model, predicate):
-        raise ValueError(
-            "the model is itself a convertible MLP and cannot be replaced in place: use GLAIMLP.from_mlp(model)"
-        )
+    itself = _itself(model, predicate, fold_batchnorm)
+    if itself is not None:
+        how = "use GLAIMLP.from_mlp(model)"
+        if itself.lead or itself.trail:  # which refuses the outer dropout: convert can keep it, from a parent
+            how = "hold it in a parent module (e.g. nn.ModuleDict({'head': model})) and convert that"
+        raise ValueError(f"the model is itself a convertible MLP and cannot be replaced in place: {how}")
     owners = holders(model)
     done: dict[int, tuple[nn.Module, nn.Module, str]] = {}  # by id, the old block kept alive: no id reused
     report = ConversionReport()
@@ -271,16 +275,17 @@ def convert(
     return report
 
 
-def _is_itself_an_mlp(model: nn.Module, predicate) -> bool:
+def _itself(model: nn.Module, predicate, fold: bool) -> Chain | None:
+    """The chain of ``model`` when the model itself would be converted (it cannot replace itself)."""
     # Only a flat module is traced here (a whole network is no candidate and may be slow to trace).
     flat = all(not any(True for _ in child.children()) for child in model.children())
     if not (isinstance(model, nn.Sequential) or (is_candidate(model) and flat)):
-        return False
+        return None
     try:
-        read_module(model)
+        chain = read_module(model, fold_batchnorm=fold)
     except Refused:
-        return False
-    return predicate is None or bool(predicate("", model))
+        return None
+    return chain if predicate is None or predicate("", model) else None
 
 
 def _candidate(module, name, predicate, owners, report, fold, kwargs) -> nn.Module | None:

@@ -218,3 +218,19 @@ def test_fold_batchnorm_refusals():
         with pytest.warns(UserWarning, match=message):
             glai.convert(nn.ModuleList([mlp]), fold_batchnorm=True)
         assert torch.equal(mlp[0].weight, weight)  # nothing folded before the refusal
+
+
+def test_what_cannot_be_replaced_in_place_or_is_no_mlp():
+    with pytest.raises(
+        ValueError, match="the model is itself a convertible MLP .* use GLAIMLP.from_mlp\\(model\\)"
+    ):
+        glai.convert(TimmStyleMlp(4, 6, 2))
+    head = nn.Sequential(nn.Dropout(0.1), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    with pytest.raises(ValueError, match="itself a convertible MLP .* hold it in a parent module"):
+        glai.convert(head)
+    assert glai.convert(nn.ModuleDict({"head": head})) == ["head"]
+    with pytest.raises(
+        ValueError,
+        match="^a single Linear: an MLP with at least one hidden layer \\(two Linear layers\\) is needed, got 1",
+    ):
+        GLAIMLP.from_mlp(nn.Linear(4, 2))
