@@ -82,3 +82,36 @@ def keep_mask(seed: torch.Tensor, layer: int, rows: int, cols: int, p: float) ->
     from .dropout_launch import keep_mask as _keep_mask
 
     return _keep_mask(seed, layer, rows, cols, p)
+
+
+class Draw:
+    """The dropout of one step on the Triton kernels: the rate of each hidden layer and the step's seed. The
+    autograd Functions take it as a trailing argument and keep it for the backward, which regenerates the
+    forward's masks from it."""
+
+    __slots__ = ("rates", "seed")
+
+    def __init__(self, rates: tuple[float, ...], seed: torch.Tensor):
+        self.rates, self.seed = rates, seed
+
+    def of(self, layer: int):
+        """``(seed, layer, rate)`` of hidden layer ``layer`` as the ops' ``dropout=`` takes it, or None."""
+        p = self.rates[layer]
+        return (self.seed, layer, p) if p else None
+
+
+def split_draw(tensors: tuple) -> tuple[tuple, Draw | None]:
+    """An autograd Function's tensor arguments without their trailing :class:`Draw`, and the draw (or None)."""
+    if tensors and type(tensors[-1]) is Draw:
+        return tensors[:-1], tensors[-1]
+    return tensors, None
+
+
+def refuse_when_compiling(what: str) -> None:
+    """Dropout on the Triton kernels runs eagerly (a CUDA graph captured from eager steps included: the seed is
+    drawn on the device); ``torch.compile`` would have to trace the seed into each launch's custom op."""
+    if torch.compiler.is_compiling():
+        raise NotImplementedError(
+            f"dropout > 0 on the {what} is not supported under torch.compile; compile with dropout=0, run "
+            "eagerly, or use backend='torch' (F.dropout, which torch.compile handles)"
+        )

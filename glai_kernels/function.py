@@ -24,7 +24,7 @@ from . import backend as _backend
 from . import fused as _fused
 from . import reference
 from .checks import check_devices, check_input, check_stack, match_dtypes
-from .dropout import active, check_rates
+from .dropout import Draw, active, check_rates, draw_seed, refuse_when_compiling, split_draw
 from .eager import eager_apply
 from .first_order import first_order
 from .fused_plan import GIVEN, FusedPlan
@@ -59,12 +59,14 @@ class GLAIStackFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, backend: str, reduction: int, n_layers: int, *tensors):
         ops = _ops(backend)
+        tensors, draw = split_draw(tensors)
         weights, biases, patterns = _split(tensors, n_layers)
         hidden = []
         h = x
         for i in range(n_layers):
             words = patterns[i] if i < n_layers - 1 else None
-            h = ops.masked_forward(h, weights[i], biases[i], words, reduction)
+            drop = draw.of(i) if draw is not None and i < n_layers - 1 else None
+            h = ops.masked_forward(h, weights[i], biases[i], words, reduction, drop)
             if i < n_layers - 1:
                 hidden.append(h)
         return (h, *hidden)
@@ -72,6 +74,7 @@ class GLAIStackFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, backend, reduction, n_layers, *tensors = inputs
+        tensors, ctx.draw = split_draw(tuple(tensors))
         weights, _, patterns = _split(tensors, n_layers)
         # Saved: the layer inputs h_{l-1} (x and the hidden outputs) and one bit a unit, never a float mask.
         ctx.save_for_backward(x, *output[1:], *weights, *patterns)
@@ -87,6 +90,8 @@ class GLAIStackFunction(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x, backend, reduction, n_layers, *tensors):
+        if split_draw(tensors)[1] is not None:
+            raise NotImplementedError("vmap over a GLAI stack with dropout on the Triton kernels")
         weights, biases, patterns = _split(tensors, n_layers)
         dims = in_dims[4:]
         w_dims, p_dims = dims[: 2 * n_layers], dims[2 * n_layers :]
@@ -130,7 +135,7 @@ def _backward(ctx, grad_y, grad_hidden):
     """With ``G_l = dL/dz_l`` (``z_l = W_l h_{l-1} + b_l``): ``G_L = dy``, ``dW_l = G_l^T h_{l-1}``,
     ``db_l = sum_rows G_l``, ``G_{l-1} = (G_l W_l + dh_{l-1}) * p_{l-1}``, ``dx = G_1 W_1``; ``dh_l`` is the
     gradient reaching a hidden output directly (None except in double backward)."""
-    ops, r, n = _ops(ctx.backend), ctx.reduction, ctx.n_layers
+    ops, r, n, draw = _ops(ctx.backend), ctx.reduction, ctx.n_layers, ctx.draw
     saved = ctx.saved_tensors
     inputs, weights, patterns = saved[:n], saved[n : 2 * n], saved[2 * n :]
     need = ctx.needs_input_grad
@@ -147,17 +152,18 @@ def _backward(ctx, grad_y, grad_hidden):
             break  # nothing below layer i wants a gradient (frozen first layers): stop the data chain
         if i > 0:
             direct = grad_hidden[i - 1]
+            drop = draw.of(i - 1) if draw is not None else None
             if direct is not None:
                 gates = unit_gates(patterns[i - 1], direct.shape[-1], r, direct.dtype)
-                direct = direct * gates
+                direct = reference._drop(direct * gates, drop)
             if g is not None:
-                g = ops.backward_data(g, weights[i], patterns[i - 1], r)
+                g = ops.backward_data(g, weights[i], patterns[i - 1], r, drop)
                 g = g if direct is None else g + direct
             else:
                 g = direct
         elif g is not None:  # i == 0, reached only when x needs its gradient
             grad_x = ops.backward_data(g, weights[0], None, r)
-    return (grad_x, None, None, None, *grad_w, *grad_b, *([None] * len(patterns)))
+    return (grad_x, None, None, None, *grad_w, *grad_b, *([None] * (len(patterns) + (draw is not None))))
 
 
 def _backward_once(ctx, grad_y, grad_hidden):
@@ -212,9 +218,11 @@ def glai_mlp(
         if verdict == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once
             y = reference.stack(x2, weights, biases, flat, reduction, dropout)
         else:
+            tensors = (*weights, *biases, *flat)
             if dropout is not None:
-                raise NotImplementedError("dropout on the per-layer Triton path")
-            y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), (*weights, *biases, *flat))[0]
+                refuse_when_compiling("per-layer Triton kernels")
+                tensors += (Draw(dropout, draw_seed(x.device)),)
+            y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), tensors)[0]
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 

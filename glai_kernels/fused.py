@@ -28,6 +28,7 @@ import torch
 
 from . import backend as _backend
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from .dropout import Draw, draw_seed, refuse_when_compiling, split_draw
 from .eager import eager_apply
 from .first_order import first_order
 from .fused_config import MAX_WIDTH, default_config
@@ -129,8 +130,6 @@ def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, f
 def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast, dropout=None):
     """The fused forward of a call whose verdict is ``plan``, ``x`` of any leading shape; ``dropout`` None or
     the checked rates of the hidden layers (at least one above 0)."""
-    if dropout is not None:
-        raise NotImplementedError("dropout on the fused path")
     mode, L = plan.mode, plan.n_layers
     biases = (None,) * L if biases is None else biases
     extra_w = patterns if mode == GIVEN else (structure[0] if mode == FROM_STRUCTURE else ())
@@ -147,6 +146,9 @@ def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast, drop
             extra_w = [p.reshape(-1, p.shape[-1]) for p in extra_w]
     flags = (mode, plan.reduction, L, None if torch.compiler.is_compiling() else plan)
     tensors = (*weights, *biases, *extra_w, *extra_b)
+    if dropout is not None:  # the step's seed, drawn on the device: the backward regenerates the masks
+        refuse_when_compiling("fused path")
+        tensors += (Draw(dropout, draw_seed(x.device)),)
     if autocast is not None:
         with torch.autocast(x.device.type, enabled=False):
             y = eager_apply(FusedStackFunction, (x2, *flags), tensors)[0]
@@ -217,17 +219,18 @@ class FusedStackFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, mode, reduction, n_layers, plan, *tensors):
         L = n_layers
+        tensors, draw = split_draw(tensors)
         weights, biases, extra = tensors[:L], tensors[L : 2 * L], tensors[2 * L :]
         extra_w, extra_b = (extra[: L - 1], extra[L - 1 :]) if mode == FROM_STRUCTURE else (extra, ())
         if plan is not None and not torch.compiler.is_compiling():
-            return plan.forward(x, weights, biases, extra_w, extra_b)
+            return plan.forward(x, weights, biases, extra_w, extra_b, draw)
         args = (x, list(weights), list(biases), list(extra_w), list(extra_b), mode, reduction)
         return tuple(_op("forward")(*args))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, mode, reduction, L, plan = inputs[:5]
-        tensors = inputs[5:]
+        tensors, ctx.draw = split_draw(inputs[5:])
         hidden = output[1:L]
         words = output[L:] if mode != GIVEN else tensors[2 * L :]
         ctx.mark_non_differentiable(*output[1:])

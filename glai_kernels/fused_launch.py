@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import fused_config
+from .dropout_launch import fused_constexprs as drop_constexprs
 from .fused_config import padded
 from .kernels.fused_backward import fused_grad_data_kernel, fused_grad_weights_kernel
 from .kernels.fused_forward import fused_forward_kernel
@@ -109,13 +110,16 @@ class Forward:
     hidden layers (mode ``FROM_STRUCTURE``). ``out``: ``(y, hidden, words)`` buffers (``words`` ignored in mode
     ``GIVEN``)."""
 
-    def __init__(self, x, weights, biases, mode, reduction=1, patterns=None, structure=None, config=None):
+    def __init__(
+        self, x, weights, biases, mode, reduction=1, patterns=None, structure=None, config=None, dropout=None
+    ):
         M, IN = x.shape
         dev, dt = x.device, x.dtype
         s_w, s_b = structure if mode == FROM_STRUCTURE else (weights[:-1], biases[:-1])
         key = (
             "forward", mode, reduction, dev, dt, IN, tuple([w.shape[0] for w in weights]),
             tuple([b is None for b in biases]), tuple([w.shape[0] for w in s_w]), tuple([b is None for b in s_b]),
+            dropout,
         )  # fmt: skip
         st = _memo(key, config, lambda: _forward_static(key, config))
         self.mode, self.M, self.device, self.dtype = mode, M, dev, dt
@@ -133,7 +137,8 @@ class Forward:
         staged = [(max(n, 1), 1) if n else x.stride() for n in self.staging_n]
         self.st_strides = tuple(zip(*staged))
 
-    def run(self, x, weights, biases, patterns=None, structure=None, out=None):
+    def run(self, x, weights, biases, patterns=None, structure=None, out=None, seed=None):
+        """``seed``: the step's dropout seed (``glai_kernels.dropout.draw_seed``) when built with rates."""
         M, mode = self.M, self.mode
         if out is None:
             y = x.new_empty(M, self.out_n)
@@ -161,20 +166,25 @@ class Forward:
             fused_forward_kernel, self.grid, self.cfg, self.device,
             x, y, *self.sizes, *y_strides, tuple(weights), *self.w_strides, b_ptrs, self.b_strides,
             tuple(hidden), *h_strides, tuple(words), *p_strides, tuple(s_w), *self.sw_strides, sb_ptrs,
-            self.sb_strides, staging, *self.st_strides, PRECISION=dot_precision(self.dtype), **self.constexprs,
+            self.sb_strides, staging, *self.st_strides, PRECISION=dot_precision(self.dtype), seed_ptr=seed,
+            **self.constexprs,
         )  # fmt: skip
         return y, hidden, words
 
 
-def forward(x, weights, biases, mode, reduction=1, patterns=None, structure=None, *, config=None, out=None):
-    """``(y, hidden, words)``: see :class:`Forward`, built for this call."""
-    return Forward(x, weights, biases, mode, reduction, patterns, structure, config).run(
-        x, weights, biases, patterns, structure, out
+def forward(
+    x, weights, biases, mode, reduction=1, patterns=None, structure=None, *, config=None, out=None, dropout=None,
+    seed=None,
+):  # fmt: skip
+    """``(y, hidden, words)``: see :class:`Forward`, built for this call (``dropout``: the hidden layers'
+    rates, with the step's ``seed``)."""
+    return Forward(x, weights, biases, mode, reduction, patterns, structure, config, dropout).run(
+        x, weights, biases, patterns, structure, out, seed
     )
 
 
 def _forward_static(key, config) -> dict:
-    _, mode, reduction, dev, dt, IN, n_out, no_bias, s_n, s_no_bias = key
+    _, mode, reduction, dev, dt, IN, n_out, no_bias, s_n, s_no_bias, rates = key
     hidden_n = n_out[:-1]
     if mode == GIVEN:
         s_n = tuple(n // reduction for n in hidden_n)
@@ -185,6 +195,7 @@ def _forward_static(key, config) -> dict:
         HIDDEN=hidden_n, PAD=pad, HAS_B=tuple(not n for n in no_bias), S_HIDDEN=s_n, S_PAD=s_pad,
         S_HAS_B=tuple(not n for n in s_no_bias), MODE=mode, REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=chunk, WORD_BITS=WORD_BITS, UPCAST=INTERPRETED,
+        **drop_constexprs(rates, len(hidden_n)),
     )  # fmt: skip
     staging = tuple(n if mode == FROM_STRUCTURE and padded(n) > chunk else 0 for n in s_n)
     return dict(
@@ -198,10 +209,11 @@ class GradData:
     at hidden layer ``l``'s output for ``l >= lowest`` (None below), ``dx`` when ``need_dx`` (which needs
     ``lowest == 0``). ``out``: ``(grads, dx)`` buffers. Only ``dy``'s strides are read again at each run."""
 
-    def __init__(self, dy, weights, words, reduction, lowest, need_dx, config=None):
+    def __init__(self, dy, weights, words, reduction, lowest, need_dx, config=None, dropout=None):
         M, OUT = dy.shape
         dev, dt = dy.device, dy.dtype
-        key = ("grad_data", reduction, lowest, need_dx, dev, dt, tuple([w.shape[0] for w in weights[:-1]]))
+        hidden = tuple([w.shape[0] for w in weights[:-1]])
+        key = ("grad_data", reduction, lowest, need_dx, dev, dt, dropout, hidden)
         st = _memo(key, config, lambda: _grad_data_static(key, config))
         self.M, self.device, self.dtype, self.lowest, self.need_dx = M, dev, dt, lowest, need_dx
         self.cfg, self.constexprs, self.hidden_n = st["cfg"], st["constexprs"], key[-1]
@@ -212,7 +224,7 @@ class GradData:
         self.w_strides, self.p_strides = _strides(weights), _strides(words)
         self.g_strides = _dense(self.hidden_n)
 
-    def run(self, dy, weights, words, out=None):
+    def run(self, dy, weights, words, out=None, seed=None):
         M, lowest, need_dx = self.M, self.lowest, self.need_dx
         if out is None:
             grads = [dy.new_empty(M, n) if i >= lowest else None for i, n in enumerate(self.hidden_n)]
@@ -228,24 +240,28 @@ class GradData:
             fused_grad_data_kernel, self.grid, self.cfg, self.device,
             dy, dx if need_dx else dy, *self.sizes, *dy.stride(), *dx_strides, tuple(weights), *self.w_strides,
             tuple(words), *self.p_strides, tuple(g), *g_strides, PRECISION=dot_precision(self.dtype),
-            **self.constexprs,
+            seed_ptr=seed, **self.constexprs,
         )  # fmt: skip
         return grads, dx
 
 
-def grad_data(dy, weights, words, reduction, lowest, need_dx, *, config=None, out=None):
-    """``(grads, dx)``: see :class:`GradData`, built for this call."""
-    return GradData(dy, weights, words, reduction, lowest, need_dx, config).run(dy, weights, words, out)
+def grad_data(
+    dy, weights, words, reduction, lowest, need_dx, *, config=None, out=None, dropout=None, seed=None
+):
+    """``(grads, dx)``: see :class:`GradData`, built for this call (``dropout``, ``seed``: the forward's)."""
+    return GradData(dy, weights, words, reduction, lowest, need_dx, config, dropout).run(
+        dy, weights, words, out, seed
+    )
 
 
 def _grad_data_static(key, config) -> dict:
-    _, reduction, lowest, need_dx, dev, dt, hidden_n = key
+    _, reduction, lowest, need_dx, dev, dt, rates, hidden_n = key
     cfg = config_for(dev, config)["chain"]
     pad = tuple(padded(n) for n in hidden_n)
     constexprs = dict(
         HIDDEN=hidden_n, PAD=pad, LOWEST=lowest, NEED_DX=need_dx, REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=fused_config.chunk_for(cfg, pad),
-        WORD_BITS=WORD_BITS, UPCAST=INTERPRETED,
+        WORD_BITS=WORD_BITS, UPCAST=INTERPRETED, **drop_constexprs(rates, len(hidden_n)),
     )  # fmt: skip
     return dict(cfg=cfg, constexprs=constexprs)
 

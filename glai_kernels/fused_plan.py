@@ -45,27 +45,34 @@ class FusedPlan:
     def __init__(self, mode: int, reduction: int, has_bias):
         self.mode, self.reduction = mode, reduction  # reduction 1 in the structural phase
         self.n_layers, self.has_bias = len(has_bias), tuple(has_bias)
-        self._forward = None
-        self._backward: dict = {}  # needs_input_grad -> _Backward
+        self._forward: dict = {}  # dropout rates (None: none) -> Forward
+        self._backward: dict = {}  # (needs_input_grad, dropout rates) -> _Backward
 
-    def forward(self, x, weights, biases, extra_w, extra_b) -> tuple:
-        """``(y, *hidden)``, then the patterns made (modes ``STRUCTURAL``, ``FROM_STRUCTURE``)."""
+    def forward(self, x, weights, biases, extra_w, extra_b, draw=None) -> tuple:
+        """``(y, *hidden)``, then the patterns made (modes ``STRUCTURAL``, ``FROM_STRUCTURE``); ``draw``: the
+        step's dropout (``glai_kernels.dropout.Draw``) or None."""
         mode = self.mode
         patterns = extra_w if mode == GIVEN else None
         structure = (extra_w, extra_b) if mode == FROM_STRUCTURE else None
-        launch = self._forward
+        rates, seed = (None, None) if draw is None else (draw.rates, draw.seed)
+        launch = self._forward.get(rates)
         if launch is None:
-            launch = launcher().Forward(x, weights, biases, mode, self.reduction, patterns, structure)
-            self._forward = launch
-        y, hidden, words = launch.run(x, weights, biases, patterns, structure)
+            launch = launcher().Forward(
+                x, weights, biases, mode, self.reduction, patterns, structure, dropout=rates
+            )
+            self._forward[rates] = launch
+        y, hidden, words = launch.run(x, weights, biases, patterns, structure, seed=seed)
         return (y, *hidden) if mode == GIVEN else (y, *hidden, *words)
 
     def backward(self, ctx, grad_y) -> tuple:
         """``FusedStackFunction.backward``'s gradients, through this signature's launches."""
-        needs = ctx.needs_input_grad
-        b = self._backward.get(needs)
+        needs, draw = ctx.needs_input_grad, ctx.draw
+        rates, seed = (None, None) if draw is None else (draw.rates, draw.seed)
+        b = self._backward.get((needs, rates))
         if b is None:
-            b = self._backward[needs] = _Backward(needs, self.n_layers, ctx.n_extra)
+            # The arguments after the weights and biases: the extra tensors, and the draw when there is one.
+            b = _Backward(needs, self.n_layers, len(needs) - 5 - 2 * self.n_layers)
+            self._backward[(needs, rates)] = b
         L = self.n_layers
         saved = ctx.saved_tensors
         weights, words = saved[1 : L + 1], saved[2 * L :]
@@ -74,9 +81,9 @@ class FusedPlan:
             launch = b.grad_data
             if launch is None:
                 launch = b.grad_data = launcher().GradData(
-                    grad_y, weights, words, self.reduction, b.lowest, b.need_dx
+                    grad_y, weights, words, self.reduction, b.lowest, b.need_dx, dropout=rates
                 )
-            grads, dx = launch.run(grad_y, weights, words)
+            grads, dx = launch.run(grad_y, weights, words, seed=seed)
         if b.first == L:
             return (dx, *b.nothing)
         grads.append(grad_y)

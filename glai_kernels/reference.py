@@ -26,21 +26,35 @@ def gate(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu_
     return (torch.relu(z) if relu_out else None), pack_patterns(z > 0)
 
 
-def masked_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, words, reduction: int):
-    """``p * (h W^T + b)``; ``words=None`` means an ungated (output) layer."""
+def masked_forward(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, words, reduction: int, dropout=None
+):
+    """``p * (h W^T + b)``; ``words=None`` means an ungated (output) layer. ``dropout``: None, or ``(seed,
+    layer, rate)``: the result is then multiplied by the Triton kernels' mask of hidden layer ``layer``
+    (``glai_kernels.dropout.keep_mask``, which needs Triton)."""
     z = F.linear(h, weight, bias)
-    if words is None:
-        return z
-    # z is a fresh temporary here (ops run without autograd), so the gates multiply in place.
-    return z.mul_(unit_gates(words, weight.shape[0], reduction, z.dtype))
+    if words is not None:
+        # z is a fresh temporary here (ops run without autograd), so the gates multiply in place.
+        z.mul_(unit_gates(words, weight.shape[0], reduction, z.dtype))
+    return _drop(z, dropout)
 
 
-def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int):
-    """``(g W) * p_prev``: the gradient reaching the previous layer's output; ``words=None`` for ``dx``."""
+def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int, dropout=None):
+    """``(g W) * p_prev``: the gradient reaching the previous layer's output; ``words=None`` for ``dx``.
+    ``dropout``: ``(seed, layer, rate)`` of the previous layer (its forward's mask), or None."""
     d = g @ weight
-    if words is None:
-        return d
-    return d.mul_(unit_gates(words, weight.shape[1], reduction, d.dtype))
+    if words is not None:
+        d.mul_(unit_gates(words, weight.shape[1], reduction, d.dtype))
+    return _drop(d, dropout)
+
+
+def _drop(t: torch.Tensor, dropout) -> torch.Tensor:
+    if dropout is None or not dropout[2]:
+        return t
+    from .dropout import keep_mask
+
+    seed, layer, p = dropout
+    return t.mul_(keep_mask(seed, layer, t.shape[0], t.shape[1], p).to(t.dtype))
 
 
 def backward_weights(g: torch.Tensor, h: torch.Tensor, need_bias: bool):

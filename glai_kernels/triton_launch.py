@@ -164,15 +164,19 @@ def sm_count(device: torch.device) -> int | None:
     return launch_configs.device_info(index)[1]
 
 
-def launch(kernel, plan: Plan, tma: bool, device: torch.device, args: tuple) -> None:
-    """Launch ``kernel`` as ``plan`` says, with the TMA main loop or not. Triton launches on the current device:
-    switch only when the operands live on another one."""
+def launch(
+    kernel, plan: Plan, tma: bool, device: torch.device, args: tuple, extra: dict | None = None
+) -> None:
+    """Launch ``kernel`` as ``plan`` says, with the TMA main loop or not (``extra``: keyword arguments of this
+    call, e.g. the dropout seed). Triton launches on the current device: switch only when the operands live
+    on another one."""
     run = kernel[plan.grids[tma]]
+    kwargs = plan.kwargs[tma] if extra is None else {**plan.kwargs[tma], **extra}
     if device.type == "cuda" and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
-            run(*args, **plan.kwargs[tma])
+            run(*args, **kwargs)
     else:
-        run(*args, **plan.kwargs[tma])
+        run(*args, **kwargs)
 
 
 def use_custom_op(*tensors) -> bool:

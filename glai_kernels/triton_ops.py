@@ -38,6 +38,7 @@ import torch
 
 from . import reference
 from . import triton_launch as tl_
+from .dropout_launch import constexprs as dropout_constexprs
 from .kernels.gate import gate_kernel
 from .kernels.masked_matmul import masked_matmul_kernel
 from .kernels.weight_grad import weight_grad_kernel
@@ -135,7 +136,7 @@ def _plan_gate(a, weight, bias, relu_out, config) -> tl_.Plan:
     return tl_.finish(plan, a.device)
 
 
-def _plan_masked(op, a, weight, bias, words, reduction, config) -> tl_.Plan:
+def _plan_masked(op, a, weight, bias, words, reduction, config, p=0.0) -> tl_.Plan:
     """``masked_forward`` (``B = W^T``, with a bias) or ``backward_data`` (``B = W``)."""
     a_name = "h" if op == "masked_forward" else "g"
     _check_operands(op, {a_name: a, "weight": weight, **({"bias": bias} if bias is not None else {})})
@@ -155,6 +156,8 @@ def _plan_masked(op, a, weight, bias, words, reduction, config) -> tl_.Plan:
     plan.constexprs.update(
         HAS_BIAS=bias is not None, HAS_GATE=words is not None, REDUCTION=reduction, WORD_BITS=WORD_BITS
     )
+    if p:
+        plan.constexprs.update(dropout_constexprs(p))
     b = weight.t() if op == "masked_forward" else weight
     plan.copy_b = tl_.wants_k_major(plan) and b.stride(0) != 1
     tl_.set_tma(plan, a, tl_.k_major(b, plan, probe=True), False)
@@ -214,11 +217,12 @@ def _gate_impl(a, weight, bias, relu_out=True, config=None, out=None):
     return relu, words
 
 
-def _masked_impl(op, a, weight, bias, words, reduction, config, out):
+def _masked_impl(op, a, weight, bias, words, reduction, config, out, dropout=None):
     """``p * (a B + bias)``: the shared launcher of ``masked_forward`` (``B = W^T``) and ``backward_data``
-    (``B = W``)."""
-    key = tl_.signature(op, config, reduction, a, weight, bias, words)
-    plan = _plan_of(key, _plan_masked, op, a, weight, bias, words, reduction, config)
+    (``B = W``); ``dropout``: ``(seed, layer, rate)`` of the result's units, or None."""
+    rate = dropout[2] if dropout is not None else 0.0
+    key = tl_.signature(op, config, (reduction, rate) if rate else reduction, a, weight, bias, words)
+    plan = _plan_of(key, _plan_masked, op, a, weight, bias, words, reduction, config, rate)
     M, N = plan.M, plan.N
     if out is not None:
         _check_out(op, "out", out, (M, N), a.dtype, a.device)
@@ -226,9 +230,9 @@ def _masked_impl(op, a, weight, bias, words, reduction, config, out):
         tl_.check_no_overlap(op, {"out": out}, ins)
     if plan.config is None:  # float64: the reference computes it exactly
         if op == "masked_forward":
-            res = reference.masked_forward(a, weight, bias, words, reduction)
+            res = reference.masked_forward(a, weight, bias, words, reduction, dropout if rate else None)
         else:
-            res = reference.backward_data(a, weight, words, reduction)
+            res = reference.backward_data(a, weight, words, reduction, dropout if rate else None)
         return res if out is None else out.copy_(res)
     if out is None:
         out = torch.empty((M, N), dtype=a.dtype, device=a.device)
@@ -249,16 +253,22 @@ def _masked_impl(op, a, weight, bias, words, reduction, config, out):
         masked_matmul_kernel, plan, tma, out.device,
         (a, b, bias, w_args[0], out, M, N, plan.K, *(a.stride() if not tma else (0, 0)), stride_bk, stride_bn,
          bias.stride(0) if bias is not None else 0, *w_args[1:], *out.stride()),
+        {"seed_ptr": dropout[0], "drop_layer": dropout[1]} if rate else None,
     )  # fmt: skip
     return out
 
 
-def _masked_forward_impl(h, weight, bias, words, reduction, config=None, out=None):
-    return _masked_impl("masked_forward", h, weight, bias, words, reduction, config, out)
+def _masked_forward_impl(h, weight, bias, words, reduction, config=None, out=None, dropout=None):
+    return _masked_impl("masked_forward", h, weight, bias, words, reduction, config, out, dropout)
 
 
-def _backward_data_impl(g, weight, words, reduction, config=None, out=None):
-    return _masked_impl("backward_data", g, weight, None, words, reduction, config, out)
+def _backward_data_impl(g, weight, words, reduction, config=None, out=None, dropout=None):
+    return _masked_impl("backward_data", g, weight, None, words, reduction, config, out, dropout)
+
+
+def _dropout_of(seed, layer, p):
+    """A custom op's ``(seed, layer, p)`` arguments as the launchers' ``dropout``."""
+    return (seed, layer, p) if p else None
 
 
 def _backward_weights_impl(g, h, need_bias, config=None, out=None):
@@ -328,28 +338,30 @@ def _(a, weight, bias, relu_out=True):
 @torch.library.custom_op(
     "glai::masked_forward",
     mutates_args=(),
-    schema="(Tensor h, Tensor weight, Tensor? bias, Tensor? words, int reduction) -> Tensor",
+    schema="(Tensor h, Tensor weight, Tensor? bias, Tensor? words, int reduction, Tensor? seed=None, "
+    "int layer=0, float p=0.0) -> Tensor",
 )
-def _masked_forward_op(h, weight, bias, words, reduction):
-    return _masked_forward_impl(h, weight, bias, words, reduction)
+def _masked_forward_op(h, weight, bias, words, reduction, seed=None, layer=0, p=0.0):
+    return _masked_forward_impl(h, weight, bias, words, reduction, dropout=_dropout_of(seed, layer, p))
 
 
 @_masked_forward_op.register_fake
-def _(h, weight, bias, words, reduction):
+def _(h, weight, bias, words, reduction, seed=None, layer=0, p=0.0):
     return h.new_empty(h.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op(
     "glai::backward_data",
     mutates_args=(),
-    schema="(Tensor g, Tensor weight, Tensor? words, int reduction) -> Tensor",
+    schema="(Tensor g, Tensor weight, Tensor? words, int reduction, Tensor? seed=None, int layer=0, "
+    "float p=0.0) -> Tensor",
 )
-def _backward_data_op(g, weight, words, reduction):
-    return _backward_data_impl(g, weight, words, reduction)
+def _backward_data_op(g, weight, words, reduction, seed=None, layer=0, p=0.0):
+    return _backward_data_impl(g, weight, words, reduction, dropout=_dropout_of(seed, layer, p))
 
 
 @_backward_data_op.register_fake
-def _(g, weight, words, reduction):
+def _(g, weight, words, reduction, seed=None, layer=0, p=0.0):
     return g.new_empty(g.shape[0], weight.shape[1])
 
 
@@ -380,18 +392,22 @@ def gate(a, weight, bias, *, relu_out: bool = True, config: dict | None = None, 
     return _gate_impl(a, weight, bias, relu_out, config, out)
 
 
-def masked_forward(h, weight, bias, words, reduction: int, *, config: dict | None = None, out=None):
-    """``p * (h W^T + b)``, as :func:`glai_kernels.reference.masked_forward`. ``out``: ``[M, N]``."""
+def masked_forward(
+    h, weight, bias, words, reduction: int, dropout=None, *, config: dict | None = None, out=None
+):
+    """``p * (h W^T + b)``, as :func:`glai_kernels.reference.masked_forward` (with its ``dropout``, drawn in
+    the kernel's epilogue). ``out``: ``[M, N]``."""
     if config is None and out is None and tl_.use_custom_op(h, weight, bias, words):
-        return torch.ops.glai.masked_forward(h, weight, bias, words, reduction)
-    return _masked_forward_impl(h, weight, bias, words, reduction, config, out)
+        return torch.ops.glai.masked_forward(h, weight, bias, words, reduction, *(dropout or ()))
+    return _masked_forward_impl(h, weight, bias, words, reduction, config, out, dropout)
 
 
-def backward_data(g, weight, words, reduction: int, *, config: dict | None = None, out=None):
-    """``(g W) * p_prev``, as :func:`glai_kernels.reference.backward_data`. ``out``: ``[M, K]``."""
+def backward_data(g, weight, words, reduction: int, dropout=None, *, config: dict | None = None, out=None):
+    """``(g W) * p_prev``, as :func:`glai_kernels.reference.backward_data` (with its ``dropout``, the
+    forward's mask regenerated in the kernel's epilogue). ``out``: ``[M, K]``."""
     if config is None and out is None and tl_.use_custom_op(g, weight, words):
-        return torch.ops.glai.backward_data(g, weight, words, reduction)
-    return _backward_data_impl(g, weight, words, reduction, config, out)
+        return torch.ops.glai.backward_data(g, weight, words, reduction, *(dropout or ()))
+    return _backward_data_impl(g, weight, words, reduction, config, out, dropout)
 
 
 def backward_weights(g, h, need_bias: bool, *, config: dict | None = None, out=None):

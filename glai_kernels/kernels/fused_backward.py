@@ -34,9 +34,12 @@ def fused_grad_data_kernel(
     HIDDEN: tl.constexpr, PAD: tl.constexpr, LOWEST: tl.constexpr, NEED_DX: tl.constexpr,
     REDUCTION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr, WORD_BITS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    seed_ptr, DROP_T: tl.constexpr, DROP_SCALE: tl.constexpr,
 ):  # fmt: skip
     """``G_l`` for ``l = LH-1 .. LOWEST`` (into ``g_ptrs[l]``) and, with ``NEED_DX``, ``dx`` (then
-    ``LOWEST = 0``). ``B = W_l`` in place: element ``(k, n)`` at ``w_ptrs[l] + k * w_sn[l] + n * w_sk[l]``."""
+    ``LOWEST = 0``). ``B = W_l`` in place: element ``(k, n)`` at ``w_ptrs[l] + k * w_sn[l] + n * w_sk[l]``.
+    ``DROP_T[l] > 0``: ``G_l`` is also multiplied by the forward's dropout mask of layer ``l``, regenerated
+    from the same seed (``kernels/dropout.py``)."""
     LH: tl.constexpr = len(HIDDEN)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
@@ -45,13 +48,14 @@ def fused_grad_data_kernel(
         dy_ptr, rows_in, row_ok, stride_dym, stride_dyn, OUT, w_ptrs[LH], w_sn[LH], w_sk[LH], HIDDEN[LH - 1],
         w_ptrs[LH], 0, p_ptrs[LH - 1], p_sm[LH - 1], p_sw[LH - 1], g_ptrs[LH - 1], g_sm[LH - 1],
         g_sn[LH - 1], False, 1, True, REDUCTION, PAD[LH - 1], CHUNK, BLOCK_M, BLOCK_K, WORD_BITS, UPCAST,
-        PRECISION,
+        PRECISION, seed_ptr, LH - 1, DROP_T[LH - 1], DROP_SCALE[LH - 1],
     )  # fmt: skip
     for i in tl.static_range(LH - 1, LOWEST, -1):
         g = layer_from_registers(
             g, rows_in, row_ok, w_ptrs[i], w_sn[i], w_sk[i], HIDDEN[i], HIDDEN[i - 1],
             w_ptrs[i], 0, p_ptrs[i - 1], p_sm[i - 1], p_sw[i - 1], g_ptrs[i - 1], g_sm[i - 1], g_sn[i - 1],
             False, 1, True, REDUCTION, PAD[i], PAD[i - 1], CHUNK, BLOCK_M, WORD_BITS, UPCAST, PRECISION,
+            seed_ptr, i - 1, DROP_T[i - 1], DROP_SCALE[i - 1],
         )  # fmt: skip
     if NEED_DX:
         layer_to_memory(

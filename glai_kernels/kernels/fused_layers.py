@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .bits import apply_pattern, pack_bits
+from .dropout import drop
 
 
 @triton.jit
@@ -63,9 +64,12 @@ def epilogue(
     bias_ptr, stride_b, words_ptr, stride_pm, stride_pw, out_ptr, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, GATE: tl.constexpr, SAVE: tl.constexpr, REDUCTION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WORD_BITS: tl.constexpr,
+    seed_ptr, layer, DROP_T: tl.constexpr, DROP_SCALE: tl.constexpr,
 ):  # fmt: skip
-    """Bias, gate and store of columns ``n0 .. n0 + BLOCK_N - 1`` of a layer with ``N`` units; returns the
-    tile in the output's dtype (padded columns zero when gated)."""
+    """Bias, gate, dropout and store of columns ``n0 .. n0 + BLOCK_N - 1`` of a layer with ``N`` units; returns
+    the tile in the output's dtype (padded columns zero when gated). ``DROP_T > 0``: the units of hidden
+    layer ``layer`` are dropped after the gate (the pattern is the pre-dropout sign), with the mask of
+    ``kernels/dropout.py`` for the step's seed at ``seed_ptr``."""
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     if HAS_BIAS:
@@ -87,6 +91,8 @@ def epilogue(
         else:  # a narrow layer (N <= 16): its one word, from its first BLOCK_N bits
             word = tl.sum(bits << tl.arange(0, BLOCK_N)[None, :], axis=1)
             tl.store(words_ptr + rows_in.to(tl.int64) * stride_pm, word, mask=row_ok)
+    if DROP_T > 0:
+        z = drop(z, seed_ptr, layer, rows_in, cols, DROP_T, DROP_SCALE)
     h = z.to(out_ptr.dtype.element_ty)
     if SAVE:
         ptrs = out_ptr + rows_in.to(tl.int64)[:, None] * stride_om + cols[None, :] * stride_on
@@ -119,6 +125,7 @@ def layer_from_memory(
     HAS_BIAS: tl.constexpr, GATE: tl.constexpr, SAVE: tl.constexpr, REDUCTION: tl.constexpr,
     PAD_N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     WORD_BITS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    seed_ptr, layer, DROP_T: tl.constexpr, DROP_SCALE: tl.constexpr,
 ):  # fmt: skip
     """The register tile ``[BLOCK_M, PAD_N]`` of ``epilogue(A[rows, :K] B[:K, :N])``, ``A`` from memory.
     ``PAD_N > CHUNK`` needs ``SAVE`` (the output buffer stages the chunks)."""
@@ -128,6 +135,7 @@ def layer_from_memory(
         h = epilogue(
             acc, rows_in, row_ok, 0, N, bias_ptr, stride_b, words_ptr, stride_pm, stride_pw, out_ptr,
             stride_om, stride_on, HAS_BIAS, GATE, SAVE, REDUCTION, BLOCK_M, PAD_N, WORD_BITS,
+            seed_ptr, layer, DROP_T, DROP_SCALE,
         )  # fmt: skip
     else:
         for c in range(PAD_N // CHUNK):
@@ -136,6 +144,7 @@ def layer_from_memory(
             epilogue(
                 acc, rows_in, row_ok, c * CHUNK, N, bias_ptr, stride_b, words_ptr, stride_pm, stride_pw,
                 out_ptr, stride_om, stride_on, HAS_BIAS, GATE, True, REDUCTION, BLOCK_M, CHUNK, WORD_BITS,
+                seed_ptr, layer, DROP_T, DROP_SCALE,
             )  # fmt: skip
         tl.debug_barrier()  # every chunk stored by every thread before any thread reads the tile back
         h = row_block(out_ptr, rows_in, stride_om, stride_on, N, PAD_N)
@@ -149,6 +158,7 @@ def layer_from_registers(
     HAS_BIAS: tl.constexpr, GATE: tl.constexpr, SAVE: tl.constexpr, REDUCTION: tl.constexpr,
     PAD_K: tl.constexpr, PAD_N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
     WORD_BITS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    seed_ptr, layer, DROP_T: tl.constexpr, DROP_SCALE: tl.constexpr,
 ):  # fmt: skip
     """The register tile ``[BLOCK_M, PAD_N]`` of ``epilogue(a B[:K, :N])``, ``a`` ``[BLOCK_M, PAD_K]`` in
     registers (zero past ``K``)."""
@@ -158,6 +168,7 @@ def layer_from_registers(
         h = epilogue(
             acc, rows_in, row_ok, 0, N, bias_ptr, stride_b, words_ptr, stride_pm, stride_pw, out_ptr,
             stride_om, stride_on, HAS_BIAS, GATE, SAVE, REDUCTION, BLOCK_M, PAD_N, WORD_BITS,
+            seed_ptr, layer, DROP_T, DROP_SCALE,
         )  # fmt: skip
     else:
         for c in range(PAD_N // CHUNK):
@@ -166,6 +177,7 @@ def layer_from_registers(
             epilogue(
                 acc, rows_in, row_ok, c * CHUNK, N, bias_ptr, stride_b, words_ptr, stride_pm, stride_pw,
                 out_ptr, stride_om, stride_on, HAS_BIAS, GATE, True, REDUCTION, BLOCK_M, CHUNK, WORD_BITS,
+                seed_ptr, layer, DROP_T, DROP_SCALE,
             )  # fmt: skip
         tl.debug_barrier()
         h = row_block(out_ptr, rows_in, stride_om, stride_on, N, PAD_N)

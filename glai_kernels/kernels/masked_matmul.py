@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .bits import apply_pattern
+from .dropout import drop
 from .tiles import affine_tile, tile_count
 
 
@@ -27,6 +28,7 @@ def _masked_tile(
     HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, REDUCTION: tl.constexpr, WORD_BITS: tl.constexpr,
     TMA: tl.constexpr, B_KN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    seed_ptr, drop_layer, DROP_T: tl.constexpr, DROP_SCALE: tl.constexpr,
 ):  # fmt: skip
     z, pid_n, offs_m, _, rows = affine_tile(
         tile, a_ptr, b_ptr, bias_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_bias,
@@ -38,26 +40,34 @@ def _masked_tile(
         n0 = pid_n * BLOCK_N
         z0, z1 = tl.split(tl.permute(tl.reshape(z, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
         _gate_store(z0, rows, offs_m, n0, words_ptr, out_ptr, M, N, stride_pm, stride_pw, stride_om, stride_on,
-                    HAS_GATE, REDUCTION, WORD_BITS, BLOCK_N // 2)  # fmt: skip
+                    HAS_GATE, REDUCTION, WORD_BITS, BLOCK_N // 2, seed_ptr, drop_layer, DROP_T,
+                    DROP_SCALE)  # fmt: skip
         _gate_store(z1, rows, offs_m, n0 + BLOCK_N // 2, words_ptr, out_ptr, M, N, stride_pm, stride_pw,
-                    stride_om, stride_on, HAS_GATE, REDUCTION, WORD_BITS, BLOCK_N // 2)  # fmt: skip
+                    stride_om, stride_on, HAS_GATE, REDUCTION, WORD_BITS, BLOCK_N // 2, seed_ptr, drop_layer,
+                    DROP_T, DROP_SCALE)  # fmt: skip
     else:
         _gate_store(z, rows, offs_m, pid_n * BLOCK_N, words_ptr, out_ptr, M, N, stride_pm, stride_pw, stride_om,
-                    stride_on, HAS_GATE, REDUCTION, WORD_BITS, BLOCK_N)  # fmt: skip
+                    stride_on, HAS_GATE, REDUCTION, WORD_BITS, BLOCK_N, seed_ptr, drop_layer, DROP_T,
+                    DROP_SCALE)  # fmt: skip
 
 
 @triton.jit
 def _gate_store(
     z, rows, offs_m, n0, words_ptr, out_ptr, M, N, stride_pm, stride_pw, stride_om, stride_on,
     HAS_GATE: tl.constexpr, REDUCTION: tl.constexpr, WORD_BITS: tl.constexpr, BLOCK_N: tl.constexpr,
+    seed_ptr, drop_layer, DROP_T: tl.constexpr, DROP_SCALE: tl.constexpr,
 ):  # fmt: skip
-    """Gate the tile ``z`` of columns ``n0 ..`` by the pattern (when ``HAS_GATE``) and store it."""
+    """Gate the tile ``z`` of columns ``n0 ..`` by the pattern (when ``HAS_GATE``), drop units of hidden layer
+    ``drop_layer`` (when ``DROP_T``: ``kernels/dropout.py``, after the gate, as ``nn.Dropout`` after a ReLU)
+    and store it."""
     BLOCK_M: tl.constexpr = z.shape[0]
     if HAS_GATE:
         z = apply_pattern(
             z, words_ptr, rows, n0, N, stride_pm, stride_pw, BLOCK_M, BLOCK_N, REDUCTION, WORD_BITS
         )
     offs_n = n0 + tl.arange(0, BLOCK_N)
+    if DROP_T > 0:
+        z = drop(z, seed_ptr, drop_layer, rows, offs_n, DROP_T, DROP_SCALE)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
     tl.store(out_ptrs, z.to(out_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
@@ -93,9 +103,14 @@ def masked_matmul_kernel(
     GROUP_M: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    seed_ptr=None,
+    drop_layer=0,
+    DROP_T: tl.constexpr = 0,
+    DROP_SCALE: tl.constexpr = 1.0,
 ):
     """``out[M, N] = p * (A[M, K] B[K, N] + bias)``; unit (column) ``n`` reads structural bit
-    ``n // REDUCTION`` of its row's pattern. With ``TMA``, ``a_ptr`` and ``b_ptr`` are tensor descriptors
+    ``n // REDUCTION`` of its row's pattern. With ``DROP_T > 0`` the result is then dropped out as hidden
+    layer ``drop_layer``'s units are, from the step's seed at ``seed_ptr`` (``kernels/dropout.py``). With ``TMA``, ``a_ptr`` and ``b_ptr`` are tensor descriptors
     (``B`` stored as ``[K, N]`` when ``B_KN``, else as ``[N, K]``) and the grid is persistent."""
     if TMA:
         for tile in tl.range(
@@ -105,10 +120,12 @@ def masked_matmul_kernel(
                 tile, a_ptr, b_ptr, bias_ptr, words_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
                 stride_bn, stride_bias, stride_pm, stride_pw, stride_om, stride_on, HAS_BIAS, HAS_GATE,
                 REDUCTION, WORD_BITS, True, B_KN, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST, PRECISION,
+                seed_ptr, drop_layer, DROP_T, DROP_SCALE,
             )  # fmt: skip
     else:
         _masked_tile(
             tl.program_id(0), a_ptr, b_ptr, bias_ptr, words_ptr, out_ptr, M, N, K, stride_am, stride_ak,
             stride_bk, stride_bn, stride_bias, stride_pm, stride_pw, stride_om, stride_on, HAS_BIAS, HAS_GATE,
             REDUCTION, WORD_BITS, False, B_KN, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST, PRECISION,
+            seed_ptr, drop_layer, DROP_T, DROP_SCALE,
         )  # fmt: skip
