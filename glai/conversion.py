@@ -1,18 +1,24 @@
-"""Swapping GLAI into existing models: ReLU MLPs (``nn.Sequential``) to :class:`GLAIMLP` and back.
+"""Swapping GLAI into existing models: ReLU MLPs to :class:`GLAIMLP` and back.
 
-A convertible MLP is an ``nn.Sequential`` (or a subclass that keeps its forward, such as torchvision's ``MLP``)
-whose layers read ``Linear, ReLU, Linear, ..., ReLU, Linear``: at least one hidden layer, each hidden ``Linear``
-followed by a ``ReLU`` (``inplace`` or not), widths that chain, and a bias in every ``Linear`` or in none.
-Identities are skipped: ``nn.Identity`` and dropout with ``p=0`` (torchvision's ``MLP`` always holds such
-layers). Nested ``nn.Sequential`` containers are read through. Anything else is refused with an error naming the
-layer and its position: another activation, a norm, dropout with ``p > 0``, widths that do not chain, two
-``Linear`` without a ``ReLU`` between them, a ``ReLU`` after the last ``Linear`` (a GLAIMLP's output layer is
-linear), mixed biases, dtypes or devices, hooks or parametrizations (the GLAIMLP would drop them).
+Two shapes of MLP convert:
+
+- an ``nn.Sequential`` (or a subclass that keeps its forward, such as torchvision's ``MLP``) whose layers read
+  ``Linear, ReLU, (Dropout), Linear, ..., Linear``; nested ``nn.Sequential`` containers are read through;
+- an attribute-style block, a module of its own class whose ``forward`` chains its submodules in that order
+  (timm's ``Mlp``, T5's ReLU feed-forward, most hand-written heads), read by tracing it with ``torch.fx``
+  (:mod:`glai.convert_trace`).
+
+The rules of the chain are in :mod:`glai.convert_chain`: identities (``nn.Identity``, dropout with ``p=0``) are
+skipped, an ``nn.Dropout`` in a hidden layer becomes the GLAIMLP's rate for that layer, and dropout on the block's
+input or output stays outside it (``convert`` puts ``nn.Sequential(Dropout, GLAIMLP)`` in the block's place;
+``from_mlp``, which returns a GLAIMLP, refuses it). Anything else is refused with an error naming the layer: another
+activation, a normalisation (an eval-mode ``BatchNorm1d`` right after a ``Linear`` folds into it with
+``fold_batchnorm=True``), widths that do not chain, mixed biases, dtypes or devices, hooks or parametrizations.
 
 The converted model *takes over* the MLP's ``Parameter`` objects rather than copying them, as
 ``nn.SyncBatchNorm.convert_sync_batchnorm`` does: same weights, dtype and device, no new memory, and an
 optimizer built over the model before the conversion keeps training them. ``copy.deepcopy`` the MLP first for an
-independent copy. ``to_mlp`` does the same the other way.
+independent copy. ``to_mlp`` does the same the other way, into the block's own class where it can.
 
 With ``reduction=r`` the MLP becomes the *structural* network: the GLAIMLP has hidden widths ``r * n_l`` and
 structural widths ``n_l``, so the function is the MLP's in the structural phase for every ``r``; at ``freeze()``
@@ -21,34 +27,23 @@ the quantitative network is ``r`` times wider than the MLP.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.modules.dropout import _DropoutNd
-from torch.nn.utils import parametrize
 
 from glai_kernels.backend import check_backend_name
 from glai_kernels.checks import check_reduction
 
+from .convert_chain import CLOSENESS, Chain, Refused, check_plain, fold_batchnorm, read_chain
+from .convert_report import Candidate, ConversionReport
+from .convert_scan import check_not_shared, holders, is_candidate
+from .convert_trace import read_block
 from .nn import GLAIMLP, PhaseError, check_glaimlp
 
-_NORMS = (
-    _NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []),
-)
 CONVERT_OPTIONS = ("reduction", "backend")
-
-
-class _Refused(ValueError):
-    """An MLP that cannot become a GLAIMLP; ``convert`` skips these unless its predicate asked for the block."""
-
-
-def _where(position: str, module: nn.Module) -> str:
-    return f"layer [{position}] {module!r}".replace("\n", " ")
+# A GLAIMLP's plain attribute: (the module it was converted from, its Linear layers, its dropout rates).
+_ORIGIN = "_mlp_origin"
 
 
 def _flatten(seq: nn.Sequential, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -56,110 +51,56 @@ def _flatten(seq: nn.Sequential, prefix: str = "") -> Iterator[tuple[str, nn.Mod
     for name, child in seq.named_children():
         position = f"{prefix}][{name}" if prefix else name
         if type(child).forward is nn.Sequential.forward and isinstance(child, nn.Sequential):
-            _check_plain(child, position)
+            check_plain(child, position)
             yield from _flatten(child, position)
         else:
             yield position, child
 
 
-def _check_plain(module: nn.Module, position: str | None) -> None:
-    """Hooks and parametrizations change what a layer computes or records; a GLAIMLP would silently drop them."""
-    what = "the MLP" if position is None else _where(position, module)
-    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
-        raise _Refused(f"{what} has hooks registered, which a GLAIMLP would drop: remove them first")
-    if parametrize.is_parametrized(module):
-        raise _Refused(f"{what} is parametrized (e.g. weight_norm), which a GLAIMLP would drop")
+def read_module(module: nn.Module, *, fold_batchnorm: bool = False) -> Chain:
+    """The chain of an ``nn.Sequential`` or attribute-style block, or :class:`Refused` naming what is wrong."""
+    check_plain(module, None)
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        return read_chain(_flatten(module), fold_batchnorm=fold_batchnorm)
+    if not any(True for _ in module.children()):  # a lone layer (Linear, ReLU...): read as a chain of one
+        return read_chain([("", module)], fold_batchnorm=fold_batchnorm)
+    try:
+        return read_block(module, fold_batchnorm=fold_batchnorm)
+    except Refused as exc:
+        if isinstance(module, nn.Sequential):
+            raise Refused(
+                f"{type(module).__name__} overrides nn.Sequential.forward, and it is no chain of its layers: {exc}",
+                exc.kind,
+            ) from None
+        raise
 
 
-def _is_identity(module: nn.Module) -> bool:
-    if type(module) is nn.Identity:
-        return True
-    # torch's own dropout classes only: a subclass may compute something else.
-    return (
-        isinstance(module, _DropoutNd) and type(module).__module__ == _DropoutNd.__module__ and module.p == 0
+def _build(module: nn.Module, chain: Chain, *, reduction: int, backend: str, cls: type[GLAIMLP]) -> GLAIMLP:
+    """The GLAIMLP over ``chain``'s Parameters (BatchNorm folded first), remembering a class of its own."""
+    for linear, norm in chain.folds:
+        fold_batchnorm(linear, norm)
+    linears = chain.layers
+    first = linears[0].weight
+    # Built on the meta device: nothing is allocated or drawn from the RNG before the Parameters are taken over.
+    model = cls(
+        linears[0].in_features,
+        [layer.out_features * reduction for layer in linears[:-1]],
+        linears[-1].out_features,
+        reduction=reduction,
+        bias=linears[0].bias is not None,
+        backend=backend,
+        device="meta",
+        dtype=first.dtype,
+        dropout=chain.dropout,
     )
-
-
-def _why_not(module: nn.Module) -> str:
-    if isinstance(module, _DropoutNd):
-        return f"a GLAIMLP has no dropout (only p=0, an identity, is accepted), got p={module.p}"
-    if isinstance(module, _NORMS):
-        return "a GLAIMLP has no normalisation layers"
-    for plain in (nn.Linear, nn.ReLU):
-        if isinstance(module, plain):
-            return f"{type(module).__name__} overrides forward, so it is not a plain nn.{plain.__name__}"
-    if type(module).__module__ == "torch.nn.modules.activation":
-        return "a GLAIMLP's only activation is ReLU"
-    return "expected nn.Linear or nn.ReLU"
-
-
-def mlp_layers(mlp) -> list[tuple[str, nn.Linear]]:
-    """The ``(position, Linear)`` layers of a convertible MLP, or a ValueError naming the offending layer."""
-    if not isinstance(mlp, nn.Sequential):
-        raise TypeError(
-            f"GLAIMLP.from_mlp expects an nn.Sequential of Linear and ReLU layers, got {type(mlp).__name__}"
-            + (" (it is one already)" if isinstance(mlp, GLAIMLP) else "")
-        )
-    if type(mlp).forward is not nn.Sequential.forward:
-        raise _Refused(
-            f"{type(mlp).__name__} overrides nn.Sequential.forward: its function is not its layers'"
-        )
-    _check_plain(mlp, None)
-    linears: list[tuple[str, nn.Linear]] = []
-    relu_after_last = None
-    for position, layer in _flatten(mlp):
-        if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
-            raise _Refused(f"{_where(position, layer)} is not initialised yet: run one forward first")
-        _check_plain(layer, position)
-        if _is_identity(layer):
-            continue
-        if isinstance(layer, nn.Linear) and type(layer).forward is nn.Linear.forward:
-            if linears and relu_after_last is None:
-                raise _Refused(
-                    f"{_where(position, layer)} follows the Linear at [{linears[-1][0]}] without a ReLU between: "
-                    "a GLAIMLP gates every hidden layer by ReLU (merge the two Linear layers or add the ReLU)"
-                )
-            if linears:
-                _check_compatible(linears[-1], (position, layer))
-            linears.append((position, layer))
-            relu_after_last = None
-        elif isinstance(layer, nn.ReLU) and type(layer).forward is nn.ReLU.forward:
-            if not linears or relu_after_last is not None:
-                raise _Refused(
-                    f"{_where(position, layer)}: expected an nn.Linear here (a ReLU must follow a Linear)"
-                )
-            relu_after_last = position
-        else:
-            raise _Refused(f"{_where(position, layer)}: {_why_not(layer)}")
-    if relu_after_last is not None:
-        raise _Refused(
-            f"layer [{relu_after_last}] ReLU follows the last Linear: a GLAIMLP's output layer is linear; convert "
-            "the layers before it and apply torch.relu to the output"
-        )
-    if len(linears) < 2:
-        raise _Refused(
-            f"an MLP with at least one hidden layer (two Linear layers) is needed, got {len(linears)} Linear"
-        )
-    return linears
-
-
-def _check_compatible(previous: tuple[str, nn.Linear], current: tuple[str, nn.Linear]) -> None:
-    (p_pos, p), (c_pos, c) = previous, current
-    if c.in_features != p.out_features:
-        raise _Refused(
-            f"{_where(c_pos, c)} takes {c.in_features} inputs, but the Linear at [{p_pos}] gives {p.out_features}"
-        )
-    if (c.bias is None) != (p.bias is None):
-        has, lacks = (p_pos, c_pos) if c.bias is None else (c_pos, p_pos)
-        raise _Refused(
-            f"the Linear at [{has}] has a bias and the one at [{lacks}] has none: a GLAIMLP has a bias in every "
-            "layer or in none"
-        )
-    if (c.weight.dtype, c.weight.device) != (p.weight.dtype, p.weight.device):
-        raise _Refused(
-            f"{_where(c_pos, c)} is {c.weight.dtype} on {c.weight.device}, the Linear at [{p_pos}] "
-            f"{p.weight.dtype} on {p.weight.device}: a GLAIMLP has one dtype and device"
-        )
+    for target, source in zip(model.layers, linears):
+        _share(target, source)
+    unset = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unset:  # a tensor GLAIMLP.__init__ creates that conversion does not know about
+        raise RuntimeError(f"GLAIMLP.from_mlp left {unset} unset on the meta device")
+    if type(module) is not nn.Sequential and not (chain.folds or chain.lead or chain.trail):
+        setattr(model, _ORIGIN, (module, linears, tuple(chain.dropout)))  # a tuple: no submodule registered
+    return model.train(module.training)
 
 
 def _share(target: nn.Linear, source: nn.Linear) -> None:
@@ -168,64 +109,117 @@ def _share(target: nn.Linear, source: nn.Linear) -> None:
         target.bias = source.bias
 
 
-def from_mlp(mlp, *, reduction: int = 1, backend: str = "auto", cls: type[GLAIMLP] = GLAIMLP) -> GLAIMLP:
+def _check_container(mlp) -> None:
+    if not isinstance(mlp, nn.Module) or type(mlp).forward is nn.Module.forward or isinstance(mlp, GLAIMLP):
+        raise TypeError(
+            "GLAIMLP.from_mlp expects an nn.Sequential of Linear and ReLU layers, got "
+            f"{type(mlp).__name__}"
+            + (" (it is one already)" if isinstance(mlp, GLAIMLP) else "")
+            + ("" if isinstance(mlp, GLAIMLP) else " (or a module whose forward chains its Linear and ReLU)")
+        )
+
+
+def from_mlp(
+    mlp,
+    *,
+    reduction: int = 1,
+    backend: str = "auto",
+    fold_batchnorm: bool = False,
+    cls: type[GLAIMLP] = GLAIMLP,
+) -> GLAIMLP:
     """``GLAIMLP.from_mlp``: a structural-phase block that computes what ``mlp`` computes (module docstring)."""
     check_reduction(reduction, ())
     check_backend_name(backend)
-    linears = [layer for _, layer in mlp_layers(mlp)]
-    first = linears[0].weight
-    widths = [layer.out_features for layer in linears[:-1]]
-    # Built on the meta device: nothing is allocated or drawn from the RNG before the Parameters are taken over.
-    model = cls(
-        linears[0].in_features,
-        [n * reduction for n in widths],
-        linears[-1].out_features,
-        reduction=reduction,
-        bias=linears[0].bias is not None,
-        backend=backend,
-        device="meta",
-        dtype=first.dtype,
-    )
-    for target, source in zip(model.layers, linears):
-        _share(target, source)
-    unset = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if unset:  # a tensor GLAIMLP.__init__ creates that conversion does not know about
-        raise RuntimeError(f"GLAIMLP.from_mlp left {unset} unset on the meta device")
-    return model.train(mlp.training)
+    _check_container(mlp)
+    chain = read_module(mlp, fold_batchnorm=fold_batchnorm)
+    outside = chain.lead + chain.trail
+    if outside:
+        where = "before the first Linear" if chain.lead else "after the last Linear"
+        raise Refused(
+            f"{outside[0]!r} {where} acts on the block's {'input' if chain.lead else 'output'}, not on hidden "
+            "units, so it stays outside a GLAIMLP: glai.convert(parent) keeps it beside the block "
+            "(nn.Sequential(Dropout, GLAIMLP)); or convert the layers without it"
+        )
+    return _build(mlp, chain, reduction=reduction, backend=backend, cls=cls)
 
 
-def to_mlp(model: GLAIMLP) -> nn.Sequential:
-    """``GLAIMLP.to_mlp``: the structural-phase network as ``nn.Sequential(Linear, ReLU, ..., Linear)``."""
+def to_mlp_class(model: GLAIMLP) -> type[nn.Module]:
+    """The class ``to_mlp`` returns: the converted block's own class, or ``nn.Sequential``."""
+    return type(_origin(model)[0]) if _origin(model) else nn.Sequential
+
+
+def _origin(model: GLAIMLP) -> tuple[nn.Module, list[nn.Linear]] | None:
+    """The module ``model`` was converted from, while a deep copy of it can still hold the same function: the
+    structural phase with the same layer shapes and dropout rates."""
+    origin = getattr(model, _ORIGIN, None)
+    if origin is None:
+        return None
+    module, linears, rates = origin
+    shapes = [m.weight.shape for m in model.layers] == [m.weight.shape for m in linears]
+    biases = [m.bias is None for m in model.layers] == [m.bias is None for m in linears]
+    return (module, linears) if shapes and biases and tuple(model.dropout) == rates else None
+
+
+def to_mlp(model: GLAIMLP) -> nn.Module:
+    """``GLAIMLP.to_mlp``: the structural-phase network, sharing the model's Parameters.
+
+    For a GLAIMLP converted from a module of its own class (timm's ``Mlp``, an ``nn.Sequential`` subclass) a deep
+    copy of that module, same class and attribute names, its Linear layers holding the model's Parameters;
+    otherwise ``nn.Sequential(Linear, ReLU, (Dropout), ..., Linear)``. :func:`to_mlp_class` says which.
+    """
     check_glaimlp(model, "to_mlp")
     if model.phase != "structural":
         raise PhaseError(
             "to_mlp() needs the structural phase: after freeze() the block is gated by frozen patterns and is no "
             "longer a ReLU MLP"
         )
+    origin = _origin(model)
+    if origin is not None:
+        module, linears = origin
+        memo = {}
+        for old, new in zip(linears, model.layers):
+            memo[id(old.weight)] = new.weight
+            if old.bias is not None:
+                memo[id(old.bias)] = new.bias
+        return copy.deepcopy(module, memo).train(model.training)
     layers: list[nn.Module] = []
+    rates = model.dropout
     for i, source in enumerate(model.layers):
         w = source.weight
         linear = nn.Linear(w.shape[1], w.shape[0], bias=source.bias is not None, device="meta", dtype=w.dtype)
         _share(linear, source)
-        layers += [linear] if i == len(model.layers) - 1 else [linear, nn.ReLU()]
+        layers.append(linear)
+        if i < len(model.layers) - 1:
+            layers += [nn.ReLU()] + ([nn.Dropout(rates[i])] if rates[i] else [])
     return nn.Sequential(*layers).train(model.training)
 
 
 def convert(
-    model: nn.Module, *, predicate: Callable[[str, nn.Module], bool] | None = None, **kwargs
-) -> list[str]:
-    """Replace every convertible ``nn.Sequential`` MLP inside ``model`` by a :class:`GLAIMLP`, in place.
+    model: nn.Module,
+    *,
+    predicate: Callable[[str, nn.Module], bool] | None = None,
+    verbose: bool = False,
+    fold_batchnorm: bool = False,
+    **kwargs,
+) -> ConversionReport:
+    """Replace every convertible MLP inside ``model`` by a :class:`GLAIMLP`, in place, and say what it did.
 
     Args:
         model: any module; its children are searched depth first.
-        predicate: ``predicate(name, sequential)`` is asked about every ``nn.Sequential`` (``name`` qualified, as
-            in ``named_modules``): ``True`` converts it, and then it must be convertible (a ValueError names the
-            layer otherwise); ``False`` leaves it and looks inside. Without a predicate every convertible block is
-            converted and the others are left as they are.
+        predicate: ``predicate(name, module)`` is asked about every candidate (each ``nn.Sequential`` and each
+            attribute-style block; ``name`` qualified, as in ``named_modules``): ``True`` converts it, and
+            then it must be convertible (a ValueError says why not); ``False`` leaves it and looks inside.
+            Without a predicate every convertible candidate is converted and the others are left as they are.
+        verbose: print the report (every candidate, and why each one left was left).
+        fold_batchnorm: fold an eval-mode ``BatchNorm1d`` that directly follows a ``Linear`` into it (its
+            Parameters rewritten in place); without it such a block is refused.
         **kwargs: ``reduction`` and ``backend``, passed to :meth:`GLAIMLP.from_mlp`.
 
-    Returns the qualified names replaced, in the order found. A block held at several places is converted once
-    and the same GLAIMLP put at each. Parameters are taken over, not copied (see the module docstring).
+    Returns a :class:`glai.convert_report.ConversionReport`: the list of qualified names replaced, in the order
+    found, with ``.candidates``. When nothing was replaced (and no GLAIMLP was there already) it warns once,
+    naming the closest candidate and its reason. A block held at several places is converted once and the same
+    module put at each. Dropout before the first ``Linear`` or after the last stays outside, as
+    ``nn.Sequential(Dropout, GLAIMLP)`` in the block's place. Parameters are taken over, not copied.
     """
     unknown = sorted(set(kwargs) - set(CONVERT_OPTIONS))
     if unknown:
@@ -240,16 +234,15 @@ def convert(
         raise TypeError(
             f"predicate must be a callable (name, module) -> bool, got {type(predicate).__name__}"
         )
-    if (
-        isinstance(model, nn.Sequential)
-        and _convertible(model)
-        and (predicate is None or predicate("", model))
-    ):
-        raise ValueError(
-            "the model is itself a convertible MLP and cannot be replaced in place: use GLAIMLP.from_mlp(model)"
-        )
-    done: dict[int, tuple[nn.Module, GLAIMLP]] = {}  # by id, the old block kept alive so its id is not reused
-    replaced: list[str] = []
+    itself = _itself(model, predicate, fold_batchnorm)
+    if itself is not None:
+        how = "use GLAIMLP.from_mlp(model)"
+        if itself.lead or itself.trail:  # which refuses the outer dropout: convert can keep it, from a parent
+            how = "hold it in a parent module (e.g. nn.ModuleDict({'head': model})) and convert that"
+        raise ValueError(f"the model is itself a convertible MLP and cannot be replaced in place: {how}")
+    owners = holders(model)
+    done: dict[int, tuple[nn.Module, nn.Module, str]] = {}  # by id, the old block kept alive: no id reused
+    report = ConversionReport()
 
     def visit(parent: nn.Module, prefix: str) -> None:
         # _modules, not named_children(): that skips a module already seen, and a shared block is replaced at
@@ -258,41 +251,74 @@ def convert(
             if child is None:
                 continue
             qualified = f"{prefix}.{name}" if prefix else name
-            new = done[id(child)][1] if id(child) in done else None
-            if new is None and isinstance(child, nn.Sequential):
-                new = _wanted(child, qualified, predicate, kwargs)
-            if new is None:
-                if not isinstance(child, GLAIMLP):
-                    visit(child, qualified)
+            if id(child) in done:
+                _, new, first = done[id(child)]
+                setattr(parent, name, new)
+                report.add(Candidate(qualified, type(child).__name__, True, f"the same block as {first}"))
                 continue
-            done[id(child)] = (child, new)
+            if isinstance(child, GLAIMLP):
+                report.add(Candidate(qualified, "GLAIMLP", False, "already a GLAIMLP", 1))
+                continue
+            new = None
+            if is_candidate(child):
+                new = _candidate(child, qualified, predicate, owners, report, fold_batchnorm, kwargs)
+            if new is None:
+                visit(child, qualified)
+                continue
+            done[id(child)] = (child, new, qualified)
             setattr(parent, name, new)
-            replaced.append(qualified)
 
     visit(model, "")
-    return replaced
+    if verbose:
+        print(report.explain())
+    report.warn_if_empty()
+    return report
 
 
-def _convertible(seq: nn.Sequential) -> bool:
-    try:
-        mlp_layers(seq)
-    except _Refused:
-        return False
-    return True
-
-
-def _wanted(seq: nn.Sequential, name: str, predicate, kwargs) -> GLAIMLP | None:
-    """The GLAIMLP for ``seq`` when it is to be converted, else None."""
-    if predicate is None:
-        try:
-            return from_mlp(seq, **kwargs)
-        except _Refused:
-            return None
-    if not predicate(name, seq):
+def _itself(model: nn.Module, predicate, fold: bool) -> Chain | None:
+    """The chain of ``model`` when the model itself would be converted (it cannot replace itself)."""
+    # Only a flat module is traced here (a whole network is no candidate and may be slow to trace).
+    flat = all(not any(True for _ in child.children()) for child in model.children())
+    if not (isinstance(model, nn.Sequential) or (is_candidate(model) and flat)):
         return None
     try:
-        return from_mlp(seq, **kwargs)
-    except _Refused as exc:
-        raise ValueError(
-            f"convert(): the predicate selected {name}, which cannot be converted: {exc}"
-        ) from None
+        chain = read_module(model, fold_batchnorm=fold)
+    except Refused:
+        return None
+    return chain if predicate is None or predicate("", model) else None
+
+
+def _candidate(module, name, predicate, owners, report, fold, kwargs) -> nn.Module | None:
+    """The module to put in ``module``'s place (its candidate recorded in ``report``), or None."""
+    kind = type(module).__name__
+    if predicate is not None and not predicate(name, module):
+        report.add(Candidate(name, kind, False, "not selected by the predicate", 0))
+        return None
+    try:
+        chain = read_module(module, fold_batchnorm=fold)
+        check_not_shared(module, chain, owners)
+    except Refused as exc:
+        if predicate is not None:
+            raise ValueError(
+                f"convert(): the predicate selected {name}, which cannot be converted: {exc}"
+            ) from None
+        report.add(Candidate(name, kind, False, str(exc), _closeness(exc)))
+        return None
+    new = _build(module, chain, cls=GLAIMLP, **{"reduction": 1, "backend": "auto", **kwargs})
+    notes = [f"GLAIMLP {new.in_features}-{list(new.hidden_features)}-{new.out_features}"]
+    if any(chain.dropout):
+        notes.append(f"dropout {chain.dropout}")
+    if chain.folds:
+        notes.append(f"{len(chain.folds)} BatchNorm1d folded into the Linear before it")
+    if chain.lead or chain.trail:
+        parts = [*(repr(m) for m in chain.lead), "GLAIMLP", *(repr(m) for m in chain.trail)]
+        notes.append(
+            f"dropout on the block's input or output kept outside: {name} is now Sequential({', '.join(parts)})"
+        )
+        new = nn.Sequential(*chain.lead, new, *chain.trail).train(module.training)
+    report.add(Candidate(name, kind, True, "; ".join(notes)))
+    return new
+
+
+def _closeness(exc: Refused) -> int:
+    return CLOSENESS.get(exc.kind, 2)

@@ -165,20 +165,33 @@ class GLAIMLP(nn.Module):
 
     # ----------------------------------------------------------------- conversion (glai.conversion)
     @classmethod
-    def from_mlp(cls, mlp: nn.Sequential, *, reduction: int = 1, backend: str = "auto") -> GLAIMLP:
+    def from_mlp(
+        cls, mlp: nn.Module, *, reduction: int = 1, backend: str = "auto", fold_batchnorm: bool = False
+    ) -> GLAIMLP:
         """A structural-phase GLAIMLP computing what ``mlp`` computes: an ``nn.Sequential`` of ``Linear`` and
-        ``ReLU`` (dropout ``p=0`` and identities skipped). It takes over ``mlp``'s Parameters (no copy); with
-        ``reduction=r`` the MLP is the structural net and the hidden widths are ``r`` times its widths. Anything
-        else raises an error naming the layer and its position. See :mod:`glai.conversion`."""
+        ``ReLU`` (``nn.Dropout`` after a hidden layer becomes its rate, identities skipped), or a module whose
+        ``forward`` chains its own such layers (timm's ``Mlp``). It takes over ``mlp``'s Parameters (no copy);
+        with ``reduction=r`` the MLP is the structural net and the hidden widths are ``r`` times its widths;
+        ``fold_batchnorm=True`` folds an eval-mode ``BatchNorm1d`` into the Linear before it. Anything else
+        raises an error naming the layer and its position. See :mod:`glai.conversion`."""
         from .conversion import from_mlp
 
-        return from_mlp(mlp, reduction=reduction, backend=backend, cls=cls)
+        return from_mlp(mlp, reduction=reduction, backend=backend, fold_batchnorm=fold_batchnorm, cls=cls)
 
-    def to_mlp(self) -> nn.Sequential:
-        """The structural-phase network as ``nn.Sequential(Linear, ReLU, ..., Linear)``, sharing its Parameters."""
+    def to_mlp(self) -> nn.Module:
+        """The structural-phase network, sharing this block's Parameters: a deep copy of the module it was
+        converted from when that had a class of its own (same class and attribute names), else
+        ``nn.Sequential(Linear, ReLU, (Dropout), ..., Linear)``; ``to_mlp_class`` says which."""
         from .conversion import to_mlp
 
         return to_mlp(self)
+
+    @property
+    def to_mlp_class(self) -> type[nn.Module]:
+        """The class ``to_mlp()`` returns: the converted module's own class, or ``nn.Sequential``."""
+        from .conversion import to_mlp_class
+
+        return to_mlp_class(self)
 
     # ----------------------------------------------------------------- shape bookkeeping
     @property

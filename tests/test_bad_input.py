@@ -556,9 +556,19 @@ CONVERSION = [
         id="new: from_mlp(Linear, ReLU, LayerNorm, Linear)",
     ),
     pytest.param(
-        seq(L(4, 8), nn.ReLU(), nn.Dropout(0.1), L(8, 2)),
-        "layer \\[2\\] Dropout.*has no dropout \\(only p=0, an identity, is accepted\\), got p=0.1",
-        id="new: from_mlp(..., Dropout(0.1), ...)",
+        seq(L(4, 8), nn.ReLU(), nn.Dropout1d(0.1), L(8, 2)),
+        "layer \\[2\\] Dropout1d.*dropout is nn.Dropout's, element-wise on the hidden units; got Dropout1d",
+        id="new: from_mlp(..., Dropout1d(0.1), ...)",
+    ),
+    pytest.param(
+        seq(L(4, 8), nn.Dropout(0.1), nn.ReLU(), nn.Dropout(0.2), L(8, 2)),
+        "layer \\[3\\] Dropout.* is a second dropout in the layer of the Linear at \\[0\\]: a GLAIMLP has one rate",
+        id="new: from_mlp with two dropouts in one hidden layer",
+    ),
+    pytest.param(
+        seq(nn.Dropout(0.1), L(4, 8), nn.ReLU(), L(8, 2)),
+        "Dropout\\(p=0.1, inplace=False\\) before the first Linear acts on the block's input, .* stays outside",
+        id="new: from_mlp with dropout before the first Linear",
     ),
     pytest.param(
         seq(L(4, 8), nn.ReLU(), L(9, 2)),

@@ -100,7 +100,7 @@ def test_to_mlp_round_trip():
 
 
 class TwoHeads(nn.Module):
-    """A backbone (not an MLP), two MLP heads, and a block that must stay (dropout p > 0)."""
+    """A backbone (not an MLP), two MLP heads, and a block that must stay (a GELU)."""
 
     def __init__(self):
         super().__init__()
@@ -111,7 +111,7 @@ class TwoHeads(nn.Module):
                 "reg": nn.Sequential(nn.Linear(16, 24), nn.ReLU(inplace=True), nn.Linear(24, 1)),
             }
         )
-        self.aux = nn.Sequential(nn.Linear(16, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2))
+        self.aux = nn.Sequential(nn.Linear(16, 4), nn.GELU(), nn.Linear(4, 2))
 
     def forward(self, x):
         z = self.backbone(x)
