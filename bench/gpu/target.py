@@ -25,6 +25,7 @@ class Target:
     backend = "triton"  # the GLAI backend of every model and op
     compile_backend = "inductor"
     step_warmup = 3  # calls before a step is timed: compilation, allocator pools, CUDA-graph recording
+    probe = None  # a GPU's check that the device still answers after an error (bench.gpu.failures.poisoned)
 
     def __init__(self, device: str):
         self.device = torch.device(device)
@@ -74,6 +75,15 @@ class Cuda(Target):
 
     def release(self) -> None:
         torch.cuda.empty_cache()
+
+    def probe(self) -> str | None:
+        """None when a one-element op and a synchronisation still work, else the error they met."""
+        try:
+            one = torch.ones(1, device=self.device).add_(1)
+            torch.cuda.synchronize()
+            return None if one.item() == 2.0 else f"1 + 1 gave {one.item()}"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
     def time(self, fn, rep_ms: int = 100) -> tuple[float, float, float]:
         from triton.testing import do_bench
