@@ -146,19 +146,29 @@ def main(argv=None) -> int:
         return fail(
             f"--out: expected a folder this process can write, got {str(args.out)!r} ({exc.strerror})"
         )
-    try:
-        return _run(args, only, journal)
+    try:  # run as a script, the deadline counts from the start of the process; called in-process, from now
+        return _run(args, only, journal, watchdog.process_age() if argv is None else 0.0)
     finally:
         journal.close()
 
 
-def _run(args, only, journal: Journal) -> int:
+def _run(args, only, journal: Journal, age_s: float) -> int:
+    run = Run(journal, math.inf, echo, age_s=age_s)
+    info: dict = {}
+    disarm = watchdog.start(run, args.deadline_s, lambda: _closing(run, journal, args),
+                            lambda: {"gpu": info.get("gpu")})  # fmt: skip
+    try:
+        return _checks(args, only, journal, run, info)
+    finally:
+        with journal.lock:
+            run.finished = True
+            disarm.set()
+
+
+def _checks(args, only, journal: Journal, run: Run, info: dict) -> int:
     from bench.gpu import preflight
 
-    run = Run(journal, math.inf, echo)
-    info: dict = {}
-    watchdog.start(run, args.deadline_s, lambda: _closing(run, journal, args),
-                   lambda: {"gpu": info.get("gpu")})  # fmt: skip
+    run.current = {"section": "preflight", "case": "preflight", "started": 0.0}  # a hang there times out too
     facts, problem = preflight.facts(args.dry_run)
     info.update(facts, strict=os.environ.get("GLAI_STRICT"))
     for line in preflight.describe(info):
@@ -177,10 +187,13 @@ def _run(args, only, journal: Journal) -> int:
                 "the kernels were imported before TRITON_INTERPRET was set: expected interpreted kernels"
             )
     grid = "dry" if args.dry_run else args.grid
-    derived = plan.default_budget(args.deadline_s, run.elapsed())
-    run.budget_s = derived if args.budget_s is None else min(args.budget_s, derived)
+    # An explicit --budget-s is taken as given: the watchdog still ends the run at the deadline.
+    run.budget_s = (
+        plan.default_budget(args.deadline_s, run.elapsed()) if args.budget_s is None else args.budget_s
+    )
     run.write("preflight", ok=problem is None, error=problem, argv=args.argv, grid=grid,
               budget_s=round(run.budget_s, 1), deadline_s=args.deadline_s, only=list(only), **info)  # fmt: skip
+    run.current = None
     if problem is not None:
         return fail(problem)
     if "smoke_s" in info:
@@ -265,9 +278,9 @@ def count_compiles(args, only) -> int:
     sections = plan.build(target, ops, reference, plan.GPU, args.grid, {}, only, args.no_compile)
     if args.plan:
         rows, crashes = count.schedule(sections, target)
-        budget = plan.default_budget(args.deadline_s, plan.PREFLIGHT_S)
-        if args.budget_s is not None:
-            budget = min(budget, args.budget_s)
+        budget = (
+            plan.default_budget(args.deadline_s, plan.PREFLIGHT_S) if args.budget_s is None else args.budget_s
+        )
         if args.json:
             echo(json.dumps({"budget_s": round(budget, 1), "deadline_s": args.deadline_s,
                              "preflight_s": plan.PREFLIGHT_S, "cases": rows, "crashes": crashes}))  # fmt: skip

@@ -122,12 +122,13 @@ class Run:
 
     MAX_NOTES = 3  # failures named per section on standard output (the JSONL has every one)
 
-    def __init__(self, journal: Journal, budget_s: float, echo: Callable[[str], None] = print, probe=None):
+    def __init__(self, journal: Journal, budget_s: float, echo: Callable[[str], None] = print, probe=None,
+                 age_s: float = 0.0):  # fmt: skip
         self.journal = journal
         self.budget_s = budget_s
         self.echo = echo
         self.probe = probe  # on a GPU: whether the device still answers after an error (see failures)
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() - age_s  # age_s: how long the process ran before (its imports)
         self.t_budget = self.t0  # reset when the preflight ends
         self.tallies: dict[str, Tally] = {}
         self.state: dict = {}  # figures later cases use (the measured memory rate)
@@ -214,7 +215,7 @@ class Run:
             self.poisoned = failures.poisoned(exc, self.probe)
             if self.poisoned is not None:
                 self.poisoned = f"{self.poisoned} (in {case.id})"
-                self.echo(f"\n    the CUDA context is poisoned: {self.poisoned}; every later case is skipped")
+                tally.notes.insert(0, f"POISONED context: every later case is skipped ({case.id})"[:160])
         finally:
             self.current = None
 

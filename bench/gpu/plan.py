@@ -81,7 +81,7 @@ class Sizes:
     fused_batches: tuple  # (determinism batch: many weight-gradient splits, batch of the graph/sync checks)
     fused_step_head: tuple  # (in, width, out) of the fused determinism, no-sync, graph and compile checks
     headline: tuple  # (batch, in, (narrow, medium, widest) widths, depth, out); None: widest_fused_width
-    alternating_batches: tuple  # two batches with different weight-gradient split counts (compiled section)
+    alternating: tuple  # (two batches with different weight-gradient split counts, steps alternating them)
 
 
 GPU = Sizes(
@@ -94,7 +94,7 @@ GPU = Sizes(
     fused_batches=(131072, 4096),
     fused_step_head=GPU_STEP_HEAD,
     headline=(16384, 512, (64, 256, None), 2, 10),
-    alternating_batches=(4096, 2048),  # 8 and 4 splits of the first layer's weight gradient on 132 SMs
+    alternating=((4096, 2048), 20),  # 8 and 4 splits of the first layer's weight gradient on 132 SMs
 )
 DRY = Sizes(
     check_shapes=((33, 48, 48, 1), (17, 40, 36, 4)),
@@ -106,7 +106,7 @@ DRY = Sizes(
     fused_batches=(40, 9),
     fused_step_head=DRY_STEP_HEAD,
     headline=(19, 24, (8, 16, 32), 2, 10),
-    alternating_batches=(40, 9),
+    alternating=((40, 9), 4),  # the interpreter splits nothing: the logic only, in fewer steps
 )
 KERNEL_DTYPES = ("bfloat16", "float16", "tf32")
 
@@ -211,7 +211,7 @@ def build(target, ops, ref, sizes: Sizes, grid: str, state: dict, only=SECTIONS,
             [steps.step_case(target, v, p, state) for p in compiled_points(grid) for v in compiled]
             + [steps.compiled_glai_case(target, width, batch)]
             + [fused.compiled_case(target, sizes.fused_batches[1], sizes.fused_step_head)]
-            + [fused.alternating_case(target, sizes.alternating_batches, sizes.fused_step_head)]
+            + [fused.alternating_case(target, *sizes.alternating, sizes.fused_step_head)]
         ),
     }
     sections, seen = [], set()

@@ -132,7 +132,7 @@ def step_table(records) -> tuple[list[str], list[list[str]]]:
     """Head x variant: the eager MLP's ms, every other variant as its speedup over it."""
     points: dict[tuple, dict] = {}
     for r in records:
-        if r.get("section") not in ("steps", "compiled") or r.get("what") not in SHORT:
+        if r.get("section") not in ("headline", "steps", "compiled") or r.get("what") not in SHORT:
             continue
         key = (r.get("shape"), r.get("dtype"))
         row = points.setdefault(key, {})

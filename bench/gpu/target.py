@@ -60,6 +60,10 @@ class Target:
     def equal(self, a: torch.Tensor, b: torch.Tensor) -> bool:
         return bool(torch.equal(a, b))
 
+    def tol(self, label: str, tol: float) -> float:
+        """The tolerance of a whole head's gradients in ``label`` here (the GPU's: ``tol``)."""
+        return tol
+
     def count(self, t: torch.Tensor) -> int:
         return int(t.sum().item())
 
@@ -132,6 +136,12 @@ class Dry(Target):
 
     def compile(self, fn, mode: str, key: tuple, fullgraph: bool = False):
         return torch.compile(fn, backend="eager", fullgraph=fullgraph)
+
+    def tol(self, label: str, tol: float) -> float:
+        # numpy has no bf16: the interpreter rounds bf16 products its own way, and a whole head's gradients
+        # land at 0.9-1.03e-2 against float64 depending on the shape. The dry run checks the logic, not bf16's
+        # rounding (the GPU run does, at the GPU's tolerance).
+        return 2 * tol if label == "bfloat16" else tol
 
 
 class Replay(Target):

@@ -20,31 +20,46 @@ EXIT_DEADLINE = 3
 MARGIN_S = 10.0  # before the deadline: the lines, the flush and the exit take well under a second
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux: ``/proc``), so that the deadline counts its imports too;
+    0.0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(
+                f.read().rsplit(")", 1)[1].split()[19]
+            )  # field 22: start time, clock ticks since boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def margin(deadline_s: float) -> float:
     return min(MARGIN_S, 0.1 * deadline_s)
 
 
 def start(
     run, deadline_s: float, closing: Callable[[], None], summary: Callable[[], dict]
-) -> threading.Thread:
+) -> threading.Event:
     """Arm the watchdog of ``run`` (a :class:`bench.gpu.journal.Run`, whose clock started with the process).
-    ``summary()``: the summary line's own fields; ``closing()``: prints what the run prints last."""
+    ``summary()``: the summary line's own fields; ``closing()``: prints what the run prints last. Returns the
+    event that disarms it (set it when the run returns: a caller in the same process lives on)."""
     fire_at = run.t0 + deadline_s - margin(deadline_s)
+    disarm = threading.Event()
 
     def wait() -> None:
-        while (left := fire_at - time.perf_counter()) > 0:
-            time.sleep(min(left, 0.5))
-        fire(run, deadline_s, closing, summary)
+        if not disarm.wait(timeout=max(0.0, fire_at - time.perf_counter())):
+            fire(run, deadline_s, closing, summary)
 
-    thread = threading.Thread(target=wait, name="gpu_check deadline", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=wait, name="gpu_check deadline", daemon=True).start()
+    return disarm
 
 
 def fire(run, deadline_s: float, closing, summary) -> None:
     journal = run.journal
     locked = journal.lock.acquire(timeout=5.0)  # a line being written finishes first; none after ours
-    if run.finished:  # the run wrote its own summary line and is returning: nothing left to do
+    if run.finished:  # the run wrote its own summary line, or returned: nothing left to do
         if locked:
             journal.lock.release()
         return
