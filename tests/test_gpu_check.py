@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench import gpu_report
-from bench.gpu import cli, count, journal, plan, report, steps
+from bench.gpu import cli, count, failures, headline, journal, plan, preflight, report, steps
 from bench.gpu.target import Replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,8 @@ def _lines(path: Path) -> list[dict]:
 def test_help():
     res = _run("--help")
     assert res.returncode == 0, res.stderr
-    for text in ("CUDA", "--out", "--budget-s", "--dry-run", "--count-compiles", "--no-timing", "--grid"):
+    for text in ("CUDA", "--out", "--budget-s", "--deadline-s", "--plan", "--json", "--dry-run",
+                 "--count-compiles", "--no-timing", "--grid"):  # fmt: skip
         assert text in res.stdout
 
 
@@ -60,6 +61,9 @@ def test_help():
         (["--frobnicate"], ["--frobnicate"]),
         (["--out", "README.md"], ["--out", "expected a folder", "README.md"]),
         (["--dry-run", "--count-compiles"], ["--count-compiles", "--dry-run"]),
+        (["--deadline-s", "0"], ["--deadline-s", "expected a number of seconds > 0", "'0'"]),
+        (["--plan", "--dry-run"], ["--plan", "--dry-run"]),
+        (["--json"], ["--json", "--plan"]),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args, names):
@@ -155,7 +159,7 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
             "backward_data",
             "backward_weights",
         }
-    layer_checks = [r for r in checks if not r["what"].startswith("fused")]
+    layer_checks = [r for r in checks if not r["what"].startswith(("fused", "default"))]
     assert all(r["config_source"] == "interpreter" and r["config"]["BLOCK_M"] == 16 for r in layer_checks)
     # the fused head path: bf16 in every phase (outputs; gradients with given patterns), its launches recorded
     fused = [r for r in checks if r["what"].startswith("fused")]
@@ -173,13 +177,16 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
     assert len(timings) == 4 * 2 * 3 and all(r["baseline_ms"] > 0 and r["unit"] == "ms" for r in timings)
     (copy,) = [r for r in body if r["what"] == "copy"]
     assert copy["unit"] == "GB/s" and copy["value"] > 0
-    # steps: every variant at every head, the fused ones skipped exactly when GLAIMLP takes no fused=
+    # steps: every variant at every head, the headline's at the headline heads too, each head once; the fused
+    # ones skipped exactly when GLAIMLP takes no fused=
     from glai.nn import GLAIMLP
 
     fused_missing = "fused" not in inspect.signature(GLAIMLP).parameters
+    top = headline.points(plan.DRY)
     for variant in steps.VARIANTS:
         mine = [r for r in body if r["what"] == variant.name]
-        assert len(mine) == len(plan.head_points("dry")), variant.name
+        heads = set(plan.head_points("dry")) | (set(top) if variant.short in headline.VARIANTS else set())
+        assert sorted(r["shape"] + r["dtype"] for r in mine) == sorted(p.label + p.dtype for p in heads)
         if variant.fused and fused_missing:
             assert all(r["status"] == "skipped" and "unavailable" in r["error"] for r in mine)
         else:
@@ -187,6 +194,16 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
             assert all(r["floor_ms"] > 0 for r in mine)
     glai = [r for r in body if r["what"].startswith("glai per-layer, quantitative")]
     assert all(r["config_source"] == "interpreter" and len(r["config"]) >= 4 for r in glai)
+    # the headline first: the default path checked in every dtype the dispatcher sends to the fused path
+    assert [s["name"] for s in lines[1]["sections"]] == list(plan.SECTIONS)
+    default = [r for r in body if r["what"].startswith("default")]
+    assert {r["dtype"] for r in default} == {"bfloat16", "float16", "tf32", "float32"}
+    assert {r["shape"] for r in default if r["dtype"] == "bfloat16"} == {p.label for p in top}
+    assert all(r["unit"] == "rel_err" and r["value"] <= r["tol"] for r in default)
+    # the compiled fused model fed two batch sizes in turn (on a GPU: two weight-gradient split counts)
+    (alternating,) = [r for r in body if "alternating" in r["case"]]
+    assert alternating["steps"] == plan.DRY.alternating[1] and len(alternating["splits"]) == 2
+    assert lines[0]["strict"] == "1"  # a launch that fails to compile raises: no silent fallback
 
 
 def test_dry_run_output_is_one_line_per_section_and_the_table_last(dry_run):
@@ -195,6 +212,13 @@ def test_dry_run_output_is_one_line_per_section_and_the_table_last(dry_run):
     for name in plan.SECTIONS:
         assert sum(1 for line in out.splitlines() if f"] {name} (" in line) == 1, name
     assert out.index("%cuBLAS") > out.index("] compiled (")
+    # the headline's tables as soon as their sections end, before everything else starts
+    assert (
+        out.index("] headline (")
+        < out.index("headline: ms of the eager MLP")
+        < out.index("] headline-kernels")
+    )
+    assert out.index("] headline-kernels") < out.index("headline kernel ") < out.index("] correctness (")
     assert "largest relative error vs float64, bfloat16" in out and "exit status 0" in out
 
 
@@ -206,7 +230,7 @@ def test_stdout_of_a_full_gpu_run_stays_small():
     for section in sections:
         for case in section.cases:
             rec = {"kind": "check", "section": section.name, "case": case.id, "status": "ok", **case.base}
-            if section.name == "kernels" and case.base["what"] != "copy":
+            if section.name in ("kernels", "headline-kernels") and case.base["what"] != "copy":
                 cfg = {
                     "BLOCK_M": 128,
                     "BLOCK_N": 256,
@@ -217,10 +241,11 @@ def test_stdout_of_a_full_gpu_run_stays_small():
                 }
                 rec.update(kind="timing", value=12.345, tflops=987.0, baseline_ms=11.234, pct_of_cublas=101.2,
                            config=cfg, config_source="tuning cache (nearest bucket)")  # fmt: skip
-            elif section.name in ("steps", "compiled"):
+            elif section.name in ("headline", "steps", "compiled"):
                 rec.update(kind="step", value=123.456, floor_ms=12.345)
             records.append(rec)
-    table = report.terminal(records)
+    table = report.terminal(records) + report.headline(records, "headline")
+    table += report.headline(records, "headline-kernels")
     others = 4 * 160 + len(plan.SECTIONS) * 90 + 200  # preflight lines, section lines, the closing line
     assert len(table) + others < 6000, f"{len(table)} characters of table"
 
@@ -386,7 +411,8 @@ def test_count_compiles_replays_the_gpu_plan():
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     # the MLP baselines at every compiled head, and the two GLAI models compiled against themselves eager
-    compiled = len(plan.compiled_points("subset")) * sum(1 for v in steps.VARIANTS if v.compile) + 2
+    heads = set(plan.compiled_points("subset")) | set(headline.points(plan.GPU))
+    compiled = len(heads) * sum(1 for v in steps.VARIANTS if v.compile) + 3
     assert f"{compiled} torch.compile builds" in out, out
     for kernel in ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel", "fused_forward_kernel",
                    "fused_grad_data_kernel", "fused_grad_weights_kernel"):  # fmt: skip
@@ -431,3 +457,178 @@ def test_report_of_a_truncated_file(dry_run, tmp_path, capsys):
     assert gpu_report.main([str(cut), "--results", str(tmp_path / "r"), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "INCOMPLETE" in out and "1 line(s) are not complete JSON" in out and "missing from steps" in out
+
+
+# ----------------------------------------------------------------------------- the headline first, a deadline kept
+def test_plan_starts_every_headline_case_in_the_first_third_of_the_budget(capsys):
+    """``--plan --json``: the GPU plan in run order, each case's estimated start from the per-unit compile and
+    timing estimates; the headline (three heads, every headline variant) starts within the first third of the
+    default budget, which the default deadline gives."""
+    assert cli.main(["--plan", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["budget_s"] == plan.default_budget(plan.DEFAULT_DEADLINE_S, plan.PREFLIGHT_S) > 0
+    cases = got["cases"]
+    assert all({"case", "section", "est_start_s"} <= set(c) for c in cases) and not got["crashes"]
+    assert [c["section"] for c in cases] == sorted((c["section"] for c in cases), key=plan.SECTIONS.index)
+    starts = [c["est_start_s"] for c in cases]
+    assert starts == sorted(starts) and starts[0] == 0.0 and starts[-1] > got["budget_s"] / 3
+    top = [c for c in cases if c["section"] == "headline"]
+    assert len(top) == 1 + 3 * len(headline.VARIANTS)
+    assert max(c["est_start_s"] for c in top) <= got["budget_s"] / 3, top[-1]
+    widths = {p.width for p in headline.points(plan.GPU)}
+    assert (
+        widths == {64, 256, plan.widest_fused_width("bfloat16")} and plan.widest_fused_width("float32") < 256
+    )
+    assert all(p.batch >= 16384 for p in headline.points(plan.GPU))
+    default = [c["case"] for c in cases if c["section"] == "default-path"]
+    assert any("float32 B16384 512-128x2" in c for c in default), default
+    text = report.plan_text(cases, got["budget_s"], plan.DEFAULT_DEADLINE_S, plan.PREFLIGHT_S, [])
+    assert all(c["case"] in text for c in top) and "steps:" in text and len(text) < 6000
+
+
+def test_deadline_ends_the_run_before_it_with_the_lines_written(tmp_path):
+    """A dry run with a tiny deadline (its budget set past it) and one whose first case hangs: each ends before
+    the deadline, exit 3, with a timeout line for the running case, then the summary line; every line complete."""
+    deadline = 25
+    runs = {
+        "tiny": (["--only", "steps", "--budget-s", "1e6"], {}),
+        "hang": (["--only", "kernels"], {journal.INJECT_ENV: "hang:timing copy"}),
+    }
+    procs = {}
+    for name, (args, env) in runs.items():
+        cmd = [
+            sys.executable,
+            str(SCRIPT),
+            "--dry-run",
+            "--deadline-s",
+            str(deadline),
+            "--out",
+            str(tmp_path / name),
+        ]
+        procs[name] = (subprocess.Popen(cmd + args, env=dict(_env(), **env), cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True), time.perf_counter())  # fmt: skip
+    for name, (proc, start) in procs.items():
+        out, err = proc.communicate(timeout=deadline + 30)
+        wall = time.perf_counter() - start
+        assert proc.returncode == 3 and wall < deadline, (wall, out[-2000:], err[-2000:])
+        lines = _lines(tmp_path / name / "gpu_check.jsonl")
+        *_, timeout, summary = lines
+        assert summary["kind"] == "summary" and summary["timed_out"] and summary["exit_status"] == 3
+        assert timeout["kind"] == "timeout" and timeout["status"] == "timeout"
+        assert summary["timed_out_case"] == timeout["case"] and "--deadline-s 25" in timeout["error"]
+        assert f"--deadline-s {deadline} reached" in out and "INCOMPLETE: stopped at --deadline-s" in out
+    hang = _lines(tmp_path / "hang" / "gpu_check.jsonl")
+    if hang[0]["kind"] == "preflight":  # a machine too loaded to end the preflight in time times that out
+        assert hang[-2]["case"] == "timing copy bfloat16 65536" and hang[-1]["cases"] == 1
+
+
+def test_a_poisoned_context_skips_every_later_case(ops, monkeypatch, tmp_path, capsys):
+    """A sticky CUDA error in the first case (planted): that case's crash line, every later case skipped with
+    that reason (none run), the summary written, exit 1."""
+    monkeypatch.setenv(journal.INJECT_ENV, "cuda-error:timing copy")
+    assert cli.main(["--dry-run", "--only", "kernels,steps", "--out", str(tmp_path)]) == 1
+    lines = _lines(tmp_path / "gpu_check.jsonl")
+    planned = [c for s in lines[1]["sections"] for c in s["cases"]]
+    crash, *rest, summary = lines[2:]
+    assert crash["status"] == "crash" and crash["error"] == f"RuntimeError: {journal.INJECTED_CUDA_ERROR}"
+    assert [r["case"] for r in rest] == planned[1:] and len(rest) > 40
+    assert all(
+        r["status"] == "skipped" and r["error"].startswith("poisoned context: RuntimeError") for r in rest
+    )
+    assert (
+        summary["exit_status"] == 1
+        and summary["crashed_cases"] == 1
+        and "illegal memory" in summary["poisoned"]
+    )
+    assert "POISONED" in capsys.readouterr().out
+
+
+def test_only_sticky_or_confirmed_cuda_errors_poison():
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert failures.poisoned(oom) is None and failures.poisoned(oom, probe=lambda: None) is None
+    assert "device failed" in failures.poisoned(oom, probe=lambda: "RuntimeError: CUDA error: unknown")
+    assert failures.poisoned(ValueError("fused=True: width 600 is past the limit"), probe=pytest.fail) is None
+    try:
+        raise RuntimeError("wrapped") from RuntimeError("CUDA error: unspecified launch failure")
+    except RuntimeError as exc:
+        assert failures.poisoned(exc) == "RuntimeError: CUDA error: unspecified launch failure"
+
+
+def test_a_crash_line_names_the_innermost_exception_and_our_line():
+    """As Triton's interpreter raises: a repr of a repr of the error, each ``from`` the one before."""
+    try:
+        try:
+            plan.head_points("nope")
+        except ValueError as inner:
+            try:
+                raise RuntimeError(repr(inner)) from inner
+            except RuntimeError as middle:
+                raise RuntimeError(repr(middle)) from middle
+    except RuntimeError as exc:
+        got = failures.describe(exc)
+    assert got["error"] == "ValueError: unknown head grid 'nope'; expected one of ('subset', 'full')"
+    assert (
+        got["where"].startswith("bench/gpu/plan.py:") and "in head_points: raise ValueError" in got["where"]
+    )
+    assert got["raised_as"] == "RuntimeError" and got["trace"][-1].startswith("ValueError: unknown head grid")
+
+
+def test_dry_run_refuses_an_interpreter_that_cannot_run_with_numpy(monkeypatch, tmp_path, capsys):
+    """Triton 3.6's interpreter with numpy >= 2.4: one line naming both versions, exit 2, before any case."""
+
+    def smoke_launch(device):
+        try:
+            raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+        except TypeError as exc:
+            raise RuntimeError(repr(exc)) from exc
+
+    monkeypatch.setattr(preflight, "smoke_launch", smoke_launch)
+    info = {"device": "cpu", "triton": "3.6.0", "numpy": "2.5.5"}
+    problem = preflight.smoke(info)
+    assert (
+        problem.startswith("Triton 3.6.0's interpreter cannot run with numpy 2.5.5")
+        and "numpy < 2.4" in problem
+    )
+    assert cli.main(["--dry-run", "--only", "headline-kernels", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interpreter cannot run with numpy" in err
+    (line,) = _lines(tmp_path / "gpu_check.jsonl")
+    assert line["kind"] == "preflight" and not line["ok"]
+
+
+def test_driver_version_without_torch_internals(monkeypatch):
+    """No nvidia-smi: the CUDA driver API version from libcuda, else "unknown" (never a torch private)."""
+    import ctypes
+
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)
+
+    class Driver:
+        def cuDriverGetVersion(self, out):
+            out._obj.value = 13000
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver())
+    assert preflight.driver_version() == "CUDA driver API 13.0"
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no libcuda.so.1")))
+    assert preflight.driver_version() == "unknown"
+
+
+def test_precision_sets_tf32_through_the_api_torch_reads():
+    """After the new ``fp32_precision`` API was used (the tuner does), the legacy flag may not be read: the
+    switch uses the new API where it exists, and the kernels' own reading follows it."""
+    from bench.gpu.kernels import precision
+    from glai_kernels.tuning import torch_dot_precision
+
+    matmul = torch.backends.cuda.matmul
+    new = hasattr(matmul, "fp32_precision")
+    before = matmul.fp32_precision if new else matmul.allow_tf32
+    try:
+        if new:
+            matmul.fp32_precision = "ieee"
+        with precision("tf32"):
+            assert torch_dot_precision(torch.float32) == "tf32"
+        assert torch_dot_precision(torch.float32) == "ieee"
+        with precision("float32"):
+            assert torch_dot_precision(torch.float32) == "ieee"
+    finally:
+        setattr(matmul, "fp32_precision" if new else "allow_tf32", before)

@@ -11,6 +11,7 @@ from bench.gpu import configs
 from bench.gpu.steps import VARIANTS
 
 SHORT = {v.name: v.short for v in VARIANTS}
+STEP_ROWS = 10  # heads in the closing table on standard output (the headline's first; the report has all)
 DTYPE_ABBREV = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "tf32": "tf32"}
 
 
@@ -293,7 +294,7 @@ def terminal(records, bad: int = 0) -> str:
     head, rows = _drop_empty(*step_table(records))
     if rows:
         lines += ["", "training step: ms of the eager MLP, and each variant's speedup over it (x):"]
-        lines += _text(head, rows, limit=22)
+        lines += _text(head, rows, limit=STEP_ROWS)
     lines += [""] + status_lines(records, bad)
     return "\n".join(lines)
 
