@@ -275,9 +275,9 @@ def render(result: dict, grid: str) -> str:
     lines = [
         f"compile estimate, GPU plan with head grid '{grid}' (replayed on meta tensors, launches stubbed):"
     ]
-    lines.append(f"  {'section':<12}" + "".join(f"{c:>11}" for c in columns))
+    lines.append(f"  {'section':<17}" + "".join(f"{c:>11}" for c in columns))
     for name, r in result["sections"].items():
-        lines.append(f"  {name:<12}" + "".join(f"{r[c]:>11}" for c in columns))
+        lines.append(f"  {name:<17}" + "".join(f"{r[c]:>11}" for c in columns))
     s, sec = result["assumed_seconds"], result["seconds"]
     timed = sum(r["timed"] for r in result["sections"].values())
     lines += [

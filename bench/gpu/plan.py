@@ -18,7 +18,8 @@ dry run; the plan does not. The head grid of the training steps:
 
 - ``full``: widths 32, 64, 128, 256 x depth 2, 3 x in_features 64, 512 x out_features 10, 128 x batch 1024,
   16384, 131072 in bf16 (96 heads), plus one fp16 and one TF32 head; every variant at every head. Its
-  compiled baselines alone are 196 ``torch.compile`` builds, half an hour (``--count-compiles --grid full``).
+  compiled baselines alone are about 300 ``torch.compile`` builds, most of an hour (``--count-compiles --grid
+  full``).
 - ``subset`` (the default): the eager and GLAI variants at every width and batch for one input and output
   size (in 512, out 10, depth 2: 12 heads), the depth-3, in-64 and out-128 corners at width 128 and batch
   16384 (3 heads), and the fp16 and TF32 heads; the compiled baselines at three heads only (width 32 and 256
