@@ -490,7 +490,7 @@ def test_plan_starts_every_headline_case_in_the_first_third_of_the_budget():
 def test_deadline_ends_the_run_before_it_with_the_lines_written(tmp_path):
     """A dry run with a tiny deadline (its budget set past it) and one whose first case hangs: each ends before
     the deadline, exit 3, with a timeout line for the running case, then the summary line; every line complete."""
-    deadline = 25
+    deadline = 15
     runs = {
         "tiny": (["--only", "steps", "--budget-s", "1e6"], {}),
         "hang": (["--only", "kernels"], {journal.INJECT_ENV: "hang:timing copy"}),
@@ -516,7 +516,7 @@ def test_deadline_ends_the_run_before_it_with_the_lines_written(tmp_path):
         *_, timeout, summary = lines
         assert summary["kind"] == "summary" and summary["timed_out"] and summary["exit_status"] == 3
         assert timeout["kind"] == "timeout" and timeout["status"] == "timeout"
-        assert summary["timed_out_case"] == timeout["case"] and "--deadline-s 25" in timeout["error"]
+        assert summary["timed_out_case"] == timeout["case"] and f"--deadline-s {deadline}" in timeout["error"]
         assert f"--deadline-s {deadline} reached" in out and "INCOMPLETE: stopped at --deadline-s" in out
     hang = _lines(tmp_path / "hang" / "gpu_check.jsonl")
     if hang[0]["kind"] == "preflight":  # a machine too loaded to end the preflight in time times that out
