@@ -488,12 +488,13 @@ def test_plan_starts_every_headline_case_in_the_first_third_of_the_budget():
 
 
 def test_deadline_ends_the_run_before_it_with_the_lines_written(tmp_path):
-    """A dry run with a tiny deadline (its budget set past it) and one whose first case hangs: each ends before
-    the deadline, exit 3, with a timeout line for the running case, then the summary line; every line complete."""
+    """A dry run with a tiny deadline and one whose first case hangs (budgets set past the deadline, so that no
+    case is skipped for time on a loaded machine): each ends before the deadline, exit 3, with a timeout line for
+    the running case, then the summary line; every line complete."""
     deadline = 15
     runs = {
         "tiny": (["--only", "steps", "--budget-s", "1e6"], {}),
-        "hang": (["--only", "kernels"], {journal.INJECT_ENV: "hang:timing copy"}),
+        "hang": (["--only", "kernels", "--budget-s", "1e6"], {journal.INJECT_ENV: "hang:timing copy"}),
     }
     procs = {}
     for name, (args, env) in runs.items():
