@@ -44,12 +44,14 @@ bench: $(STAMP)
 
 # The GPU check installs nothing (the GPU machine reaches no package index and has its own torch, Triton and
 # numpy): the venv's python when `make install` made one, else $(PYTHON), with the checkout on PYTHONPATH.
-# Results go to $(GPU_OUT)/gpu_check.jsonl line by line; `make gpu ARGS=--dry-run` runs it on a CPU.
+# Results go to $(GPU_OUT)/gpu_check.jsonl line by line; `make gpu ARGS=--dry-run` runs it on a CPU. The run
+# ends before GPU_DEADLINE seconds (a lent GPU's call lasts 600 s, and its files must still come back).
 GPU_OUT ?= gpu-out
+GPU_DEADLINE ?= 540
 
 gpu:
 	@py=$(PYTHON); if [ -x $(PY) ] && $(PY) -c "import torch, triton" >/dev/null 2>&1; then py=$(PY); fi; \
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $$py bench/gpu_check.py --out $(GPU_OUT) $(ARGS)
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $$py bench/gpu_check.py --out $(GPU_OUT) --deadline-s $(GPU_DEADLINE) $(ARGS)
 
 # The oldest stack the project declares, which is the GPU machine's: Python 3.12, torch 2.11.0 (pip's build for
 # it is the CUDA one, about 6 GB), Triton 3.6.0, numpy 2.5. Opt-in, not CI. Builds $(FLOOR_VENV) unless it exists

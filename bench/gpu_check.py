@@ -1,14 +1,19 @@
 """One command for a lent GPU: check every Triton kernel against the float64 reference, then time it.
 
-    make gpu                                            # = python bench/gpu_check.py --out gpu-out
-    PYTHONPATH=. python3 bench/gpu_check.py --out DIR   # a bare GPU machine: no make, no venv
+    make gpu                                  # = python bench/gpu_check.py --out gpu-out --deadline-s 540
+    PYTHONPATH=. python3 bench/gpu_check.py --out DIR --deadline-s 540   # a bare GPU machine: no make, no venv
+    python bench/gpu_check.py --plan [--json] # the order and each case's estimated start
 
-Order: a preflight (GPU, versions, the C compiler and Python headers Triton needs, a one-element kernel), then
-correctness at realistic sizes (fp32 IEEE, TF32, fp16, bf16), determinism, kernel timings against cuBLAS and a
-memory-rate copy, training steps of a classification head against a plain MLP, and the ``torch.compile``
-baselines last. Every check and timing is appended to ``DIR/gpu_check.jsonl`` (flushed and fsync'd) the moment
-it is known; a killed run keeps every line written before. ``--dry-run`` runs the same plan on the CPU under
-Triton's interpreter; ``--count-compiles`` replays it with launches stubbed to count what it will compile.
+Order of value: a preflight (GPU, versions, the C compiler and Python headers Triton needs, a small kernel),
+the default path's correctness at the headline heads, the headline (a training step of the fused GLAI head
+against the eager and compiled MLP and the compiled GLAI head at three widths, its table printed at once), the
+kernels against cuBLAS at 8192 x 4096 x 4096 in bf16, then everything else: correctness at realistic sizes
+(fp32 IEEE, TF32, fp16, bf16), determinism, kernel timings, training steps over a head grid, the
+``torch.compile`` checks. Every check and timing is appended to ``DIR/gpu_check.jsonl`` (flushed and fsync'd)
+the moment it is known; a killed run keeps every line written before, and the run ends itself before
+``--deadline-s`` with a timeout line for the running case and its summary. ``--dry-run`` runs the same plan on
+the CPU under Triton's interpreter; ``--count-compiles`` replays it with launches stubbed to count what it will
+compile.
 ``python -m bench.gpu_report DIR/gpu_check.jsonl`` turns the file into tables, CSV rows and plots.
 """
 

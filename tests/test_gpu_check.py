@@ -3,50 +3,26 @@ part-way, wrong and crashing kernels, bad flags, no CUDA, the compile-count repl
 run's JSONL. The script a lent GPU runs once has then been exercised end to end before it gets there."""
 
 import inspect
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from _gpu_check_run import ROOT, SCRIPT, _env, _lines, _run, triton_ops
 
 from bench import gpu_report
-from bench.gpu import cli, count, journal, plan, report, steps
+from bench.gpu import cli, count, headline, journal, plan, report, steps
 from bench.gpu.target import Replay
-
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "bench" / "gpu_check.py"
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("TRITON_INTERPRET", None)
-    return env
-
-
-def _run(*args, timeout=180, env=None):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True, text=True, env=env or _env(), cwd=ROOT, timeout=timeout,
-    )  # fmt: skip
-
-
-def _lines(path: Path) -> list[dict]:
-    """Every line of a JSONL, each of which must be complete, strict JSON."""
-    text = path.read_text()
-    assert text.endswith("\n"), "the last line was cut"
-    return [json.loads(line, parse_constant=pytest.fail) for line in text.splitlines()]
 
 
 # ----------------------------------------------------------------------------- flags and environment
 def test_help():
     res = _run("--help")
     assert res.returncode == 0, res.stderr
-    for text in ("CUDA", "--out", "--budget-s", "--dry-run", "--count-compiles", "--no-timing", "--grid"):
+    for text in ("CUDA", "--out", "--budget-s", "--deadline-s", "--plan", "--json", "--dry-run",
+                 "--count-compiles", "--no-timing", "--grid"):  # fmt: skip
         assert text in res.stdout
 
 
@@ -60,6 +36,9 @@ def test_help():
         (["--frobnicate"], ["--frobnicate"]),
         (["--out", "README.md"], ["--out", "expected a folder", "README.md"]),
         (["--dry-run", "--count-compiles"], ["--count-compiles", "--dry-run"]),
+        (["--deadline-s", "0"], ["--deadline-s", "expected a number of seconds > 0", "'0'"]),
+        (["--plan", "--dry-run"], ["--plan", "--dry-run"]),
+        (["--json"], ["--json", "--plan"]),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args, names):
@@ -155,7 +134,7 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
             "backward_data",
             "backward_weights",
         }
-    layer_checks = [r for r in checks if not r["what"].startswith("fused")]
+    layer_checks = [r for r in checks if not r["what"].startswith(("fused", "default"))]
     assert all(r["config_source"] == "interpreter" and r["config"]["BLOCK_M"] == 16 for r in layer_checks)
     # the fused head path: bf16 in every phase (outputs; gradients with given patterns), its launches recorded
     fused = [r for r in checks if r["what"].startswith("fused")]
@@ -173,13 +152,16 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
     assert len(timings) == 4 * 2 * 3 and all(r["baseline_ms"] > 0 and r["unit"] == "ms" for r in timings)
     (copy,) = [r for r in body if r["what"] == "copy"]
     assert copy["unit"] == "GB/s" and copy["value"] > 0
-    # steps: every variant at every head, the fused ones skipped exactly when GLAIMLP takes no fused=
+    # steps: every variant at every head, the headline's at the headline heads too, each head once; the fused
+    # ones skipped exactly when GLAIMLP takes no fused=
     from glai.nn import GLAIMLP
 
     fused_missing = "fused" not in inspect.signature(GLAIMLP).parameters
+    top = headline.points(plan.DRY)
     for variant in steps.VARIANTS:
         mine = [r for r in body if r["what"] == variant.name]
-        assert len(mine) == len(plan.head_points("dry")), variant.name
+        heads = set(plan.head_points("dry")) | (set(top) if variant.short in headline.VARIANTS else set())
+        assert sorted(r["shape"] + r["dtype"] for r in mine) == sorted(p.label + p.dtype for p in heads)
         if variant.fused and fused_missing:
             assert all(r["status"] == "skipped" and "unavailable" in r["error"] for r in mine)
         else:
@@ -187,6 +169,16 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
             assert all(r["floor_ms"] > 0 for r in mine)
     glai = [r for r in body if r["what"].startswith("glai per-layer, quantitative")]
     assert all(r["config_source"] == "interpreter" and len(r["config"]) >= 4 for r in glai)
+    # the headline first: the default path checked in every dtype the dispatcher sends to the fused path
+    assert [s["name"] for s in lines[1]["sections"]] == list(plan.SECTIONS)
+    default = [r for r in body if r["what"].startswith("default")]
+    assert {r["dtype"] for r in default} == {"bfloat16", "float16", "tf32", "float32"}
+    assert {r["shape"] for r in default if r["dtype"] == "bfloat16"} == {p.label for p in top}
+    assert all(r["unit"] == "rel_err" and r["value"] <= r["tol"] for r in default)
+    # the compiled fused model fed two batch sizes in turn (on a GPU: two weight-gradient split counts)
+    (alternating,) = [r for r in body if "alternating" in r["case"]]
+    assert alternating["steps"] == plan.DRY.alternating[1] and len(alternating["splits"]) == 2
+    assert lines[0]["strict"] == "1"  # a launch that fails to compile raises: no silent fallback
 
 
 def test_dry_run_output_is_one_line_per_section_and_the_table_last(dry_run):
@@ -195,6 +187,13 @@ def test_dry_run_output_is_one_line_per_section_and_the_table_last(dry_run):
     for name in plan.SECTIONS:
         assert sum(1 for line in out.splitlines() if f"] {name} (" in line) == 1, name
     assert out.index("%cuBLAS") > out.index("] compiled (")
+    # the headline's tables as soon as their sections end, before everything else starts
+    assert (
+        out.index("] headline (")
+        < out.index("headline: ms of the eager MLP")
+        < out.index("] headline-kernels")
+    )
+    assert out.index("] headline-kernels") < out.index("headline kernel ") < out.index("] correctness (")
     assert "largest relative error vs float64, bfloat16" in out and "exit status 0" in out
 
 
@@ -206,7 +205,7 @@ def test_stdout_of_a_full_gpu_run_stays_small():
     for section in sections:
         for case in section.cases:
             rec = {"kind": "check", "section": section.name, "case": case.id, "status": "ok", **case.base}
-            if section.name == "kernels" and case.base["what"] != "copy":
+            if section.name in ("kernels", "headline-kernels") and case.base["what"] != "copy":
                 cfg = {
                     "BLOCK_M": 128,
                     "BLOCK_N": 256,
@@ -217,10 +216,11 @@ def test_stdout_of_a_full_gpu_run_stays_small():
                 }
                 rec.update(kind="timing", value=12.345, tflops=987.0, baseline_ms=11.234, pct_of_cublas=101.2,
                            config=cfg, config_source="tuning cache (nearest bucket)")  # fmt: skip
-            elif section.name in ("steps", "compiled"):
+            elif section.name in ("headline", "steps", "compiled"):
                 rec.update(kind="step", value=123.456, floor_ms=12.345)
             records.append(rec)
-    table = report.terminal(records)
+    table = report.terminal(records) + report.headline(records, "headline")
+    table += report.headline(records, "headline-kernels")
     others = 4 * 160 + len(plan.SECTIONS) * 90 + 200  # preflight lines, section lines, the closing line
     assert len(table) + others < 6000, f"{len(table)} characters of table"
 
@@ -279,11 +279,7 @@ def test_killed_run_keeps_every_line_written_before(tmp_path):
 # ----------------------------------------------------------------------------- failures inside the run
 @pytest.fixture
 def ops(monkeypatch):
-    pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
-    from glai_kernels import backend
-
-    monkeypatch.setenv("GLAI_AUTOTUNE", "0")
-    return backend.triton_ops()
+    return triton_ops(monkeypatch)
 
 
 def test_a_wrong_kernel_fails_the_run_and_is_named(ops, monkeypatch, tmp_path, capsys):
@@ -360,7 +356,7 @@ def test_fused_variants_run_once_glaimlp_takes_fused(ops, monkeypatch):
                 assert steps.unavailable(variant) is None
                 case = steps.step_case(Dry(), variant, point, {"memory_gbps": 1.0})
                 case.fn(lambda kind="check", ok=True, **f: lines.append({"kind": kind, "ok": ok, **f}))
-        assert asked == [False, False, False, True, True, True]
+        assert asked == [False, False, False, True, True, True, True]  # the last: the compiled fused head
         fused = lines[3:]
         if refuse:
             assert all(r["status"] == "skipped" and "not applicable" in r["error"] for r in fused)
@@ -386,7 +382,8 @@ def test_count_compiles_replays_the_gpu_plan():
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     # the MLP baselines at every compiled head, and the two GLAI models compiled against themselves eager
-    compiled = len(plan.compiled_points("subset")) * sum(1 for v in steps.VARIANTS if v.compile) + 2
+    heads = set(plan.compiled_points("subset")) | set(headline.points(plan.GPU))
+    compiled = len(heads) * sum(1 for v in steps.VARIANTS if v.compile) + 3
     assert f"{compiled} torch.compile builds" in out, out
     for kernel in ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel", "fused_forward_kernel",
                    "fused_grad_data_kernel", "fused_grad_weights_kernel"):  # fmt: skip

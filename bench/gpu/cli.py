@@ -1,13 +1,18 @@
 """``python bench/gpu_check.py --out DIR``: check and time the kernels on a GPU, each result kept as it comes.
 
-Exit status: 0 every check passed and no case crashed; 1 a check failed or a case crashed (the run went on);
-2 a bad flag or environment, or no CUDA (one line, after the preflight); 128 + n when stopped by signal n
-(SIGTERM, SIGINT), after writing the summary line.
+Exit status: 0 every check passed and no case crashed; 1 a check failed or a case crashed (the run went on),
+or a CUDA error poisoned the context (every later case skipped); 2 a bad flag or environment, or no CUDA (one
+line, after the preflight); 3 the watchdog of ``--deadline-s`` ended the run (its ``timeout`` and summary lines
+written); 128 + n when stopped by signal n (SIGTERM, SIGINT), after writing the summary line.
+
+The run sets ``GLAI_STRICT=1``: a launch that fails to compile raises (a crash line naming it) instead of
+falling back to a slower path, so a figure is always the path it says it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -16,12 +21,11 @@ import time
 import warnings
 from pathlib import Path
 
-from bench.gpu import plan
+from bench.gpu import plan, watchdog
 from bench.gpu.journal import FILE_NAME, Interrupted, Journal, Run
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "gpu_check"
-DEFAULT_BUDGET_S = 300.0
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,9 +72,14 @@ def parser() -> Parser:
     )
     p.add_argument("--out", type=_folder, default=ROOT / "gpu-out", metavar="DIR",
                    help=f"folder of {FILE_NAME} (default: gpu-out/ in the repository)")  # fmt: skip
-    p.add_argument("--budget-s", type=_seconds, default=DEFAULT_BUDGET_S, metavar="S",
+    p.add_argument("--deadline-s", type=_seconds, default=plan.DEFAULT_DEADLINE_S, metavar="S",
+                   help="wall-clock seconds from the start of the process that the caller allows: a watchdog "
+                   "writes a timeout line for the running case and the summary line, and exits (status 3) "
+                   f"before S (default {plan.DEFAULT_DEADLINE_S:g}, for a 600-s call)")  # fmt: skip
+    p.add_argument("--budget-s", type=_seconds, default=None, metavar="S",
                    help="cases that would start later than S seconds after the preflight are recorded as "
-                   f"skipped (default {DEFAULT_BUDGET_S:g})")  # fmt: skip
+                   f"skipped (default: the deadline less the preflight and {plan.TAIL_S:g} s for the last "
+                   "case)")  # fmt: skip
     p.add_argument("--grid", choices=plan.GRIDS, default="subset",
                    help="head grid of the training steps: the subset that fits 5 minutes (default), or the "
                    "full grid (many torch.compile builds: see --count-compiles)")  # fmt: skip
@@ -85,6 +94,12 @@ def parser() -> Parser:
     p.add_argument("--count-compiles", action="store_true",
                    help="replay the GPU plan on meta tensors with launches stubbed and print how many "
                    "Triton kernel specialisations, launchers and torch.compile builds it does")  # fmt: skip
+    p.add_argument("--plan", action="store_true",
+                   help="print the GPU plan in run order with each case's estimated start (seconds after the "
+                   "preflight, from --count-compiles' per-unit times) and the budget; runs nothing")  # fmt: skip
+    p.add_argument("--json", action="store_true",
+                   help='with --plan: one JSON object {"budget_s", "cases": [{"case", "section", '
+                   '"est_start_s"}, ...]}')  # fmt: skip
     return p
 
 
@@ -100,9 +115,15 @@ def fail(message: str) -> int:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    only = tuple(s for s in args.only if not (args.no_timing and s in ("kernels", "steps", "compiled")))
+    timed = ("headline", "headline-kernels", "kernels", "steps", "compiled")
+    only = tuple(s for s in args.only if not (args.no_timing and s in timed))
     if args.count_compiles and args.dry_run:
         return fail("--count-compiles: replays the GPU plan; expected it without --dry-run, got both")
+    if args.plan and (args.dry_run or args.count_compiles):
+        return fail("--plan: prints the GPU plan; expected it without --dry-run and --count-compiles")
+    if args.json and not args.plan:
+        return fail("--json: expected it with --plan, got it alone")
+    os.environ["GLAI_STRICT"] = "1"  # a launch that cannot compile raises here: no figure of a fallback path
     interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     if interpreting and not args.dry_run:
         return fail(
@@ -111,7 +132,7 @@ def main(argv=None) -> int:
             + repr(os.environ["TRITON_INTERPRET"])
             + ("; unset it" if args.count_compiles else "; unset it, or pass --dry-run")
         )
-    if args.count_compiles:
+    if args.count_compiles or args.plan:
         return count_compiles(args, only)
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
@@ -125,17 +146,31 @@ def main(argv=None) -> int:
         return fail(
             f"--out: expected a folder this process can write, got {str(args.out)!r} ({exc.strerror})"
         )
-    try:
-        return _run(args, only, journal)
+    try:  # run as a script, the deadline counts from the start of the process; called in-process, from now
+        return _run(args, only, journal, watchdog.process_age() if argv is None else 0.0)
     finally:
         journal.close()
 
 
-def _run(args, only, journal: Journal) -> int:
+def _run(args, only, journal: Journal, age_s: float) -> int:
+    run = Run(journal, math.inf, echo, age_s=age_s)
+    info: dict = {}
+    disarm = watchdog.start(run, args.deadline_s, lambda: _closing(run, journal, args),
+                            lambda: {"gpu": info.get("gpu")})  # fmt: skip
+    try:
+        return _checks(args, only, journal, run, info)
+    finally:
+        with journal.lock:
+            run.finished = True
+            disarm.set()
+
+
+def _checks(args, only, journal: Journal, run: Run, info: dict) -> int:
     from bench.gpu import preflight
 
-    run = Run(journal, args.budget_s, echo)
-    info, problem = preflight.facts(args.dry_run)
+    run.current = {"section": "preflight", "case": "preflight", "started": 0.0}  # a hang there times out too
+    facts, problem = preflight.facts(args.dry_run)
+    info.update(facts, strict=os.environ.get("GLAI_STRICT"))
     for line in preflight.describe(info):
         echo(f"{PROG}: {line}")
     ops = ref = None
@@ -152,18 +187,24 @@ def _run(args, only, journal: Journal) -> int:
                 "the kernels were imported before TRITON_INTERPRET was set: expected interpreted kernels"
             )
     grid = "dry" if args.dry_run else args.grid
+    # An explicit --budget-s is taken as given: the watchdog still ends the run at the deadline.
+    run.budget_s = (
+        plan.default_budget(args.deadline_s, run.elapsed()) if args.budget_s is None else args.budget_s
+    )
     run.write("preflight", ok=problem is None, error=problem, argv=args.argv, grid=grid,
-              budget_s=args.budget_s, only=list(only), **info)  # fmt: skip
+              budget_s=round(run.budget_s, 1), deadline_s=args.deadline_s, only=list(only), **info)  # fmt: skip
+    run.current = None
     if problem is not None:
         return fail(problem)
     if "smoke_s" in info:
-        echo(f"{PROG}: preflight done in {run.elapsed():.1f} s; budget {args.budget_s:g} s from now; "
-             f"results: {journal.path}")  # fmt: skip
+        echo(f"{PROG}: preflight done in {run.elapsed():.1f} s; budget {run.budget_s:.0f} s from now, deadline "
+             f"{args.deadline_s:g} s from the start; results: {journal.path}")  # fmt: skip
     run.start_budget()
     from bench.gpu import report
     from bench.gpu import target as targets
 
     target = targets.make("dry" if args.dry_run else "cuda")
+    run.probe = target.probe
     sizes = plan.DRY if args.dry_run else plan.GPU
     try:
         sections = plan.build(target, ops, ref, sizes, grid, run.state, only, args.no_compile)
@@ -177,6 +218,8 @@ def _run(args, only, journal: Journal) -> int:
     try:
         for section in sections:
             run.run_section(section)
+            if section.name in plan.HEADLINE_SECTIONS[1:]:  # printed now: a run cut short still shows it
+                _echo_table(lambda: report.headline(journal.lines, section.name))
     except Interrupted as exc:
         stopped = exc.signum
         echo(f"\n{PROG}: stopped by signal {stopped}; every line before this one is in {journal.path}")
@@ -184,18 +227,34 @@ def _run(args, only, journal: Journal) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     status = run.exit_status() if stopped is None else 128 + stopped
-    total = run.totals()
-    run.write("summary", complete=stopped is None, signal=stopped, exit_status=status, gpu=info.get("gpu"),
-              wall_s=round(run.elapsed(), 1), cases=total.cases, ok_lines=total.ok, failed_lines=total.fail,
-              crashed_cases=total.crash, skipped_cases=total.skipped)  # fmt: skip
-    echo()
+    with journal.lock:  # the watchdog may not write after this line, nor exit while it is written
+        journal.write_locked(run.record("summary", **run.summary(
+            complete=stopped is None, signal=stopped, exit_status=status, gpu=info.get("gpu"),
+            deadline_s=args.deadline_s)))  # fmt: skip
+        run.finished = True
+        echo()
+        _echo_table(lambda: report.terminal(journal.lines))
+        _closing(run, journal, args, table=False)
+    return status
+
+
+def _echo_table(make) -> None:
     try:
-        echo(report.terminal(journal.lines))
+        text = make()
     except Exception as exc:  # the results are in the file; a table bug must not change the exit status
-        echo(f"{PROG}: no table ({type(exc).__name__}: {exc}); the JSONL holds every result")
+        text = f"{PROG}: no table ({type(exc).__name__}: {exc}); the JSONL holds every result"
+    if text:
+        echo(text)
+
+
+def _closing(run, journal, args, table: bool = True) -> None:
+    """The last lines: the status lines (the watchdog prints them; a whole run prints the full table first)."""
+    from bench.gpu import report
+
+    if table:
+        _echo_table(lambda: "\n".join(report.status_lines(journal.lines)))
     results = " --results DIR" if args.dry_run else ""  # a dry run's rows never go to bench/results unasked
     echo(f"{PROG}: {journal.path}; tables, CSV, plots: python -m bench.gpu_report {journal.path}{results}")
-    return status
 
 
 def _raise(signum, frame):
@@ -204,7 +263,7 @@ def _raise(signum, frame):
 
 def count_compiles(args, only) -> int:
     start = time.perf_counter()
-    from bench.gpu import count
+    from bench.gpu import count, report
     from bench.gpu import target as targets
 
     try:
@@ -217,6 +276,17 @@ def count_compiles(args, only) -> int:
         return fail(f"--count-compiles: the Triton kernels do not import here ({backend._triton_error})")
     target = targets.make("replay")
     sections = plan.build(target, ops, reference, plan.GPU, args.grid, {}, only, args.no_compile)
+    if args.plan:
+        rows, crashes = count.schedule(sections, target)
+        budget = (
+            plan.default_budget(args.deadline_s, plan.PREFLIGHT_S) if args.budget_s is None else args.budget_s
+        )
+        if args.json:
+            echo(json.dumps({"budget_s": round(budget, 1), "deadline_s": args.deadline_s,
+                             "preflight_s": plan.PREFLIGHT_S, "cases": rows, "crashes": crashes}))  # fmt: skip
+        else:
+            echo(report.plan_text(rows, budget, args.deadline_s, plan.PREFLIGHT_S, crashes))
+        return 1 if crashes else 0
     result = count.replay(sections, target)
     echo(count.render(result, args.grid))
     echo(f"  (replayed in {time.perf_counter() - start:.1f} s)")

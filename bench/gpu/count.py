@@ -22,7 +22,8 @@ The per-unit times are assumptions, stated here once: lowering a 16-bit or TF32 
 of one small C file, 0.5 s; a ``torch.compile`` build of a small MLP step (trace, two Inductor graphs, their
 Triton kernels) 20 s for the first (Inductor's imports and compile workers) and 8 s for each after it. A fused
 head kernel (the whole stack in one program) took 1-7 s to lower on that machine at a load of 6 (three
-processes a core; ``tests/_lower_fused.py``), so 2 s is taken. Each
+processes a core; ``tests/_lower_fused.py``), so 2 s is taken, except the IEEE fp32 ones: their forward, data
+and weight kernels took 5, 12 and 19 s each to compile on a CPU there, so 12 s is taken. Each
 timing line of a GPU run records ``first_call_s``, the measured cost of its first call, to check these
 against.
 """
@@ -38,6 +39,7 @@ SECONDS = {
     "kernel": 1.0,
     "kernel_ieee_fp32": 4.0,
     "kernel_fused": 2.0,
+    "kernel_fused_ieee_fp32": 12.0,
     "launcher": 0.5,
     "compile_first": 20.0,
     "compile": 8.0,
@@ -150,63 +152,122 @@ def stubbed(launches: list):
         torch.autocast, torch.is_autocast_enabled = autocast, is_enabled
 
 
+def _ieee_fp32(key: tuple) -> bool:
+    return ("PRECISION", "ieee") in key[1] and "*float32" in repr(key[4])
+
+
+def kernel_seconds(keys) -> float:
+    """Seconds to compile the kernel specialisations ``keys`` (the per-unit times above)."""
+    s, total = SECONDS, 0.0
+    for k in keys:
+        fused, ieee = k[0].startswith("fused_"), _ieee_fp32(k)
+        total += s[("kernel_fused" if fused else "kernel") + ("_ieee_fp32" if ieee else "")]
+    return total
+
+
+def compile_seconds(new: int, before: int) -> float:
+    """Seconds of ``new`` torch.compile builds after ``before`` others (the first one pays the imports)."""
+    return sum(SECONDS["compile_first" if before + i == 0 else "compile"] for i in range(new))
+
+
+class Ledger:
+    """What has been compiled so far, so that each case is charged only for what it compiles first."""
+
+    def __init__(self):
+        self.kernels, self.launchers, self.compiles = set(), set(), set()
+
+    def charge(self, launches, compiles, timed: int) -> dict:
+        new_k = [k for k in dict.fromkeys(launches) if k not in self.kernels]
+        self.kernels.update(new_k)
+        new_l = [x for x in dict.fromkeys(launcher(k) for k in new_k) if x not in self.launchers]
+        self.launchers.update(new_l)
+        new_c = [c for c in dict.fromkeys(compiles) if c not in self.compiles]
+        before = len(self.compiles)
+        self.compiles.update(new_c)
+        seconds = {
+            "kernels": kernel_seconds(new_k),
+            "launchers": len(new_l) * SECONDS["launcher"],
+            "torch.compile": compile_seconds(len(new_c), before),
+            "timing": timed * SECONDS["timed"],
+        }
+        return {"new_kernels": new_k, "launchers": len(new_l), "compiles": len(new_c), "timed": timed,
+                "launches": len(launches), "seconds": seconds}  # fmt: skip
+
+
 def estimate(per_section: dict) -> dict:
     """Totals and seconds from ``{section: {"launches": [...], "compiles": [...], "timed": n}}``."""
-    seen_k, seen_l, seen_c = set(), set(), set()
+    ledger = Ledger()
     rows = {}
+    seconds = dict.fromkeys(("kernels", "launchers", "torch.compile", "timing"), 0.0)
     for name, rec in per_section.items():
-        new_k = [k for k in dict.fromkeys(rec["launches"]) if k not in seen_k]
-        seen_k.update(new_k)
-        new_l = [x for x in dict.fromkeys(launcher(k) for k in new_k) if x not in seen_l]
-        seen_l.update(new_l)
-        new_c = [c for c in dict.fromkeys(rec["compiles"]) if c not in seen_c]
-        seen_c.update(new_c)
-        ieee = sum(
-            1 for k in new_k if ("PRECISION", "ieee") in k[1] and any(s[0] == "*float32" for s in k[4])
-        )
-        fused = sum(1 for k in new_k if k[0].startswith("fused_"))
-        rows[name] = {"kernels": len(new_k), "ieee_fp32": ieee, "fused": fused, "launchers": len(new_l),
-                      "compiles": len(new_c), "timed": rec["timed"],
-                      "launches": len(rec["launches"])}  # fmt: skip
-    n_k = sum(r["kernels"] for r in rows.values())
-    n_ieee = sum(r["ieee_fp32"] for r in rows.values())
-    n_fused = sum(r["fused"] for r in rows.values())
-    n_l = sum(r["launchers"] for r in rows.values())
-    n_c = sum(r["compiles"] for r in rows.values())
-    s = SECONDS
-    seconds = {
-        "kernels": (n_k - n_ieee - n_fused) * s["kernel"]
-        + n_ieee * s["kernel_ieee_fp32"]
-        + n_fused * s["kernel_fused"],
-        "launchers": n_l * s["launcher"],
-        "torch.compile": (s["compile_first"] + (n_c - 1) * s["compile"]) if n_c else 0.0,
-        "timing": sum(r["timed"] for r in rows.values()) * s["timed"],
-    }
+        got = ledger.charge(rec["launches"], rec["compiles"], rec["timed"])
+        new_k = got["new_kernels"]
+        rows[name] = {"kernels": len(new_k), "ieee_fp32": sum(map(_ieee_fp32, new_k)),
+                      "fused": sum(k[0].startswith("fused_") for k in new_k), "launchers": got["launchers"],
+                      "compiles": got["compiles"], "timed": rec["timed"],
+                      "launches": got["launches"]}  # fmt: skip
+        for k, v in got["seconds"].items():
+            seconds[k] += v
+    seen_k = ledger.kernels
     by_kernel = Counter(k[0] for k in seen_k)
-    return {"sections": rows, "kernels": n_k, "ieee_fp32": n_ieee, "fused": n_fused, "launchers": n_l,
-            "compiles": n_c,
-            "seconds": seconds, "by_kernel": dict(by_kernel), "assumed_seconds": dict(s)}  # fmt: skip
+    return {"sections": rows, "kernels": len(seen_k), "ieee_fp32": sum(map(_ieee_fp32, seen_k)),
+            "fused": sum(k[0].startswith("fused_") for k in seen_k), "launchers": len(ledger.launchers),
+            "compiles": len(ledger.compiles), "seconds": seconds, "by_kernel": dict(by_kernel),
+            "assumed_seconds": dict(SECONDS)}  # fmt: skip
+
+
+def walk(sections, target) -> tuple[list[dict], list[str]]:
+    """Run ``sections`` on the replay target with launches stubbed, case by case: per case, its section and
+    what it launched, compiled and timed; and the replay's crashes."""
+    from bench.gpu.journal import Journal, Run, Tally
+
+    out, launches = [], []
+    run = Run(Journal(None), budget_s=float("inf"), echo=lambda *a, **k: None)
+    with stubbed(launches):
+        for section in sections:
+            tally = run.tallies.setdefault(section.name, Tally())
+            for case in section.cases:
+                launches.clear()
+                n_compiles, n_timed = len(target.compiles), target.timed
+                run.run_case(section.name, case, tally)
+                out.append(
+                    {
+                        "case": case.id,
+                        "section": section.name,
+                        "launches": list(launches),
+                        "compiles": target.compiles[n_compiles:],
+                        "timed": target.timed - n_timed,
+                    }
+                )
+    crashes = [f"{r['case']}: {r['error']}" for r in run.journal.lines if r.get("status") == "crash"]
+    return out, crashes
 
 
 def replay(sections, target) -> dict:
     """Run ``sections`` on the replay target with launches stubbed; the estimate."""
-    from bench.gpu.journal import Journal, Run
-
-    per_section = {}
-    launches: list = []
-    run = Run(Journal(None), budget_s=float("inf"), echo=lambda *a, **k: None)
-    with stubbed(launches):
-        for section in sections:
-            launches.clear()
-            n_compiles, n_timed = len(target.compiles), target.timed
-            run.run_section(section)
-            per_section[section.name] = {"launches": list(launches), "compiles": target.compiles[n_compiles:],
-                                         "timed": target.timed - n_timed}  # fmt: skip
+    cases, crashes = walk(sections, target)
+    per_section: dict = {}
+    for c in cases:
+        rec = per_section.setdefault(c["section"], {"launches": [], "compiles": [], "timed": 0})
+        rec["launches"] += c["launches"]
+        rec["compiles"] += c["compiles"]
+        rec["timed"] += c["timed"]
     result = estimate(per_section)
-    result["crashes"] = [
-        f"{r['case']}: {r['error']}" for r in run.journal.lines if r.get("status") == "crash"
-    ]
+    result["crashes"] = crashes
     return result
+
+
+def schedule(sections, target) -> tuple[list[dict], list[str]]:
+    """``[{"case", "section", "est_start_s", "est_s"}, ...]`` in run order, seconds counted from the end of the
+    preflight: each case charged for what it compiles first, its torch.compile builds and its timed calls."""
+    cases, crashes = walk(sections, target)
+    ledger, t, rows = Ledger(), 0.0, []
+    for c in cases:
+        cost = sum(ledger.charge(c["launches"], c["compiles"], c["timed"])["seconds"].values())
+        rows.append({"case": c["case"], "section": c["section"], "est_start_s": round(t, 1),
+                     "est_s": round(cost, 1)})  # fmt: skip
+        t += cost
+    return rows, crashes
 
 
 def render(result: dict, grid: str) -> str:
@@ -214,15 +275,16 @@ def render(result: dict, grid: str) -> str:
     lines = [
         f"compile estimate, GPU plan with head grid '{grid}' (replayed on meta tensors, launches stubbed):"
     ]
-    lines.append(f"  {'section':<12}" + "".join(f"{c:>11}" for c in columns))
+    lines.append(f"  {'section':<17}" + "".join(f"{c:>11}" for c in columns))
     for name, r in result["sections"].items():
-        lines.append(f"  {name:<12}" + "".join(f"{r[c]:>11}" for c in columns))
+        lines.append(f"  {name:<17}" + "".join(f"{r[c]:>11}" for c in columns))
     s, sec = result["assumed_seconds"], result["seconds"]
     timed = sum(r["timed"] for r in result["sections"].values())
     lines += [
         f"  total: {result['kernels']} Triton kernel specialisations ({result['ieee_fp32']} IEEE fp32, "
         f"{result['fused']} fused) x {s['kernel']:g} s ({s['kernel_ieee_fp32']:g} s IEEE fp32, "
-        f"{s['kernel_fused']:g} s fused) = {sec['kernels']:.0f} s; "
+        f"{s['kernel_fused']:g} s fused, {s['kernel_fused_ieee_fp32']:g} s fused IEEE fp32) = "
+        f"{sec['kernels']:.0f} s; "
         f"{result['launchers']} launchers x {s['launcher']:g} s = {sec['launchers']:.0f} s; "
         f"{result['compiles']} torch.compile builds ({s['compile_first']:g} s, then {s['compile']:g} s each) "
         f"= {sec['torch.compile']:.0f} s",

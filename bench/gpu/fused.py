@@ -34,11 +34,11 @@ GPU_STEP_HEAD = (512, 128, 10)
 DRY_STEP_HEAD = (24, 16, 10)
 
 
-def _model(target, in_f, width, depth, out_f, dtype, phase, seed=0):
+def _model(target, in_f, width, depth, out_f, dtype, phase, seed=0, fused=True):
     from glai.nn import GLAIMLP
 
     torch.manual_seed(seed)
-    model = GLAIMLP(in_f, [width] * depth, out_f, backend=target.backend, fused=True, device=target.device,
+    model = GLAIMLP(in_f, [width] * depth, out_f, backend=target.backend, fused=fused, device=target.device,
                     dtype=dtype)  # fmt: skip
     return model if phase == "structural" else model.freeze()
 
@@ -57,47 +57,50 @@ FIRST_HEAD = (("float16", ("cache",)), ("tf32", ("cache",)), ("float32", ("cache
 def correctness_cases(target, heads) -> list[Case]:
     """bf16 in every phase at every head; fp16, TF32 and IEEE fp32 with given patterns at the first head (the
     interpreter tests cover those dtypes' logic; here their compiled code meets real data once)."""
-    cases = []
-    for i, (batch, in_f, width, depth, out_f) in enumerate(heads):
-        shape = f"B{batch} {in_f}-{width}x{depth}-{out_f}"
-        for label, phases in EVERY_HEAD + (FIRST_HEAD if i == 0 else ()):
-            for phase in phases:
+    return [
+        check_case(target, head, label, phase)
+        for i, head in enumerate(heads)
+        for label, phases in EVERY_HEAD + (FIRST_HEAD if i == 0 else ())
+        for phase in phases
+    ]
 
-                def run(emit, batch=batch, in_f=in_f, width=width, depth=depth, out_f=out_f, label=label,
-                        phase=phase):  # fmt: skip
-                    dtype = DTYPES[label]
-                    with precision(label), configs.recording() as seen:
-                        model = _model(target, in_f, width, depth, out_f, dtype, phase, seed=1)
-                        ref = _reference(model)
-                        gen = target.generator(2)
-                        x = target.randn(batch, in_f, dtype=torch.float64, gen=gen)
-                        dy = target.randn(batch, out_f, dtype=torch.float64, gen=gen)
-                        patterns = model.patterns(x.to(dtype)) if phase == "cache" else None
-                        args = () if patterns is None else (patterns,)
-                        y = model(x.to(dtype), *args)
-                        y.backward(dy.to(dtype))
-                        y_ref = ref(x, *args)
-                        y_ref.backward(dy)
-                    config, source = configs.summary(seen)
-                    tol = TOL[label]
-                    err = target.rel_err(y, y_ref)
-                    emit(what="fused output", ok=err <= tol and y.dtype == dtype, value=err, unit="rel_err",
-                         tol=tol, phase=phase, config=config, config_source=source)  # fmt: skip
-                    if phase == "cache":
-                        errs = [target.rel_err(p.grad, q.grad) for p, q in zip(model.parameters(),
-                                                                                  ref.parameters())]  # fmt: skip
-                        worst = max(errs)
-                        emit(what="fused gradients", ok=worst <= tol, value=worst, unit="rel_err", tol=tol,
-                             phase=phase, config=config, config_source=source)  # fmt: skip
 
-                cases.append(
-                    Case(
-                        f"correctness fused {phase} {label} {shape}",
-                        run,
-                        {"what": f"fused {phase}", "shape": shape, "dtype": label},
-                    )
-                )
-    return cases
+def check_case(target, head: tuple, label: str, phase: str, fused: bool | None = True) -> Case:
+    """One training step of the head ``(batch, in, width, depth, out)`` in ``label`` and ``phase`` against the
+    same head in float64 on the PyTorch backend: outputs, and with given patterns gradients. ``fused``: as
+    ``GLAIMLP`` takes it (``None``: the default path, whatever the dispatcher picks)."""
+    batch, in_f, width, depth, out_f = head
+    shape = f"B{batch} {in_f}-{width}x{depth}-{out_f}"
+    path = "fused" if fused else "default"
+
+    def run(emit):
+        dtype = DTYPES[label]
+        with precision(label), configs.recording() as seen:
+            model = _model(target, in_f, width, depth, out_f, dtype, phase, seed=1, fused=fused)
+            ref = _reference(model)
+            gen = target.generator(2)
+            x = target.randn(batch, in_f, dtype=torch.float64, gen=gen)
+            dy = target.randn(batch, out_f, dtype=torch.float64, gen=gen)
+            # Patterns of the float64 twin for the input as the model sees it, given to both sides: they gate
+            # alike to the bit, and no gate kernel is compiled for the check.
+            patterns = ref.patterns(x.to(dtype).double()) if phase == "cache" else None
+            args = () if patterns is None else (patterns,)
+            y = model(x.to(dtype), *args)
+            y.backward(dy.to(dtype))
+            y_ref = ref(x, *args)
+            y_ref.backward(dy)
+        config, source = configs.summary(seen)
+        tol = target.tol(label, TOL[label])
+        err = target.rel_err(y, y_ref)
+        emit(what=f"{path} output", ok=err <= tol and y.dtype == dtype, value=err, unit="rel_err", tol=tol,
+             phase=phase, config=config, config_source=source)  # fmt: skip
+        if phase == "cache":
+            worst = max(target.rel_err(p.grad, q.grad) for p, q in zip(model.parameters(), ref.parameters()))
+            emit(what=f"{path} gradients", ok=worst <= tol, value=worst, unit="rel_err", tol=tol, phase=phase,
+                 config=config, config_source=source)  # fmt: skip
+
+    return Case(f"correctness {path} {phase} {label} {shape}", run,
+                {"what": f"{path} {phase}", "shape": shape, "dtype": label})  # fmt: skip
 
 
 def determinism_case(target, batch: int, head: tuple) -> Case:
@@ -265,4 +268,53 @@ def compiled_case(target, batch: int, head: tuple) -> Case:
         f"compiled glai fused vs eager bfloat16 {shape}",
         run,
         {"what": "torch.compile(fused GLAIMLP)", "shape": shape, "dtype": "bfloat16"},
+    )
+
+
+def alternating_case(target, batches: tuple, steps: int, head: tuple) -> Case:
+    """``torch.compile(mode="reduce-overhead")`` of a fused model fed two batch sizes whose weight gradients get
+    different split counts, alternated for ``steps`` steps, against the same model eager: each new split count
+    makes its own workspace, the second one during a warm-up after the first graph was recorded, in the
+    CUDA-graph pool; a pool checkpoint restore must neither free it nor trip over it. Gradients to bf16
+    rounding at every step; the split counts each batch got are recorded (on a GPU they must differ)."""
+    in_f, width, out_f = head
+    shape = f"B{batches[0]}/B{batches[1]} {in_f}-{width}x2-{out_f}"
+
+    def run(emit):
+        model = _model(target, in_f, width, 2, out_f, torch.bfloat16, "structure")
+        twin = copy.deepcopy(model)
+        mode = "reduce-overhead" if target.kind == "cuda" else "default"
+        compiled = target.compile(twin, mode, key=("glai fused alternating", (in_f, width, width, out_f),
+                                                   "bfloat16", batches), fullgraph=True)  # fmt: skip
+        gen = target.generator(7)
+        xs = [target.randn(b, in_f, dtype=torch.bfloat16, gen=gen) for b in batches]
+        splits, worst = {}, 0.0
+        try:
+            for i in range(steps):
+                x = xs[i % 2]
+                if target.kind == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()
+                for m in (model, twin):
+                    m.zero_grad(set_to_none=True)
+                with configs.recording() as seen:
+                    model(x).float().square().mean().backward()
+                splits.setdefault(x.shape[0], sorted({c["config"].get("SPLITS", 1) for c in seen
+                                                      if "SPLITS" in c["config"]}))  # fmt: skip
+                compiled(x).float().square().mean().backward()
+                errs = [target.rel_err(q.grad, p.grad) for p, q in zip(model.parameters(), twin.parameters())]
+                worst = max([worst, *errs], key=lambda e: e if e == e else float("inf"))  # NaN is the worst
+        finally:
+            if target.kind != "replay":
+                torch._dynamo.reset()
+        split_counts = [splits.get(b) for b in batches]
+        differ = split_counts[0] != split_counts[1]
+        ok = worst <= 1e-2 and (differ or target.kind != "cuda")
+        emit(what=f"torch.compile({mode}) fused gradients vs eager, two batch sizes alternated", ok=ok,
+             value=worst, unit="rel_err", tol=1e-2, steps=steps, splits=split_counts, splits_differ=differ,
+             compile_backend=target.compile_backend)  # fmt: skip
+
+    return Case(
+        f"compiled glai fused alternating batches bfloat16 {shape}",
+        run,
+        {"what": "torch.compile(fused GLAIMLP), alternating batches", "shape": shape, "dtype": "bfloat16"},
     )

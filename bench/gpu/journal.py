@@ -6,8 +6,16 @@ it complete. Non-finite floats become the strings ``"nan"``, ``"inf"`` and ``"-i
 JSON.
 
 Line kinds: ``preflight`` (always first), ``plan`` (every case the run means to do, per section), ``check``,
-``timing``, ``step``, ``skip`` (a case not run, with the reason), ``crash`` (a case that raised) and
-``summary`` (last, only when the run reached its end or was stopped by a signal it could handle).
+``timing``, ``step``, ``skip`` (a case not run, with the reason), ``crash`` (a case that raised: its innermost
+exception and our own line, :mod:`bench.gpu.failures`), ``timeout`` (the case running when the watchdog of
+``--deadline-s`` fired) and ``summary`` (last, when the run reached its end, was stopped by a signal it could
+handle, or by its deadline).
+
+A case whose error left the CUDA context unusable (an illegal memory access, ...) poisons the run: every case
+after it is recorded as skipped with that reason, never run, and the run ends with exit status 1.
+
+``GPU_CHECK_INJECT`` (tests only) plants a failure in the first case whose id contains a text:
+``cuda-error:TEXT`` raises a sticky CUDA error there, ``hang:TEXT`` makes it sleep until the process ends.
 """
 
 from __future__ import annotations
@@ -15,13 +23,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 FILE_NAME = "gpu_check.jsonl"
+INJECT_ENV = "GPU_CHECK_INJECT"
+INJECTED_CUDA_ERROR = "CUDA error: an illegal memory access was encountered"
 
 
 class Interrupted(BaseException):
@@ -53,6 +63,7 @@ class Journal:
     def __init__(self, path: Path | None):
         self.path = path
         self.lines: list[dict] = []
+        self.lock = threading.Lock()  # the watchdog thread writes its lines under it, then exits holding it
         self._fd = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +72,10 @@ class Journal:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write(self, record: dict) -> None:
+        with self.lock:
+            self.write_locked(record)
+
+    def write_locked(self, record: dict) -> None:
         self.lines.append(record)
         if self._fd is None:
             return
@@ -107,14 +122,20 @@ class Run:
 
     MAX_NOTES = 3  # failures named per section on standard output (the JSONL has every one)
 
-    def __init__(self, journal: Journal, budget_s: float, echo: Callable[[str], None] = print):
+    def __init__(self, journal: Journal, budget_s: float, echo: Callable[[str], None] = print, probe=None,
+                 age_s: float = 0.0):  # fmt: skip
         self.journal = journal
         self.budget_s = budget_s
         self.echo = echo
-        self.t0 = time.perf_counter()
+        self.probe = probe  # on a GPU: whether the device still answers after an error (see failures)
+        self.t0 = time.perf_counter() - age_s  # age_s: how long the process ran before (its imports)
         self.t_budget = self.t0  # reset when the preflight ends
         self.tallies: dict[str, Tally] = {}
         self.state: dict = {}  # figures later cases use (the measured memory rate)
+        self.current: dict | None = None  # the fields of the case running now (the watchdog's timeout line)
+        self.poisoned: str | None = None  # the sticky CUDA error that ended the run, and where
+        self.inject = _injection(os.environ.get(INJECT_ENV, ""))
+        self.finished = False  # the summary line is written: the watchdog has nothing left to do
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -125,8 +146,11 @@ class Run:
     def start_budget(self) -> None:
         self.t_budget = time.perf_counter()
 
+    def record(self, kind: str, **fields) -> dict:
+        return {"kind": kind, "t": round(self.elapsed(), 3), **fields}
+
     def write(self, kind: str, **fields) -> dict:
-        record = {"kind": kind, "t": round(self.elapsed(), 3), **fields}
+        record = self.record(kind, **fields)
         self.journal.write(record)
         return record
 
@@ -154,13 +178,13 @@ class Run:
     def run_case(self, section: str, case: Case, tally: Tally) -> None:
         tally.cases += 1
         base = {"section": section, "case": case.id, **case.base}
-        if case.unavailable is not None:
+        reason = case.unavailable
+        if reason is None and self.poisoned is not None:
+            reason = f"poisoned context: {self.poisoned}"
+        if reason is None and self.spent() > self.budget_s:
+            reason = f"time budget: {self.spent():.0f} s spent of {self.budget_s:.0f} s"
+        if reason is not None:
             tally.skipped += 1
-            self.write("skip", **base, status="skipped", ok=None, error=case.unavailable)
-            return
-        if self.spent() > self.budget_s:
-            tally.skipped += 1
-            reason = f"time budget: {self.spent():.0f} s spent of --budget-s {self.budget_s:g}"
             self.write("skip", **base, status="skipped", ok=None, error=reason)
             return
 
@@ -177,14 +201,33 @@ class Run:
                 tally.notes.append(note[:160])
             self.write(kind, **fields, status=status, ok=ok)
 
+        self.current = dict(base, started=round(self.elapsed(), 3))
         try:
+            self._injected(case.id)
             case.fn(emit)
         except Exception as exc:
+            from bench.gpu import failures
+
             tally.crash += 1
-            error = f"{type(exc).__name__}: {exc}"
-            trace = traceback.format_exc().strip().splitlines()[-12:]
-            self.write("crash", **base, status="crash", ok=False, error=error, trace=trace)
-            tally.notes.append(f"CRASH {case.id}: {error.splitlines()[0]}"[:160])
+            fields = failures.describe(exc)
+            self.write("crash", **base, status="crash", ok=False, **fields)
+            tally.notes.append(f"CRASH {case.id}: {fields['error']}"[:160])
+            self.poisoned = failures.poisoned(exc, self.probe)
+            if self.poisoned is not None:
+                self.poisoned = f"{self.poisoned} (in {case.id})"
+                tally.notes.insert(0, f"POISONED context: every later case is skipped ({case.id})"[:160])
+        finally:
+            self.current = None
+
+    def _injected(self, case_id: str) -> None:
+        if self.inject is None or self.inject[1] not in case_id:
+            return
+        what, _ = self.inject
+        self.inject = None  # the first matching case only
+        if what == "cuda-error":
+            raise RuntimeError(INJECTED_CUDA_ERROR)
+        while True:  # "hang": as a kernel that never returns; only the watchdog or a signal ends it
+            time.sleep(0.1)
 
     # ------------------------------------------------------------------ totals
     def totals(self) -> Tally:
@@ -196,7 +239,24 @@ class Run:
 
     def exit_status(self) -> int:
         total = self.totals()
-        return 1 if total.fail or total.crash else 0
+        return 1 if total.fail or total.crash or self.poisoned else 0
+
+    def summary(self, **fields) -> dict:
+        """The summary line's fields: the tallies, the wall time and how the run ended (``fields``)."""
+        total = self.totals()
+        return dict(fields, wall_s=round(self.elapsed(), 1), cases=total.cases, ok_lines=total.ok,
+                    failed_lines=total.fail, crashed_cases=total.crash, skipped_cases=total.skipped,
+                    poisoned=self.poisoned)  # fmt: skip
+
+
+def _injection(text: str) -> tuple[str, str] | None:
+    """``GPU_CHECK_INJECT``'s ``(what, case text)``; a value of another form is refused by name."""
+    if not text:
+        return None
+    what, sep, where = text.partition(":")
+    if not sep or what not in ("cuda-error", "hang") or not where:
+        raise ValueError(f"{INJECT_ENV}: expected 'cuda-error:TEXT' or 'hang:TEXT', got {text!r}")
+    return what, where
 
 
 def _figure(fields: dict) -> str:

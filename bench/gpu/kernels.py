@@ -37,14 +37,19 @@ CUBLAS = {
 
 @contextmanager
 def precision(label: str):
-    """fp32 products under TF32 for ``label == "tf32"`` (PyTorch's switch, which the kernels follow too)."""
+    """fp32 products under TF32 for ``label == "tf32"`` (PyTorch's switch, which the kernels follow too).
+
+    torch >= 2.9 has ``fp32_precision``; its legacy ``allow_tf32`` raises when read once the new API was used
+    (the tuner uses it), so the new one is set where it exists and the legacy one only on older torch."""
     matmul = torch.backends.cuda.matmul
-    prev = matmul.allow_tf32
-    matmul.allow_tf32 = label == "tf32"
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    prev = getattr(matmul, name)
+    tf32 = label == "tf32"
+    setattr(matmul, name, ("tf32" if tf32 else "ieee") if name == "fp32_precision" else tf32)
     try:
         yield
     finally:
-        matmul.allow_tf32 = prev
+        setattr(matmul, name, prev)
 
 
 class Operands:
@@ -248,7 +253,7 @@ def determinism_cases(target, ops, shape) -> list[Case]:
     return cases
 
 
-def timing_cases(target, ops, shapes, labels) -> list[Case]:
+def timing_cases(target, ops, shapes, labels, names=TIMED) -> list[Case]:
     from glai_kernels import costs
 
     pool = Operands(target)
@@ -256,7 +261,7 @@ def timing_cases(target, ops, shapes, labels) -> list[Case]:
     for label in labels:
         for M, K, N in shapes:
             shape = f"{M}x{K}x{N}"
-            for name in TIMED:
+            for name in names:
 
                 def run(emit, name=name, label=label, M=M, K=K, N=N):
                     t = pool.get(M, K, N, 1, label, 11)

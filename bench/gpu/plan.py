@@ -1,10 +1,25 @@
-"""The run, in order: correctness, determinism, kernel timings, step timings, compiled baselines last.
+"""The run, in order of value: the headline first, then everything else.
 
-Sizes differ between the GPU and the dry run; the plan does not. The head grid of the training steps:
+1. ``default-path``: correctness of the default path (``GLAIMLP(..., fused=None)``: whatever the dispatcher
+   picks) at the headline heads, in every dtype the dispatcher sends to the fused path: bf16 at every head,
+   fp16 at the widest, IEEE fp32 at fp32's widest fused width (TF32 there and IEEE fp32 at the widest head
+   open the ``correctness`` section: their compile time would push the headline past the first third);
+2. ``headline``: the memory rate, then at three heads (narrow, medium, the widest fused width; batch 16384) one
+   training step each of the eager MLP, the fused GLAI head, the compiled MLP (default and reduce-overhead) and
+   the compiled GLAI head: the comparison a user asks about first;
+3. ``headline-kernels``: the masked forward and both backward kernels against cuBLAS at 8192 x 4096 x 4096,
+   bf16;
+4. then ``correctness``, ``determinism``, ``kernels``, ``steps``, ``compiled``: everything else, each case
+   that an earlier section ran already left out.
+
+``--plan`` prints this order with each case's estimated start (``bench/gpu/count.py``'s per-unit times); a
+test holds every headline case to the first third of the default budget. Sizes differ between the GPU and the
+dry run; the plan does not. The head grid of the training steps:
 
 - ``full``: widths 32, 64, 128, 256 x depth 2, 3 x in_features 64, 512 x out_features 10, 128 x batch 1024,
   16384, 131072 in bf16 (96 heads), plus one fp16 and one TF32 head; every variant at every head. Its
-  compiled baselines alone are 196 ``torch.compile`` builds, half an hour (``--count-compiles --grid full``).
+  compiled baselines alone are about 300 ``torch.compile`` builds, most of an hour (``--count-compiles --grid
+  full``).
 - ``subset`` (the default): the eager and GLAI variants at every width and batch for one input and output
   size (in 512, out 10, depth 2: 12 heads), the depth-3, in-64 and out-128 corners at width 128 and batch
   16384 (3 heads), and the fp16 and TF32 heads; the compiled baselines at three heads only (width 32 and 256
@@ -19,9 +34,39 @@ from dataclasses import dataclass
 from bench.gpu.fused import DRY_HEADS, DRY_STEP_HEAD, GPU_HEADS, GPU_STEP_HEAD
 from bench.gpu.journal import Section
 
-# Names known before torch is imported: flags are checked in a fraction of a second.
-SECTIONS = ("correctness", "determinism", "kernels", "steps", "compiled")
+SECTIONS = ("default-path", "headline", "headline-kernels", "correctness", "determinism", "kernels", "steps",
+            "compiled")  # fmt: skip
+HEADLINE_SECTIONS = SECTIONS[:3]
 GRIDS = ("subset", "full")
+
+# The deadline of the documented GPU command: a lent machine's call lasts at most 600 s, and its files must
+# still come back after the run.
+DEFAULT_DEADLINE_S = 540.0
+TAIL_S = 60.0  # the last case started within the budget has this long (less the watchdog's margin) to end
+PREFLIGHT_S = 10.0  # estimated: imports, CUDA start-up, the one-element kernel (--plan counts from its end)
+
+# fp32's widest fused width until the dispatch table gives one per dtype and precision: the 16-bit one does not
+# fit fp32 (4-byte tiles need twice the shared memory, IEEE dots spill).
+FP32_FUSED_WIDTH = 128
+
+
+def widest_fused_width(dtype: str) -> int:
+    """The widest hidden width the fused path takes for ``dtype`` ("bfloat16", "float16", "tf32", "float32") on
+    sm_90: the headline's widest head, and the fp32 head of the default-path checks."""
+    if dtype in ("float32", "tf32"):
+        return FP32_FUSED_WIDTH
+    from glai_kernels import fused_config
+
+    return fused_config.defaults_for_capability(90)["max_width"]
+
+
+def tail_s(deadline_s: float) -> float:
+    return min(TAIL_S, deadline_s / 4)
+
+
+def default_budget(deadline_s: float, preflight_s: float) -> float:
+    """Seconds after the preflight in which a case may start: the deadline less the preflight and the tail."""
+    return max(0.0, deadline_s - preflight_s - tail_s(deadline_s))
 
 
 @dataclass(frozen=True)
@@ -36,6 +81,8 @@ class Sizes:
     fused_heads: tuple  # (batch, in, width, depth, out) of the fused path's correctness checks
     fused_batches: tuple  # (determinism batch: many weight-gradient splits, batch of the graph/sync checks)
     fused_step_head: tuple  # (in, width, out) of the fused determinism, no-sync, graph and compile checks
+    headline: tuple  # (batch, in, (narrow, medium, widest) widths, depth, out); None: widest_fused_width
+    alternating: tuple  # (two batches with different weight-gradient split counts, steps alternating them)
 
 
 GPU = Sizes(
@@ -47,6 +94,8 @@ GPU = Sizes(
     fused_heads=GPU_HEADS,
     fused_batches=(131072, 4096),
     fused_step_head=GPU_STEP_HEAD,
+    headline=(16384, 512, (64, 256, None), 2, 10),
+    alternating=((4096, 2048), 20),  # 8 and 4 splits of the first layer's weight gradient on 132 SMs
 )
 DRY = Sizes(
     check_shapes=((33, 48, 48, 1), (17, 40, 36, 4)),
@@ -57,6 +106,8 @@ DRY = Sizes(
     fused_heads=DRY_HEADS,
     fused_batches=(40, 9),
     fused_step_head=DRY_STEP_HEAD,
+    headline=(19, 24, (8, 16, 32), 2, 10),
+    alternating=((40, 9), 4),  # the interpreter splits nothing: the logic only, in fewer steps
 )
 KERNEL_DTYPES = ("bfloat16", "float16", "tf32")
 
@@ -124,16 +175,21 @@ def compiled_points(grid: str) -> list:
 
 
 def build(target, ops, ref, sizes: Sizes, grid: str, state: dict, only=SECTIONS, no_compile: bool = False):
-    """The sections to run, in order. ``only``: the section names kept; ``no_compile``: the compiled section's
-    cases are kept in the plan but recorded as skipped."""
-    from bench.gpu import fused, kernels, steps
+    """The sections to run, in order; a case that an earlier section holds already is left out of the later
+    one. ``only``: the section names kept; ``no_compile``: the cases that compile with ``torch.compile`` are
+    kept in the plan but recorded as skipped."""
+    from bench.gpu import fused, headline, kernels, steps
 
     eager = [v for v in steps.VARIANTS if not v.compile]
     compiled = [v for v in steps.VARIANTS if v.compile]
     width, batch = sizes.model
     make = {
+        "default-path": lambda: headline.default_path_cases(target, sizes),
+        "headline": lambda: headline.step_cases(target, sizes, state),
+        "headline-kernels": lambda: headline.kernel_cases(target, ops, sizes),
         "correctness": lambda: (
-            kernels.correctness_cases(target, ops, ref, sizes.check_shapes, sizes.narrow)
+            headline.default_path_cases(target, sizes, first=False)
+            + kernels.correctness_cases(target, ops, ref, sizes.check_shapes, sizes.narrow)
             + fused.correctness_cases(target, sizes.fused_heads)
         ),
         "determinism": lambda: (
@@ -156,13 +212,20 @@ def build(target, ops, ref, sizes: Sizes, grid: str, state: dict, only=SECTIONS,
             [steps.step_case(target, v, p, state) for p in compiled_points(grid) for v in compiled]
             + [steps.compiled_glai_case(target, width, batch)]
             + [fused.compiled_case(target, sizes.fused_batches[1], sizes.fused_step_head)]
+            + [fused.alternating_case(target, *sizes.alternating, sizes.fused_step_head)]
         ),
     }
-    sections = [Section(name, make[name]()) for name in SECTIONS if name in only]
+    sections, seen = [], set()
+    for name in SECTIONS:
+        if name not in only:
+            continue
+        cases = [c for c in make[name]() if c.id not in seen]
+        seen.update(c.id for c in cases)
+        sections.append(Section(name, cases))
     if no_compile:
         for section in sections:
-            if section.name == "compiled":
-                for case in section.cases:
+            for case in section.cases:
+                if section.name == "compiled" or "torch.compile" in case.base.get("what", ""):
                     case.unavailable = "--no-compile"
     return sections
 

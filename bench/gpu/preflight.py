@@ -40,7 +40,10 @@ def python_header() -> Path:
     return Path(sysconfig.get_paths(scheme=scheme)["include"]) / "Python.h"
 
 
-def _driver_version() -> str:
+def driver_version() -> str:
+    """The NVIDIA driver's version: ``nvidia-smi``'s, else the CUDA driver API version the driver supports
+    (``cuDriverGetVersion`` from ``libcuda``, which every CUDA driver ships; torch has no public call for it,
+    and its private ones differ between releases), else ``"unknown"``. Never raises."""
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(
@@ -54,12 +57,15 @@ def _driver_version() -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     try:
-        import torch
+        import ctypes
 
-        v = torch._C._cuda_getDriverVersion()  # the CUDA API version the driver supports, e.g. 13000
-        return f"CUDA driver API {v // 1000}.{v % 1000 // 10}"
-    except Exception:
-        return "unknown"
+        version = ctypes.c_int(0)
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value:
+            v = version.value  # e.g. 13000
+            return f"CUDA driver API {v // 1000}.{v % 1000 // 10}"
+    except (OSError, AttributeError):
+        pass
+    return "unknown"
 
 
 def _smoke_kernel():
@@ -70,7 +76,10 @@ def _smoke_kernel():
     def add_one(x_ptr, n, BLOCK: tl.constexpr):
         offs = tl.arange(0, BLOCK)
         mask = offs < n
-        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=mask) + 1.0, mask=mask)
+        # A loop bounded by a Triton scalar, as every GEMM kernel's K loop: Triton 3.6's interpreter fails
+        # there with numpy >= 2.4 (int() of a shape-(1,) array), so a dry run finds it here, once.
+        for _ in range(0, tl.cdiv(n, BLOCK)):
+            tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=mask) + 1.0, mask=mask)
 
     return add_one
 
@@ -141,7 +150,7 @@ def facts(dry_run: bool) -> tuple[dict, str | None]:
         sm_count=props.multi_processor_count,
         capability=f"{props.major}.{props.minor}",
         memory_gib=round(props.total_memory / 2**30, 1),
-        driver=_driver_version(),
+        driver=driver_version(),
         device_count=torch.cuda.device_count(),
     )
     info["tuning_cache"] = _tuning_entries()
@@ -162,9 +171,22 @@ def smoke(info: dict) -> str | None:
     try:
         info["smoke_s"] = round(smoke_launch(torch.device(info["device"])), 2)
     except Exception as exc:
+        from bench.gpu import failures
+
+        inner = failures.innermost(exc)
+        if info.get("device") == "cpu" and any(s in inner for s in NUMPY_SCALAR_ERRORS):
+            return (
+                f"Triton {info.get('triton')}'s interpreter cannot run with numpy {info.get('numpy')} ({inner}): "
+                "expected numpy < 2.4 or a Triton whose interpreter takes it for --dry-run; a GPU run does "
+                "not use the interpreter"
+            )
         last = (str(exc).strip().splitlines() or [""])[-1][:300]
         return f"Triton cannot compile and launch a one-element kernel here: {type(exc).__name__}: {last}"
     return None
+
+
+# What numpy >= 2.4 says when Triton 3.6's interpreter calls int() on a shape-(1,) array.
+NUMPY_SCALAR_ERRORS = ("only 0-dimensional arrays", "only length-1 arrays", "only size-1 arrays")
 
 
 def describe(info: dict) -> list[str]:

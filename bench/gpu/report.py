@@ -11,6 +11,7 @@ from bench.gpu import configs
 from bench.gpu.steps import VARIANTS
 
 SHORT = {v.name: v.short for v in VARIANTS}
+STEP_ROWS = 10  # heads in the closing table on standard output (the headline's first; the report has all)
 DTYPE_ABBREV = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "tf32": "tf32"}
 
 
@@ -80,13 +81,18 @@ def status_lines(records: list[dict], bad: int = 0) -> list[str]:
         lines.append(
             f"INCOMPLETE: the run stopped before its end (no summary line: killed or timed out){where}"
         )
+    elif summary is not None and summary.get("timed_out"):
+        lines.append(f"INCOMPLETE: stopped at --deadline-s {summary.get('deadline_s'):g} while running "
+                     f"{summary.get('timed_out_case')}")  # fmt: skip
     elif summary is not None and not summary.get("complete"):
         lines.append(f"INCOMPLETE: stopped by signal {summary.get('signal')}")
+    if summary is not None and summary.get("poisoned"):
+        lines.append(f"POISONED: {summary['poisoned']}; every later case skipped")
     for section, ids in missing(records).items():
         shown = ", ".join(ids[:3]) + (f", ... ({len(ids)} in all)" if len(ids) > 3 else "")
         lines.append(f"missing from {section}: {shown}")
     skipped = Counter((r.get("error") or "").split(":")[0] for r in cases if r.get("status") == "skipped")
-    tally = ", ".join(f"{counts[s]} {s}" for s in ("ok", "fail", "crash", "skipped") if counts[s])
+    tally = ", ".join(f"{counts[s]} {s}" for s in ("ok", "fail", "crash", "timeout", "skipped") if counts[s])
     why = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
     lines.append(f"lines: {tally or 'none'}" + (f" (skipped: {why})" if why else ""))
     worst = {}
@@ -127,7 +133,7 @@ def step_table(records) -> tuple[list[str], list[list[str]]]:
     """Head x variant: the eager MLP's ms, every other variant as its speedup over it."""
     points: dict[tuple, dict] = {}
     for r in records:
-        if r.get("section") not in ("steps", "compiled") or r.get("what") not in SHORT:
+        if r.get("section") not in ("headline", "steps", "compiled") or r.get("what") not in SHORT:
             continue
         key = (r.get("shape"), r.get("dtype"))
         row = points.setdefault(key, {})
@@ -233,6 +239,47 @@ def _markdown(head, rows) -> list[str]:
     ]
 
 
+def headline(records, section: str) -> str:
+    """The headline as soon as its cases are done: ``headline`` the step table of its heads (eager ms, every
+    other variant's speedup), ``headline-kernels`` each kernel's TFLOP/s and % of cuBLAS."""
+    mine = [r for r in records if r.get("section") == section]
+    if section == "headline-kernels":
+        rows = [[r["what"], r["shape"], DTYPE_ABBREV.get(r["dtype"], r["dtype"]), f"{num(r.get('tflops')):.0f}",
+                 f"{num(r.get('pct_of_cublas')):.1f}"] for r in kernel_rows(mine)]  # fmt: skip
+        head = ["headline kernel", "batch x in x out", "dtype", "TFLOP/s", "% cuBLAS"]
+        return "\n".join(_text(head, rows)) if rows else ""
+    head, rows = _drop_empty(*step_table(mine))
+    if not rows:
+        return ""
+    return "\n".join(["headline: ms of the eager MLP, each other variant's speedup over it (x):"]
+                     + _text(head[:-1], [r[:-1] for r in rows]))  # fmt: skip
+
+
+def plan_text(rows: list[dict], budget_s: float, deadline_s: float, preflight_s: float, crashes) -> str:
+    """``--plan``: the headline sections case by case, every later section as one line (its first case's start,
+    its case count, how many start past the budget)."""
+    from bench.gpu.plan import HEADLINE_SECTIONS
+
+    out = [
+        f"plan: deadline {deadline_s:g} s; preflight about {preflight_s:g} s; budget {budget_s:.0f} s after it "
+        f"(first third: {budget_s / 3:.0f} s); estimated start of each case, seconds after the preflight:"
+    ]
+    sections: dict[str, list] = {}
+    for r in rows:
+        sections.setdefault(r["section"], []).append(r)
+    for name, cases in sections.items():
+        late = sum(r["est_start_s"] > budget_s for r in cases)
+        out.append(f"  {name}: {len(cases)} cases from {cases[0]['est_start_s']:.0f} s"
+                   + (f", {late} past the budget" if late else ""))  # fmt: skip
+        if name in HEADLINE_SECTIONS:
+            out += [f"    {r['est_start_s']:6.1f} s  (+{r['est_s']:5.1f} s)  {r['case']}" for r in cases]
+    end = rows[-1]["est_start_s"] + rows[-1]["est_s"] if rows else 0.0
+    out.append(f"  all {len(rows)} cases: about {end:.0f} s; "
+               f"{sum(r['est_start_s'] > budget_s for r in rows)} would start past the budget")  # fmt: skip
+    out += [f"  replay crash (not counted): {c}" for c in crashes[:5]]
+    return "\n".join(out)
+
+
 def terminal(records, bad: int = 0) -> str:
     """The table printed last by gpu_check: kernels, memory rate, steps (capped), then the status lines."""
     lines = []
@@ -247,7 +294,7 @@ def terminal(records, bad: int = 0) -> str:
     head, rows = _drop_empty(*step_table(records))
     if rows:
         lines += ["", "training step: ms of the eager MLP, and each variant's speedup over it (x):"]
-        lines += _text(head, rows, limit=22)
+        lines += _text(head, rows, limit=STEP_ROWS)
     lines += [""] + status_lines(records, bad)
     return "\n".join(lines)
 

@@ -56,6 +56,8 @@ VARIANTS = (
     Variant("mlp eager, timed again", "eager2", "mlp"),
     Variant("mlp torch.compile default", "c-dflt", "mlp", compile="default"),
     Variant("mlp torch.compile reduce-overhead", "c-ro", "mlp", compile="reduce-overhead"),
+    Variant("glai fused, quantitative, cached patterns, torch.compile default", "c-glai", "glai",
+            "quantitative", "cached", True, compile="default"),
 )
 # fmt: on
 
@@ -145,7 +147,9 @@ def build(target, variant: Variant, point: Point, seed: int = 0):
         return F.cross_entropy(model(a) if cached is None else model(a, cached), b)
 
     if variant.compile:
-        loss = target.compile(loss, variant.compile, key=("mlp", point.widths, point.dtype, point.batch))
+        loss = target.compile(
+            loss, variant.compile, key=(variant.model, point.widths, point.dtype, point.batch)
+        )
     graphs = variant.compile == "reduce-overhead" and target.kind == "cuda"
 
     def step():
