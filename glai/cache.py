@@ -2,7 +2,7 @@
 
 When a sample's input never changes (a fixed dataset, features of a frozen backbone), neither do its patterns
 after the freeze, so the quantitative phase need never run the structure again. Each sample keeps the packed
-words of every hidden layer side by side in one int32 row (DESIGN section 2): hidden widths 1024 + 1024 cost
+words of every hidden layer side by side in one int32 row (docs/design.md section 2): hidden widths 1024 + 1024 cost
 64 words, 256 bytes.
 
 Where the rows live:

@@ -199,7 +199,7 @@ def _progress_bar(total: int, desc: str, disable: bool):
 
 def speed_verdict(mlp: RunResult, glai: RunResult, target: float, reduction: int) -> str:
     """One sentence on who reached ``target`` first, calling GLAI faster or slower only beyond this run's timing
-    noise (the study's rule, DESIGN section 6).
+    noise (the study's rule, docs/design.md section 6).
 
     The noise is measured on identical work: with reduction 1 the two runs are the same network, batches and steps
     until GLAI's freeze, so their structural epochs differ in time only by noise (and a small monitor check). If

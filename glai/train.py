@@ -1,6 +1,6 @@
 """One training loop for a classifier head, MLP or GLAI, shared by the demo and the experiments.
 
-What it measures is time to accuracy (DESIGN section 6): the clock runs over everything a user would pay for to
+What it measures is time to accuracy (docs/design.md section 6): the clock runs over everything a user would pay for to
 train (optimizer steps, freeze-monitor checks, building and refreshing the pattern cache) and stops for the
 per-epoch test evaluation, which only draws the curve. The cost of each GLAI phase is kept apart.
 

@@ -1,12 +1,12 @@
 """Inverted dropout on the hidden activations of a GLAI stack: the rates, the seed of a step, and its masks.
 
-``h_l`` (the gated output of hidden layer ``l``) becomes ``h_l * m_l / (1 - p_l)`` with ``m_l`` a keep-mask
-drawn with probability ``1 - p_l`` per element, exactly as ``nn.Dropout(p_l)`` after each ReLU. The pattern
-``p_l`` is the pre-dropout sign ``[z_l > 0]``: a dropped unit is a zeroed activation, never a flipped bit. With
-the pattern and the mask fixed the stack is still linear in its weights, and the gradients are those of
-``DESIGN``'s formulas with the gate ``p_l`` replaced by ``p_l m_l / (1 - p_l)``:
+``h_l`` (the gated output of hidden layer ``l``) becomes ``h_l * m_l / (1 - q_l)`` with ``q_l`` the layer's
+rate and ``m_l`` a keep-mask drawn with probability ``1 - q_l`` per element, exactly as ``nn.Dropout(q_l)`` after
+each ReLU. The pattern ``p_l`` stays the pre-dropout sign ``[z_l > 0]``: a dropped unit is a zeroed activation,
+never a flipped bit. With the pattern and the mask fixed the stack is still linear in its weights, and the
+gradients are those of docs/design.md section 1 with the gate ``p_l`` replaced by ``p_l m_l / (1 - q_l)``:
 
-    g_{l-1} = (g_l W_l) * p_{l-1} * m_{l-1} / (1 - p_{l-1}),     dW_l = g_l^T h_{l-1}   (h the dropped input)
+    g_{l-1} = (g_l W_l) * p_{l-1} * m_{l-1} / (1 - q_{l-1}),     dW_l = g_l^T h_{l-1}   (h the dropped input)
 
 The ``"torch"`` backend draws its masks with ``torch.nn.functional.dropout`` (torch's own generator and
 kernels). The Triton kernels draw them inside the kernel from one 64-bit seed a step (:func:`draw_seed`):

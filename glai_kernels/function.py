@@ -1,6 +1,6 @@
 """The quantitative forward and backward of a whole GLAI stack, as one ``torch.autograd.Function``.
 
-With the patterns fixed (DESIGN section 1, ``d`` the upstream gradient):
+With the patterns fixed (docs/design.md section 1, ``d`` the upstream gradient):
 
     h_l  = p_l * (W_l h_{l-1} + b_l)     l < L        y = W_L h_{L-1} + b_L
     dW_l = g_l^T h_{l-1},  db_l = sum_rows g_l,  g_{l-1} = (g_l W_l) * p_{l-1},  g_L = d,  dx = g_1 W_1

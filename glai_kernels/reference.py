@@ -1,6 +1,6 @@
 """The PyTorch reference of every GLAI op: the ``"torch"`` backend and the ground truth of the kernel tests.
 
-Each function is one kernel of DESIGN section 4 with the same signature as its Triton twin, so the autograd
+Each function is one kernel of docs/design.md section 4 with the same signature as its Triton twin, so the autograd
 Function runs over either. Gates multiply (``p * z``) rather than select, so a NaN or inf entering a closed
 unit still propagates, exactly as the formula and ``nn.Linear`` + ReLU do.
 

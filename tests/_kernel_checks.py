@@ -1,5 +1,5 @@
 """Helpers of the kernel tests: devices and dtypes, fresh inputs, NaN-poisoned outputs, and the relative error
-against the float64 reference (DESIGN section 5)."""
+against the float64 reference (docs/design.md section 5)."""
 
 import torch
 

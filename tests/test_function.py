@@ -1,4 +1,4 @@
-"""The stack autograd Function against a plain float64 autograd of the DESIGN formula."""
+"""The stack autograd Function against a plain float64 autograd of the formula of docs/design.md section 1."""
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ def make_stack(widths, r, batch=(7,), seed=0, dtype=torch.float64):
 
 
 def formula(x, weights, biases, patterns, r):
-    """DESIGN section 1 written out with float masks, for autograd to differentiate."""
+    """docs/design.md section 1 written out with float masks, for autograd to differentiate."""
     h = x
     for i, (w, b) in enumerate(zip(weights, biases)):
         h = h @ w.t() + (0 if b is None else b)

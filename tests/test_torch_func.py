@@ -33,7 +33,7 @@ def relu_params(model):
 
 
 def formula(x, weights, biases, patterns):
-    """DESIGN section 1 with float masks, for autograd to differentiate."""
+    """docs/design.md section 1 with float masks, for autograd to differentiate."""
     h = x
     for i, (w, b) in enumerate(zip(weights, biases)):
         h = h @ w.t() + b

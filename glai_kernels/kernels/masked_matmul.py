@@ -1,6 +1,6 @@
 """The masked GEMM: ``out = p * (A B + b)`` with the pattern ``p`` read as bits in the epilogue.
 
-One kernel serves two ops of DESIGN section 4, which differ only in how ``B`` is addressed:
+One kernel serves two ops of docs/design.md section 4, which differ only in how ``B`` is addressed:
 
 - masked forward, ``h_l = p_l * (h_{l-1} W_l^T + b_l)``: ``B = W^T`` (strides of ``W`` swapped), with a bias;
 - backward data, ``g_{l-1} = (g_l W_l) * p_{l-1}``: ``B = W``, no bias.
