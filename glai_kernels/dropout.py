@@ -10,7 +10,7 @@ gradients are those of docs/design.md section 1 with the gate ``p_l`` replaced b
 
 The ``"torch"`` backend draws its masks with ``torch.nn.functional.dropout`` (torch's own generator and
 kernels). The Triton kernels draw them inside the kernel from one 64-bit seed a step (:func:`draw_seed`):
-``keep(seed, layer, row, col) = philox(seed; col, row, layer, 0)[0] >= p 2^32`` (``kernels/dropout.py``), so
+``keep(seed, layer, row, col) = philox(seed; col, row, layer, 0)[0] >> 1 >= round(p 2^31)`` (``kernels/dropout.py``), so
 the backward regenerates the very bits of the forward from the same seed and no mask ever goes to memory. The
 per-layer kernels and the fused ones use the same function, so the two Triton paths drop the same units for the
 same seed. :func:`keep_mask` materialises a mask for tests and for the float64 reference.
