@@ -1,0 +1,207 @@
+"""The dispatch table's evidence: every fused kernel the table can pick, lowered for its architecture.
+
+    python -m glai_kernels.dispatch_evidence            regenerate the evidence of the installed Triton
+    python -m glai_kernels.dispatch_evidence --check    exit 1 (naming the entries) if it is stale or refused
+
+For each architecture, dot precision and mode of ``fused_table.TABLE`` the rows are the widest hidden width
+the table allows and the width just past the power of two below it (e.g. 257 when the widest is 512): the
+fused forward in that mode, the data-gradient chain and the weight gradient are compiled for the architecture
+(``fused_lowering``, Triton's compiler and ``ptxas -v``, no GPU) with the table's configuration, and each must
+pass ``lowering.refusal`` (no spill, registers and shared memory within the architecture's). One width past the
+widest is listed as a ``layers`` row: the per-layer kernels take it (their defaults are lowered by
+``tests/_lower_kernels.py``).
+
+Lowering everything takes minutes, so the figures are kept in ``dispatch_evidence.json`` beside this module, one
+block per Triton version, keyed by a hash of the kernels' sources; each lowering is keyed by its table entry
+(kernel, architecture, precision, mode, width, configuration). CI refuses a file whose hash or entries do not
+match the code and lowers a fixed sample of entries to confirm the stored figures. ``glai-autotune --dispatch``
+prints the rows from the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from . import fused_config, fused_table
+from .lowering import refusal, shared_limit
+
+EVIDENCE = Path(__file__).with_name("dispatch_evidence.json")
+REGENERATE = "python -m glai_kernels.dispatch_evidence"
+_SOURCES = ("kernels", "fused_lowering.py", "lowering.py", "layout.py")
+FIELDS = ("registers", "spill_stores", "spill_loads", "shared")
+
+
+def triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def sources_hash() -> str:
+    """sha256 of the sources whose change can change a lowering (the kernels, how they are lowered)."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        path = root / name
+        for f in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def widths(widest: int) -> list[int]:
+    """The fused widths of an entry: the widest and the one just past the power of two below it."""
+    if widest <= 0:
+        return []
+    below = 1 << (widest - 1).bit_length() - 1
+    return sorted({widest, below + 1} if below >= 16 else {widest})
+
+
+def rows() -> list[dict]:
+    """One row per (architecture, precision, mode, width) with its path and the lowerings it stands on."""
+    out = []
+    for (cap, prec), (chain, modes) in sorted(fused_table.TABLE.items()):
+        for mode, widest in sorted(modes.items()):
+            for width in widths(widest):
+                jobs = [_job("forward", cap, prec, width, chain, mode), _job("grad_data", cap, prec, width, chain),
+                        _job("grad_weights", cap, prec, width, fused_config.defaults_for_capability(cap)["weights"])]  # fmt: skip
+                out.append(dict(arch=cap, precision=prec, mode=mode, width=width, path="fused", jobs=jobs))
+            out.append(
+                dict(arch=cap, precision=prec, mode=mode, width=max(widest, 16) + 1, path="layers", jobs=[])
+            )
+    return out
+
+
+def _job(kernel: str, cap: int, prec: str, width: int, cfg: dict, mode: int | None = None) -> str:
+    """The key of one lowering: everything of the table entry it depends on."""
+    cfg_text = ",".join(f"{k}={v}" for k, v in sorted(cfg.items()))
+    m = "" if mode is None else f" mode={mode}"
+    return f"{kernel} sm{cap} {prec} w={width}{m} {cfg_text}"
+
+
+def _parse(job: str) -> tuple:
+    kernel, sm, prec, w, *rest = job.split()
+    mode = int(rest.pop(0)[5:]) if rest[0].startswith("mode=") else None
+    cfg = {}
+    for item in rest[0].split(","):
+        k, v = item.split("=")
+        cfg[k] = None if v == "None" else int(v)
+    return kernel, int(sm[2:]), prec, int(w[2:]), mode, cfg
+
+
+def lower_job(job: str) -> dict:
+    """Compile one job and return its figures (raises where it does not compile)."""
+    from . import fused_lowering as fl
+
+    kernel, cap, prec, width, mode, cfg = _parse(job)
+    dt, dot = fl.TRITON_TYPES[prec]
+    if kernel == "forward":
+        _, thunk = fl.forward_case(width, dt, dot, cap, cfg, mode=mode)
+    elif kernel == "grad_data":
+        _, thunk = fl.data_case(width, dt, dot, cap, cfg)
+    else:
+        _, thunk = fl.weights_case(width, dt, dot, cap, dict(cfg, SPLITS=8))
+    res = thunk()
+    return {k: res[k] for k in FIELDS}
+
+
+def _timed(job: str) -> tuple[str, dict]:
+    start = time.perf_counter()
+    try:
+        res = lower_job(job)
+    except Exception as exc:
+        res = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    res["seconds"] = round(time.perf_counter() - start, 1)
+    return job, res
+
+
+def load() -> dict:
+    return json.loads(EVIDENCE.read_text()) if EVIDENCE.exists() else {}
+
+
+def block(evidence: dict | None = None, version: str | None = None) -> dict | None:
+    """The evidence of the installed Triton (or ``version``), or None."""
+    evidence = load() if evidence is None else evidence
+    return evidence.get(version or triton_version())
+
+
+def problems(evidence: dict | None = None, version: str | None = None) -> list[str]:
+    """What is wrong with the stored evidence of this Triton for the current code and table (empty: none)."""
+    version = version or triton_version()
+    found = block(evidence, version)
+    fix = f"regenerate it with `{REGENERATE}`"
+    if found is None:
+        return [f"{EVIDENCE.name} holds no evidence for Triton {version}: {fix}"]
+    if found["sources"] != sources_hash():
+        return [f"{EVIDENCE.name} is stale for Triton {version}: the kernel sources changed (hash "
+                f"{found['sources']}, now {sources_hash()}): {fix}"]  # fmt: skip
+    out = []
+    for row in rows():
+        for job in row["jobs"]:
+            fig = found["jobs"].get(job)
+            if fig is None:
+                out.append(f"no lowering of `{job}` (the table changed): {fix}")
+            elif "error" in fig:
+                out.append(f"`{job}` does not compile: {fig['error']}")
+            elif (why := refusal(fig, row["arch"])) is not None:
+                out.append(f"`{job}` is in the table but {why}")
+    return out
+
+
+def summary(row: dict, found: dict | None) -> dict:
+    """A row as ``glai-autotune --dispatch`` prints it: the worst figures over its lowerings."""
+    figs = [found["jobs"].get(j, {}) for j in row["jobs"]] if found else []
+    have = bool(figs) and all("registers" in f for f in figs)
+    return {
+        "arch": f"sm_{row['arch']}",
+        "dtype": str(fused_table.DTYPE_OF[row["precision"]]).replace("torch.", ""),
+        "precision": row["precision"],
+        "mode": fused_table.MODE_NAMES[row["mode"]],
+        "width": row["width"],
+        "path": row["path"],
+        "registers": max(f["registers"] for f in figs) if have else None,
+        "spill_bytes": max(f["spill_stores"] + f["spill_loads"] for f in figs) if have else None,
+        "shared_bytes": max(f["shared"] for f in figs) if have else None,
+        "shared_limit": shared_limit(row["arch"]),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only check the stored evidence")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiler processes")
+    args = ap.parse_args(argv)
+    if args.check:
+        found = problems()
+        print("\n".join(found) or f"{EVIDENCE.name}: up to date for Triton {triton_version()}")
+        return 1 if found else 0
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
+        return 2
+    todo = sorted({j for r in rows() for j in r["jobs"]})
+    version, sources = triton_version(), sources_hash()
+    old = block(version=version) or {}
+    keep = old.get("jobs", {}) if old.get("sources") == sources else {}
+    jobs = {j: keep[j] for j in todo if j in keep and "error" not in keep[j]}
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        for job, res in pool.map(_timed, [j for j in todo if j not in jobs]):
+            jobs[job] = res
+            print(json.dumps({"job": job, **res}), flush=True)
+    evidence = load()
+    evidence[version] = {"sources": sources, "jobs": dict(sorted(jobs.items()))}
+    EVIDENCE.write_text(json.dumps(evidence, indent=1, sort_keys=True) + "\n")
+    bad = problems(evidence, version)
+    print(f"{len(todo)} lowerings, {time.perf_counter() - start:.0f} s; {len(bad)} problems", file=sys.stderr)
+    print("\n".join(bad), file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
