@@ -136,7 +136,7 @@ def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, f
     checks = (x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
     if torch.compiler.is_compiling():  # traced: checked in full, nothing remembered
         return _validate(*checks), autocast
-    key = _key(*checks[:5], reduction, backend, fused, autocast)
+    key = _key(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast)
     found = _PLANS.get(key)
     if found is None:
         found = _validate(*checks)

@@ -55,12 +55,12 @@ def _all_modes(width: int) -> dict:
 
 # (capability, precision) -> (chain configuration, {mode: widest hidden width}).
 TABLE = {
-    (90, "fp16"): (CHAIN_90, _all_modes(512)),
-    (90, "bf16"): (CHAIN_90, _all_modes(512)),
+    (90, "fp16"): (CHAIN_90, _all_modes(256)),
+    (90, "bf16"): (CHAIN_90, _all_modes(256)),
     (90, "fp32-tf32"): (CHAIN_TF32, _all_modes(512)),
     (90, "fp32-ieee"): (CHAIN_FP32_SMALL, _all_modes(512)),
-    (80, "fp16"): (CHAIN_80, _all_modes(512)),
-    (80, "bf16"): (CHAIN_80, _all_modes(512)),
+    (80, "fp16"): (CHAIN_80, _all_modes(256)),
+    (80, "bf16"): (CHAIN_80, _all_modes(256)),
     (80, "fp32-tf32"): (CHAIN_FP32_SMALL, _all_modes(512)),
     (80, "fp32-ieee"): (CHAIN_FP32_SMALL, _all_modes(512)),
     (86, "fp16"): (CHAIN_86, _all_modes(256)),
