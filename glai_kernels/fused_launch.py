@@ -101,7 +101,7 @@ def _memo(key, config, build):
     caller's ``config`` is never remembered."""
     if config is not None:
         return build()
-    key = (key, dot_precision(torch.float32))  # float32's configuration follows the TF32 setting
+    key = (*key, dot_precision(torch.float32))  # float32's configuration follows the TF32 setting
     found = _STATIC.get(key)
     if found is None:
         found = remember(_STATIC, key, build())
