@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from . import fused_config, fused_table
+from . import fused_table
 from .lowering import refusal, shared_limit
 
 EVIDENCE = Path(__file__).with_name("dispatch_evidence.json")
@@ -67,14 +67,17 @@ def rows() -> list[dict]:
     """One row per (architecture, precision, mode, width) with its path and the lowerings it stands on."""
     out = []
     for (cap, prec), (chain, modes) in sorted(fused_table.TABLE.items()):
+        weights = fused_table.weights_config(cap, fused_table.DTYPE_OF[prec], prec.removeprefix("fp32-"))
         for mode, widest in sorted(modes.items()):
             for width in widths(widest):
-                jobs = [_job("forward", cap, prec, width, chain, mode), _job("grad_data", cap, prec, width, chain),
-                        _job("grad_weights", cap, prec, width, fused_config.defaults_for_capability(cap)["weights"])]  # fmt: skip
+                jobs = [
+                    _job("forward", cap, prec, width, chain, mode),
+                    _job("grad_data", cap, prec, width, chain),
+                    _job("grad_weights", cap, prec, width, weights),
+                ]
                 out.append(dict(arch=cap, precision=prec, mode=mode, width=width, path="fused", jobs=jobs))
-            out.append(
-                dict(arch=cap, precision=prec, mode=mode, width=max(widest, 16) + 1, path="layers", jobs=[])
-            )
+            layers = max(widest, 16) + 1
+            out.append(dict(arch=cap, precision=prec, mode=mode, width=layers, path="layers", jobs=[]))
     return out
 
 

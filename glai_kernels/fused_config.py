@@ -25,7 +25,6 @@ MIN_PAD = 16  # tl.dot needs every dimension >= 16
 
 _INTERPRETER_WEIGHTS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "SPLITS": 1, "num_warps": 1,
                         "num_stages": 1}  # fmt: skip
-_WEIGHTS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "SPLITS": None, "num_warps": 8, "num_stages": 3}
 CHAIN_KEYS = ("BLOCK_M", "BLOCK_K", "BLOCK_N", "CHUNK", "WEIGHT_BLOCK", "num_warps", "num_stages")
 WEIGHT_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLITS", "num_warps", "num_stages")
 MIN_SPLIT_ROWS = 512
@@ -52,8 +51,11 @@ def defaults_for_capability(capability: int | None, dtype=torch.bfloat16, precis
     None: Triton's interpreter) for operands of ``dtype`` multiplied at ``precision`` (``"tf32"``/``"ieee"``,
     read for float32 only), ``max_width`` the widest hidden layer of the given-patterns mode. Fresh dicts."""
     chain, widths = fused_table.entry(capability, dtype, precision)
-    weights = _INTERPRETER_WEIGHTS if capability is None else _WEIGHTS
-    return {"chain": dict(chain), "weights": dict(weights), "max_width": widths[fused_table.GIVEN]}
+    if capability is None:
+        weights = dict(_INTERPRETER_WEIGHTS)
+    else:
+        weights = fused_table.weights_config(capability, dtype, precision)
+    return {"chain": dict(chain), "weights": weights, "max_width": widths[fused_table.GIVEN]}
 
 
 def device_capability(device: torch.device, interpreted: bool) -> int | None:

@@ -46,6 +46,10 @@ def _chain(bm, bk, bn, chunk, weight_block, warps, stages) -> dict:
 CHAIN_16 = _chain(32, 64, 64, 64, 16384, 8, 2)
 CHAIN_TF32 = _chain(32, 32, 64, 32, 8192, 8, 1)
 CHAIN_FP32_SMALL = _chain(16, 16, 32, 32, 4096, 4, 1)  # IEEE dots, and TF32 where 32 rows do not fit
+# The grouped weight gradient's: 64 x 64 tiles of dW, 64 batch rows a step; IEEE float32 16 rows a step (at 64
+# its FMA products spill: 255 registers, 828 B of spill stores on sm_90).
+WEIGHTS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "SPLITS": None, "num_warps": 8, "num_stages": 3}
+WEIGHTS_IEEE = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "SPLITS": None, "num_warps": 8, "num_stages": 2}
 CHAIN_INTERPRETER = _chain(16, 16, 16, 32, 1 << 20, 1, 1)  # tiny, still every code path (chunks, tiles)
 
 
@@ -53,7 +57,8 @@ def _all_modes(width: int) -> dict:
     return {GIVEN: width, STRUCTURAL: width, FROM_STRUCTURE: width}
 
 
-# (capability, precision) -> (chain configuration, {mode: widest hidden width}).
+# (capability, precision) -> (chain configuration, {mode: widest hidden width}); the weight gradient's
+# configuration: :func:`weights_config`.
 TABLE = {
     (90, "fp16"): (CHAIN_16, _all_modes(512)),
     (90, "bf16"): (CHAIN_16, _all_modes(512)),
@@ -105,6 +110,11 @@ def entry(capability: int | None, dtype: torch.dtype, precision: str) -> tuple[d
 def fused_width(capability: int | None, dtype: torch.dtype, precision: str, mode: int) -> int:
     """The widest hidden layer (quantitative and structural) the fused path takes for this case; 0: never."""
     return entry(capability, dtype, precision)[1][mode]
+
+
+def weights_config(capability: int | None, dtype: torch.dtype, precision: str) -> dict:
+    """The weight-gradient kernel's launch configuration for this case (None: the interpreter's is not here)."""
+    return dict(WEIGHTS_IEEE if precision_name(dtype, precision) == "fp32-ieee" else WEIGHTS)
 
 
 def chain_config(capability: int | None, dtype: torch.dtype, precision: str) -> dict:
