@@ -145,15 +145,14 @@ def problems(evidence: dict | None = None, version: str | None = None) -> list[s
         return [f"{EVIDENCE.name} is stale for Triton {version}: the kernel sources changed (hash "
                 f"{found['sources']}, now {sources_hash()}): {fix}"]  # fmt: skip
     out = []
-    for row in rows():
-        for job in row["jobs"]:
-            fig = found["jobs"].get(job)
-            if fig is None:
-                out.append(f"no lowering of `{job}` (the table changed): {fix}")
-            elif "error" in fig:
-                out.append(f"`{job}` does not compile: {fig['error']}")
-            elif (why := refusal(fig, row["arch"])) is not None:
-                out.append(f"`{job}` is in the table but {why}")
+    for job, cap in sorted({(j, r["arch"]) for r in rows() for j in r["jobs"]}):
+        fig = found["jobs"].get(job)
+        if fig is None:
+            out.append(f"no lowering of `{job}` (the table changed): {fix}")
+        elif "error" in fig:
+            out.append(f"`{job}` does not compile: {fig['error']}")
+        elif (why := refusal(fig, cap)) is not None:
+            out.append(f"`{job}` is in the table but {why}")
     return out
 
 
