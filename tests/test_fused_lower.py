@@ -109,5 +109,7 @@ def test_a_sample_of_the_evidence_lowers_as_stored(stored):
 
 def test_the_cases_the_table_does_not_reach_lower_without_spills():
     for r in _lower():
-        assert r["cubin_bytes"] > 0 and r["wgmma"], r  # 16-bit products on sm_90: the warpgroup MMA
+        # 16-bit products on the tensor cores: the chains mma (32 rows a program, under a warpgroup's 64), the
+        # weight gradient's 64 x 64 tiles wgmma.
+        assert r["cubin_bytes"] > 0 and (r["wgmma"] if r["case"].startswith("grad_weights") else r["mma"]), r
         assert r["fits"], r
