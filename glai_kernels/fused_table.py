@@ -13,11 +13,12 @@ Every entry is measured by lowering the three fused kernels for that architectur
 just past the power of two below it, no spill and shared memory within the architecture's limit.
 
 Why float32 has its own chain: its register tile ``[BLOCK_M, padded width]`` and its weight blocks take twice
-the bytes of 16-bit ones. With the 16-bit chain (64 rows, chunk 128), float32 at width 256 needs 360,448 B of
+the bytes of 16-bit ones. With a 16-bit chain of 64 rows (chunk 128), float32 at width 256 needs 360,448 B of
 shared memory on sm_90 (the limit is 232,448) and spills with IEEE dots. 32 rows, 8 warps, one stage and a
-weight block of 8192 elements fit TF32 dots up to 512 on sm_90 (178-218 registers, 196,608 B of shared memory,
-mma rather than wgmma: a warpgroup needs 64 rows). IEEE dots run on the FMA units, each product element in a
-register: they fit only with 16 rows a program and small chunks, up to a narrower width.
+weight block of 8192 elements fit TF32 dots up to 512 on sm_90 (196-218 registers, 196,608 B of shared memory,
+mma rather than wgmma: a warpgroup needs 64 rows); that is more than sm_80 has, which takes 16 rows. IEEE dots
+run on the FMA units, each product element in a register: they fit with 16 rows a program and chunks of 4096
+weight elements (168-214 registers, 98,304 B at 257 and 512 on sm_90).
 """
 
 from __future__ import annotations
