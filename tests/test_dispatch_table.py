@@ -75,3 +75,25 @@ def test_launch_configurations_follow_the_table(on_gpu):
         interp["chain"] == fused_table.CHAIN_INTERPRETER
         and interp["max_width"] == fused_table.INTERPRETER_WIDTH
     )
+
+
+def test_the_tf32_setting_is_part_of_a_float32_calls_signature(monkeypatch):
+    """Switching TF32 changes float32's entry: the call is checked again (its verdict and launches are per
+    setting); a 16-bit call's signature does not depend on it."""
+    from glai_kernels import glai_mlp, pack_patterns
+    from glai_kernels.signature import Verdicts
+
+    monkeypatch.setattr(fused, "_PLANS", Verdicts())
+    checked = []
+    validate = fused._validate
+    monkeypatch.setattr(fused, "_validate", lambda *a: checked.append(a[0].dtype) or validate(*a))
+    setting = ["ieee"]
+    monkeypatch.setattr(fused, "dot_precision", lambda dtype: setting[0])
+    for dtype in (F32, BF16):
+        x = torch.randn(5, 7, dtype=dtype)
+        ws = [torch.randn(9, 7, dtype=dtype), torch.randn(3, 9, dtype=dtype)]
+        pats = [pack_patterns(torch.rand(5, 9) > 0.5)]
+        for prec in ("ieee", "ieee", "tf32", "tf32", "ieee"):
+            setting[0] = prec
+            glai_mlp(x, ws, None, pats, backend="torch")
+    assert checked == [F32, F32, BF16]  # float32: once per setting, then remembered; bf16: once
