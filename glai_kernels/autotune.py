@@ -6,6 +6,8 @@ fastest correct configuration per shape bucket in the autotuning cache that ``co
     glai-autotune --quick                a 2 x 2 grid in bfloat16, about two minutes
     glai-autotune --kernels gate --dtypes float16 --batch 256,8192 --width 512
     glai-autotune --dtypes tf32          fp32 operands with TF32 products, tuned apart from IEEE fp32
+    glai-autotune --dispatch sm_90       which path (fused, per-layer) each dtype, precision, mode and width
+                                         takes on that architecture, and the lowering evidence; --json too
 
 The command line of the tuning code's top layer (see :mod:`glai_kernels.tuning`); the tuning itself is
 :mod:`glai_kernels.tuner`. Every flag and ``GLAI_CACHE_DIR`` are checked before anything runs: a bad value gets
@@ -20,7 +22,7 @@ import sys
 
 import torch
 
-from . import launch_configs, tuner, tuning
+from . import dispatch_report, launch_configs, tuner, tuning
 from . import tuning_cache as cache
 
 DEFAULT_DTYPES = ("bfloat16", "float32")
@@ -85,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help=f"cache root for this run (default: ${cache.ENV_DIR} or the user cache dir)"
     )
     ap.add_argument("--dry-run", action="store_true", help="time and print, but do not write the cache")
+    ap.add_argument(
+        "--dispatch", metavar="ARCH", help="print the fused path's dispatch table for ARCH (sm_90, 80)"
+    )
+    ap.add_argument("--json", action="store_true", help="with --dispatch: a JSON list of rows")
     return ap
 
 
@@ -109,6 +115,13 @@ def parse(argv=None) -> argparse.Namespace:
     )
     if problem:
         raise UsageError(problem)
+    if args.dispatch is not None:
+        try:
+            args.dispatch = dispatch_report.parse_arch(args.dispatch)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif args.json:
+        raise UsageError("argument --json: only with --dispatch ARCH")
     args.batch = args.batch or (QUICK_BATCH if args.quick else GRID_BATCH)
     args.width = args.width or (QUICK_WIDTH if args.quick else GRID_WIDTH)
     return args
@@ -174,6 +187,9 @@ def main(argv=None) -> int:
         launch_configs.reload()
     if args.list:
         print_space(args.batch, args.width)
+        return 0
+    if args.dispatch is not None:
+        print(dispatch_report.report(args.dispatch, as_json=args.json))
         return 0
     if not torch.cuda.is_available():
         print(

@@ -26,11 +26,14 @@ from . import reference
 from .checks import check_devices, check_input, check_stack, match_dtypes
 from .dropout import Draw, active, check_rates, draw_seed, refuse_when_compiling, split_draw
 from .eager import eager_apply
+from .fallback import fall_back, is_resource_error, stack_case, strict
 from .first_order import first_order
 from .fused_plan import GIVEN, FusedPlan
 from .layout import unit_gates
 
 _NO_OP = contextlib.nullcontext()
+
+_REFUSED: set = set()  # cases whose per-layer backward launch was refused (warned once each)
 
 
 def _ops(name: str):
@@ -169,7 +172,18 @@ def _backward(ctx, grad_y, grad_hidden):
 def _backward_once(ctx, grad_y, grad_hidden):
     """The Triton backward: first order only (:mod:`glai_kernels.first_order`)."""
     with torch.no_grad():
-        grads = _backward(ctx, grad_y, grad_hidden)
+        try:
+            grads = _backward(ctx, grad_y, grad_hidden)
+        except Exception as exc:  # a refused launch: this backward in PyTorch ops
+            x, weights = ctx.saved_tensors[0], ctx.saved_tensors[ctx.n_layers : 2 * ctx.n_layers]
+            case = stack_case([w.shape[0] for w in weights], x.dtype, x.device, "given")
+            if case not in _REFUSED:
+                fall_back(exc, case, "per-layer backward", "torch")
+                _REFUSED.add(case)
+            elif strict() or not is_resource_error(exc):
+                raise
+            ctx.backend = "torch"
+            grads = _backward(ctx, grad_y, grad_hidden)
     return first_order(grads, (grad_y, *grad_hidden, *ctx.saved_tensors))
 
 
@@ -202,7 +216,10 @@ def glai_mlp(
         dropout = dropout if active(dropout) else None
     verdict, autocast = _fused.verdict(GIVEN, x, weights, biases, patterns, None, reduction, backend, fused)
     if type(verdict) is FusedPlan:
-        return _fused.run(verdict, x, weights, biases, patterns, None, autocast, dropout)
+        y = _fused.run(verdict, x, weights, biases, patterns, None, autocast, dropout)
+        if y is not None:
+            return y
+        verdict = verdict.down  # the fused launch was refused (glai_kernels.fallback): the path below
     # The call was checked (once per signature, glai_kernels.signature): the per-layer path on `verdict`.
     L = len(weights)
     biases = [None] * L if biases is None else biases
@@ -215,14 +232,23 @@ def glai_mlp(
     # Autocast off inside (the operands are cast already); entering the context costs microseconds of host
     # time a step, so it is entered only when autocast is on.
     with torch.autocast(x.device.type, enabled=False) if autocast is not None else _NO_OP:
-        if verdict == "torch":  # autograd over plain ops: a C++ backward, gates unpacked once
-            y = reference.stack(x2, weights, biases, flat, reduction, dropout)
-        else:
+        y = None
+        if verdict == "triton":
             tensors = (*weights, *biases, *flat)
             if dropout is not None:
                 refuse_when_compiling("per-layer Triton kernels")
                 tensors += (Draw(dropout, draw_seed(x.device)),)
-            y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), tensors)[0]
+            try:
+                y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), tensors)[0]
+            except Exception as exc:  # a refused launch: this signature takes the torch path from now on
+                if torch.compiler.is_compiling():
+                    raise
+                fall_back(exc, stack_case([w.shape[0] for w in weights], x2.dtype, x2.device, "given"),
+                          "per-layer", "torch")  # fmt: skip
+                _fused.remember_path(GIVEN, x, weights, biases, patterns, None, reduction, backend, fused,
+                                     autocast, "torch")  # fmt: skip
+        if y is None:  # autograd over plain ops: a C++ backward, gates unpacked once
+            y = reference.stack(x2, weights, biases, flat, reduction, dropout)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 

@@ -8,10 +8,11 @@ Both phases go through :class:`FusedStackFunction`: the structural phase compute
 **When it runs** (``fused=`` of :func:`fused_mlp`, ``glai_mlp`` and ``GLAIMLP``): ``None`` (auto) takes the
 fused path when the backend resolves to ``"triton"`` (CUDA tensors, or Triton's interpreter) and the stack fits
 its limits; ``True`` forces it and raises a ValueError naming the limit otherwise; ``False`` keeps the per-layer
-kernels. The limits: at least one hidden layer; every hidden width, quantitative and structural, at most the
-device's ``max_width`` (``fused_config``: 512 on sm_80 and sm_90, 256 on sm_86/89, the widest that compiles
-without a spill and fits the shared memory); float32, float16 or bfloat16 operands (autocast casts to those).
-Depth, input and output features, batch, strides and reduction are free. See ``docs/fused.md``.
+kernels. The limits: at least one hidden layer; float32, float16 or bfloat16 operands (autocast casts to
+those); every hidden width, quantitative and structural, at most the widest the dispatch table
+(``glai_kernels.fused_table``) gives for the device's architecture, the dtype, the dot precision (float32 with
+TF32 or IEEE products, as PyTorch's matmul setting says) and the mode. Depth, input and output features, batch,
+strides and reduction are free. See ``docs/fused.md``.
 
 **Host path.** Arguments are validated once per signature (shapes, strides, dtypes, devices, autocast state,
 flags: ``glai_kernels.signature``) and the verdict remembered, so a step builds a key and does a dictionary
@@ -27,17 +28,21 @@ from __future__ import annotations
 import torch
 
 from . import backend as _backend
+from . import fused_table
 from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
 from .dropout import Draw, draw_seed, refuse_when_compiling, split_draw
 from .eager import eager_apply
+from .fallback import fall_back, stack_case
 from .first_order import first_order
-from .fused_config import MAX_WIDTH, default_config
+from .fused_config import MAX_WIDTH, device_capability
 from .fused_plan import FROM_STRUCTURE, GIVEN, STRUCTURAL, FusedPlan, chain_ends
 from .fused_plan import launcher as _launch
 from .layout import PATTERN_DTYPE, words_for
 from .signature import Verdicts
+from .tuning import torch_dot_precision
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_F32 = torch.float32
 # Whether autocast is on for any device: one C call, where the device's own query needs x.device first.
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 _PLANS = Verdicts()  # call signature -> verdict: a FusedPlan, or the per-layer path's backend name
@@ -50,7 +55,9 @@ def check_fused_flag(fused) -> None:
 
 
 def width_problem(hidden, structural=(), limit: int = MAX_WIDTH, where: str = "") -> str | None:
-    """Why these hidden widths cannot take the fused path, or None."""
+    """Why these hidden widths cannot take the fused path, or None (``where``: the case the limit is for)."""
+    if limit == 0:
+        return f"the fused path takes no hidden width{where}"
     for what, widths in (("hidden", hidden), ("structural", structural)):
         for i, n in enumerate(widths):
             if n > limit:
@@ -58,8 +65,13 @@ def width_problem(hidden, structural=(), limit: int = MAX_WIDTH, where: str = ""
     return None
 
 
-def why_not_fused(backend_name: str, n_layers: int, dtype, hidden, structural=(), device=None) -> str | None:
-    """Why a stack cannot take the fused path (one sentence naming the limit and the value), or None."""
+def why_not_fused(
+    backend_name: str, n_layers: int, dtype, hidden, structural=(), device=None, mode: int = GIVEN,
+    precision: str | None = None,
+) -> str | None:  # fmt: skip
+    """Why a stack cannot take the fused path (one sentence naming the limit and the value), or None.
+    ``device`` None: only the widest width of any case is checked (what a model can know when it is built);
+    ``precision``: ``tl.dot``'s for float32 (``"tf32"``/``"ieee"``), None for the current setting."""
     if backend_name != "triton":
         return (
             f"the fused path runs on the 'triton' backend, but the backend resolved to {backend_name!r} here"
@@ -70,14 +82,26 @@ def why_not_fused(backend_name: str, n_layers: int, dtype, hidden, structural=()
         return f"the fused path takes float32, float16 or bfloat16 operands, got {dtype}"
     if device is None:
         return width_problem(hidden, structural)
-    limit = _max_width(str(device))
-    return width_problem(hidden, structural, limit, f" on {device}")
+    precision = dot_precision(dtype) if precision is None else precision
+    limit, case = _fused_width(str(device), str(dtype).replace("torch.", ""), precision, mode)
+    return width_problem(hidden, structural, limit, f" for {case} ({device})")
+
+
+def dot_precision(dtype) -> str:
+    """``tl.dot``'s input precision for ``dtype`` as the fused launches take it (``triton_launch.dot_precision``,
+    without importing Triton): IEEE under the interpreter, else PyTorch's matmul setting for float32."""
+    return "ieee" if _backend.interpreting() else torch_dot_precision(dtype)
 
 
 @torch.compiler.assume_constant_result
-def _max_width(device: str) -> int:
-    """The device's widest hidden layer; a constant to torch.compile (which cannot trace the CUDA query)."""
-    return default_config(torch.device(device), _backend.interpreting())["max_width"]
+def _fused_width(device: str, dtype: str, precision: str, mode: int) -> tuple[int, str]:
+    """The dispatch table's widest hidden layer for this case, and the case in words; a constant to
+    torch.compile (which cannot trace the CUDA query)."""
+    capability = device_capability(torch.device(device), _backend.interpreting())
+    dt = getattr(torch, dtype)
+    return fused_table.fused_width(capability, dt, precision, mode), fused_table.describe(
+        capability, dt, precision, mode
+    )
 
 
 # ----------------------------------------------------------------------------- entry
@@ -113,23 +137,61 @@ def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, f
     checks = (x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
     if torch.compiler.is_compiling():  # traced: checked in full, nothing remembered
         return _validate(*checks), autocast
+    key = _key(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast)
+    found = _PLANS.get(key)
+    if found is None:
+        found = _validate(*checks)
+        _PLANS.put(key, found)
+    elif type(found) is FusedPlan and found.down is not None:  # a launch was refused: the path below
+        return found.down, autocast
+    return found, autocast
+
+
+def remember_path(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast, path):
+    """Remember ``path`` as the verdict of this call's signature (a per-layer launch was refused)."""
+    _PLANS.put(_key(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast), path)
+
+
+def _key(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast):
     extra_w, extra_b = (), ()
     if mode == GIVEN:
         extra_w = patterns
     elif mode == FROM_STRUCTURE:  # a malformed structure gives no key (0 is no group): the checks name it
         pair = isinstance(structure, (tuple, list)) and len(structure) == 2
         extra_w, extra_b = structure if pair else (0, 0)
-    key = _PLANS.key((mode, reduction, backend, fused, autocast), x, weights, biases, extra_w, extra_b)
-    found = _PLANS.get(key)
-    if found is None:
-        found = _validate(*checks)
-        _PLANS.put(key, found)
-    return found, autocast
+    # float32's fused limit and configuration follow the TF32 setting: part of the key (a C call a step).
+    precision = (
+        dot_precision(torch.float32) if autocast is None and getattr(x, "dtype", None) is _F32 else None
+    )
+    return _PLANS.key(
+        (mode, reduction, backend, fused, autocast, precision), x, weights, biases, extra_w, extra_b
+    )
 
 
 def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast, dropout=None):
     """The fused forward of a call whose verdict is ``plan``, ``x`` of any leading shape; ``dropout`` None or
-    the checked rates of the hidden layers (at least one above 0)."""
+    the checked rates of the hidden layers (at least one above 0). None where the launch was refused
+    (``glai_kernels.fallback``): ``plan.down`` then names the path to run instead."""
+    try:
+        return _run(plan, x, weights, biases, patterns, structure, autocast, dropout)
+    except Exception as exc:
+        if torch.compiler.is_compiling():
+            raise
+        _refused(
+            exc, plan, [w.shape[0] for w in weights], x.dtype if autocast is None else autocast, x.device
+        )
+        return None
+
+
+def _refused(exc, plan: FusedPlan, widths, dtype, device) -> None:
+    """A fused launch of ``plan`` raised ``exc``: re-raised unless it is a resource error outside strict mode;
+    else one warning, and the signature goes to the per-layer path."""
+    case = stack_case(widths, dtype, device, fused_table.MODE_NAMES[plan.mode])
+    fall_back(exc, case, "fused", "per-layer")
+    plan.down = "triton"
+
+
+def _run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast, dropout=None):
     mode, L = plan.mode, plan.n_layers
     biases = (None,) * L if biases is None else biases
     extra_w = patterns if mode == GIVEN else (structure[0] if mode == FROM_STRUCTURE else ())
@@ -199,7 +261,7 @@ def _validate(x, weights, biases, patterns, structure, mode, reduction, backend,
     name = _backend.resolve_backend(backend, x.device)
     if fused is False:
         return name
-    reason = why_not_fused(name, len(weights), dtype, hidden, structural_hidden, x.device)
+    reason = why_not_fused(name, len(weights), dtype, hidden, structural_hidden, x.device, mode)
     if reason is None:
         return FusedPlan(mode, 1 if mode == STRUCTURAL else reduction, [b is not None for b in biases])
     if fused:
@@ -254,7 +316,12 @@ class FusedStackFunction(torch.autograd.Function):
     def _grads(ctx, grad_y):
         plan = ctx.plan
         if plan is not None and not torch.compiler.is_compiling():
-            return plan.backward(ctx, grad_y)
+            try:
+                return plan.backward(ctx, grad_y)
+            except Exception as exc:
+                x, weights = ctx.saved_tensors[0], ctx.saved_tensors[1 : ctx.n_layers + 1]
+                _refused(exc, plan, [w.shape[0] for w in weights], x.dtype, x.device)
+                return torch_grads(ctx, grad_y, plan)
         # Traced (torch.compile, compiled autograd): the launches as custom ops.
         L = ctx.n_layers
         r, has_b = (ctx.reduction, ctx.has_bias) if plan is None else (plan.reduction, plan.has_bias)
@@ -282,6 +349,33 @@ class FusedStackFunction(torch.autograd.Function):
         dws = [d if need_w[i] else None for i, d in enumerate(dws)]
         dbs = [d if need_b[i] else None for i, d in enumerate(dbs)]
         return (dx, None, None, None, None, *dws, *dbs, *([None] * ctx.n_extra))
+
+
+def torch_grads(ctx, grad_y, plan: FusedPlan) -> tuple:
+    """``FusedStackFunction.backward``'s gradients in PyTorch ops from what the forward saved (the path a
+    refused backward launch falls to): ``G_L = dy``, ``dW_l = G_l^T h_{l-1}``, ``db_l = sum_rows G_l``,
+    ``G_{l-1} = (G_l W_l) * p_{l-1}``, ``dx = G_1 W_1``."""
+    from . import reference
+
+    L, r = plan.n_layers, plan.reduction
+    saved = ctx.saved_tensors
+    weights, inputs, words = saved[1 : L + 1], (saved[0], *saved[L + 1 : 2 * L]), saved[2 * L :]
+    needs = ctx.needs_input_grad
+    lowest, first, need_dx = chain_ends(needs, L)
+    need_w, need_b = needs[5 : 5 + L], needs[5 + L : 5 + 2 * L]
+    dws, dbs, dx, g = [None] * L, [None] * L, None, grad_y
+    for i in reversed(range(L)):
+        if i >= first and (need_w[i] or need_b[i]):
+            dw, db = reference.backward_weights(g, inputs[i], plan.has_bias[i] and need_b[i])
+            dws[i] = dw if need_w[i] else None
+            dbs[i] = db
+        if i == 0:
+            dx = reference.backward_data(g, weights[0], None, r) if need_dx else None
+        elif i - 1 >= lowest:
+            g = reference.backward_data(g, weights[i], words[i - 1], r)
+        else:
+            break
+    return (dx, None, None, None, None, *dws, *dbs, *([None] * ctx.n_extra))
 
 
 # ----------------------------------------------------------------------------- launches as ops

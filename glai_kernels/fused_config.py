@@ -1,9 +1,9 @@
-"""Launch configurations and shape limits of the fused head path, in one place.
+"""Launch configurations of the fused head path.
 
-Per device: ``chain`` for the two row-block kernels (forward, data gradient), ``weights`` for the grouped
-weight gradient, and ``max_width``, the widest hidden layer the fused path takes there. Defaults are keyed on
-the CUDA capability (the newest key not above the device's); the interpreter gets one tiny configuration that
-still exercises every code path (chunked layers, several output tiles and ``BLOCK_K`` steps).
+Per device, dtype and dot precision: ``chain`` for the two row-block kernels (forward, data gradient), read
+from the dispatch table (``glai_kernels.fused_table``, which also holds the widest hidden layer each case
+takes), and ``weights`` for the grouped weight gradient. The interpreter gets one tiny configuration that still
+exercises every code path (chunked layers, several output tiles and ``BLOCK_K`` steps).
 
 chain: ``BLOCK_M`` rows a program; ``BLOCK_K`` the step over a wide input (``x``, ``dy``); ``BLOCK_N`` the tile
 over a wide output (``y``, ``dx``); ``CHUNK`` the most columns of a hidden layer computed at once, lowered by
@@ -11,11 +11,6 @@ over a wide output (``y``, ``dx``); ``CHUNK`` the most columns of a hidden layer
 pipelined copies in shared memory grow with it). Wider layers go chunk by chunk through their saved output.
 weights: a ``BLOCK_M x BLOCK_N`` tile of ``dW``, ``BLOCK_K`` batch rows a step, ``SPLITS`` batch splits
 (``None``: see :func:`weight_splits`).
-
-``max_width`` is measured by lowering (``python tests/_lower_fused.py --sweep``): the widest power of two whose
-kernels compile for that capability without a spill and within its shared memory (sm_90 227 KB, sm_80 163 KB,
-sm_86/89 99 KB). At 512 the chain kernels take 138-242 registers and 139 KB (sm_80) to 200 KB (sm_90) of shared
-memory; at 1024 they spill on sm_90 and would need 270-400 KB.
 """
 
 from __future__ import annotations
@@ -24,42 +19,17 @@ import functools
 
 import torch
 
+from . import fused_table
+
 MIN_PAD = 16  # tl.dot needs every dimension >= 16
 
-_INTERPRETER = {
-    "chain": {"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16, "CHUNK": 32, "WEIGHT_BLOCK": 1 << 20,
-              "num_warps": 1, "num_stages": 1},
-    "weights": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "SPLITS": 1, "num_warps": 1, "num_stages": 1},
-    "max_width": 512,
-}  # fmt: skip
-_WEIGHTS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "SPLITS": None, "num_warps": 8, "num_stages": 3}
-_DEFAULTS = {
-    80: {
-        "chain": {"BLOCK_M": 64, "BLOCK_K": 32, "BLOCK_N": 64, "CHUNK": 128, "WEIGHT_BLOCK": 32768,
-                  "num_warps": 8, "num_stages": 2},
-        "weights": _WEIGHTS,
-        "max_width": 512,
-    },
-    86: {  # consumer Ampere and Ada: 99 KB of shared memory
-        "chain": {"BLOCK_M": 64, "BLOCK_K": 32, "BLOCK_N": 64, "CHUNK": 64, "WEIGHT_BLOCK": 16384,
-                  "num_warps": 8, "num_stages": 2},
-        "weights": _WEIGHTS,
-        "max_width": 256,
-    },
-    90: {
-        "chain": {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 64, "CHUNK": 128, "WEIGHT_BLOCK": 32768,
-                  "num_warps": 8, "num_stages": 2},
-        "weights": _WEIGHTS,
-        "max_width": 512,
-    },
-}  # fmt: skip
-# The widest hidden layer any device takes: a model forced onto the fused path wider than this is refused when
-# it is built; a device's own max_width is checked at the call.
-MAX_WIDTH = max(t["max_width"] for t in _DEFAULTS.values())
+_INTERPRETER_WEIGHTS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "SPLITS": 1, "num_warps": 1,
+                        "num_stages": 1}  # fmt: skip
 CHAIN_KEYS = ("BLOCK_M", "BLOCK_K", "BLOCK_N", "CHUNK", "WEIGHT_BLOCK", "num_warps", "num_stages")
 WEIGHT_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLITS", "num_warps", "num_stages")
 MIN_SPLIT_ROWS = 512
 MAX_SPLITS = 32
+MAX_WIDTH = fused_table.MAX_WIDTH  # the widest hidden layer of any entry (the build-time check)
 PROGRAMS_PER_SM = (
     2  # the weight-gradient kernel fits two programs a multiprocessor (116-156 registers, 34-42 KB)
 )
@@ -76,22 +46,31 @@ def chunk_for(cfg: dict, pads) -> int:
     return max(MIN_PAD, min(cfg["CHUNK"], cfg["WEIGHT_BLOCK"] // max(pads)))
 
 
-def _copy(table: dict) -> dict:
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+def defaults_for_capability(capability: int | None, dtype=torch.bfloat16, precision: str = "tf32") -> dict:
+    """``{"chain": {...}, "weights": {...}, "max_width": n}`` of a device of ``capability`` (e.g. 90 for sm_90;
+    None: Triton's interpreter) for operands of ``dtype`` multiplied at ``precision`` (``"tf32"``/``"ieee"``,
+    read for float32 only), ``max_width`` the widest hidden layer of the given-patterns mode. Fresh dicts."""
+    chain, widths = fused_table.entry(capability, dtype, precision)
+    if capability is None:
+        weights = dict(_INTERPRETER_WEIGHTS)
+    else:
+        weights = fused_table.weights_config(capability, dtype, precision)
+    return {"chain": dict(chain), "weights": weights, "max_width": widths[fused_table.GIVEN]}
 
 
-def defaults_for_capability(capability: int) -> dict:
-    """The defaults a device of ``capability`` (e.g. 90 for sm_90) gets: fresh dicts, safe to modify."""
-    keys = [k for k in sorted(_DEFAULTS) if k <= capability]
-    return _copy(_DEFAULTS[keys[-1] if keys else min(_DEFAULTS)])
-
-
-def default_config(device: torch.device, interpreted: bool) -> dict:
-    """``{"chain": {...}, "weights": {...}, "max_width": n}`` for ``device``."""
+def device_capability(device: torch.device, interpreted: bool) -> int | None:
+    """The device's capability as the table keys it (``10 * major + minor``); None under the interpreter."""
     if interpreted or device.type != "cuda":
-        return _copy(_INTERPRETER)
+        return None
     major, minor = torch.cuda.get_device_capability(device)
-    return defaults_for_capability(10 * major + minor)
+    return 10 * major + minor
+
+
+def default_config(
+    device: torch.device, interpreted: bool, dtype=torch.bfloat16, precision: str = "tf32"
+) -> dict:
+    """:func:`defaults_for_capability` of ``device``."""
+    return defaults_for_capability(device_capability(device, interpreted), dtype, precision)
 
 
 def check_config(config) -> dict:

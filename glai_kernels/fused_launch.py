@@ -44,18 +44,23 @@ _CONFIGS: dict = {}
 _STATIC: dict = {}  # per signature: what a launch derives from shapes and flags (at most MEMO_SIZE of them)
 
 
-def config_for(device: torch.device, config: dict | None) -> dict:
+def config_for(device: torch.device, config: dict | None, dtype: torch.dtype = torch.bfloat16) -> dict:
     if config is not None:
-        base = dict(_config(device))
+        base = dict(_config(device, dtype))
         base.update(fused_config.check_config(config))
         return base
-    return _config(device)
+    return _config(device, dtype)
 
 
-def _config(device: torch.device) -> dict:
+def _config(device: torch.device, dtype: torch.dtype) -> dict:
+    """The dispatch table's configuration for ``dtype`` at the current dot precision (``_CONFIGS[device]``,
+    where set, overrides it for every dtype)."""
     cfg = _CONFIGS.get(device)
     if cfg is None:
-        cfg = _CONFIGS[device] = fused_config.default_config(device, INTERPRETED)
+        key = (device, dtype, dot_precision(dtype))
+        cfg = _CONFIGS.get(key)
+        if cfg is None:
+            cfg = _CONFIGS[key] = fused_config.default_config(device, INTERPRETED, dtype, key[2])
     return cfg
 
 
@@ -100,6 +105,7 @@ def _memo(key, config, build):
     caller's ``config`` is never remembered."""
     if config is not None:
         return build()
+    key = (*key, dot_precision(torch.float32))  # float32's configuration follows the TF32 setting
     found = _STATIC.get(key)
     if found is None:
         found = remember(_STATIC, key, build())
@@ -191,7 +197,7 @@ def _forward_static(key, config) -> dict:
     hidden_n = n_out[:-1]
     if mode == GIVEN:
         s_n = tuple(n // reduction for n in hidden_n)
-    cfg = config_for(dev, config)["chain"]
+    cfg = config_for(dev, config, dt)["chain"]
     pad, s_pad = tuple(padded(n) for n in hidden_n), tuple(padded(n) for n in s_n)
     chunk = fused_config.chunk_for(cfg, pad + s_pad)
     constexprs = dict(
@@ -259,7 +265,7 @@ def grad_data(
 
 def _grad_data_static(key, config) -> dict:
     _, reduction, lowest, need_dx, dev, dt, rates, hidden_n = key
-    cfg = config_for(dev, config)["chain"]
+    cfg = config_for(dev, config, dt)["chain"]
     pad = tuple(padded(n) for n in hidden_n)
     constexprs = dict(
         HIDDEN=hidden_n, PAD=pad, LOWEST=lowest, NEED_DX=need_dx, REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"],
@@ -337,7 +343,7 @@ def grad_weights(grads, inputs, has_bias, first, *, config=None, out=None):
 def _grad_weights_static(key, config) -> dict:
     _, first, has_bias, dev, dt, M, Ns, Ks = key
     L = len(Ks)
-    cfg = config_for(dev, config)["weights"]
+    cfg = config_for(dev, config, dt)["weights"]
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     tiles_k = tuple(_cdiv(k, bn) for k in Ks)
     start = [0]

@@ -40,11 +40,12 @@ def chain_ends(needs, n_layers: int) -> tuple[int, int, bool]:
 class FusedPlan:
     """The fused path's verdict for one call signature, and its launches once built."""
 
-    __slots__ = ("mode", "reduction", "n_layers", "has_bias", "_forward", "_backward")
+    __slots__ = ("mode", "reduction", "n_layers", "has_bias", "down", "_forward", "_backward")
 
     def __init__(self, mode: int, reduction: int, has_bias):
         self.mode, self.reduction = mode, reduction  # reduction 1 in the structural phase
         self.n_layers, self.has_bias = len(has_bias), tuple(has_bias)
+        self.down = None  # the path this signature takes since a launch was refused ("triton": per-layer)
         self._forward: dict = {}  # dropout rates (None: none) -> Forward
         self._backward: dict = {}  # (needs_input_grad, dropout rates) -> _Backward
 

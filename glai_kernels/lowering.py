@@ -8,7 +8,8 @@ are multiples of 16 are marked so), and reports registers per thread, spill stor
 (Hopper's warpgroup MMA) and the loads the bulk tensor copy engine (TMA), plus how many 16-byte and 4-byte
 asynchronous copy instructions (``cp.async``) the PTX holds: 4-byte ones are loads that could not be vectorised.
 
-The tuner prunes candidates that spill with it before timing anything (:func:`spills`), and
+The tuner prunes candidates that this refuses before timing anything (:func:`refused`, by :func:`refusal`, the
+criterion the lowering tests and the dispatch table's evidence use too), and
 ``tests/_lower_kernels.py`` reports every default (and, on request, every candidate). Needs Triton with its
 NVIDIA backend; must run without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled).
 """
@@ -176,16 +177,40 @@ def lower(kernel: str, M: int, N: int, K: int, key: str, c: dict, capability: in
     }
 
 
+# Shared memory a block may use (the opt-in maximum) per capability: a kernel needing more compiles but cannot
+# launch. A device takes the newest key not above its capability.
+SHARED_LIMIT = {80: 166912, 86: 101376, 90: 232448}
+MAX_REGISTERS = 255
+
+
+def shared_limit(capability: int) -> int:
+    keys = [k for k in sorted(SHARED_LIMIT) if k <= capability]
+    return SHARED_LIMIT[keys[-1] if keys else min(SHARED_LIMIT)]
+
+
+def refusal(figures: dict, capability: int) -> str | None:
+    """Why a kernel lowered for ``sm_<capability>`` with these figures (:func:`lower`'s) may not be dispatched,
+    or None: the one criterion of the dispatch table's evidence, the lowering tests and the tuner. A spill moves
+    registers through local memory on every use; more shared memory than the device has cannot launch."""
+    if figures["spill_stores"] or figures["spill_loads"]:
+        return f"spills {figures['spill_stores']} B stores / {figures['spill_loads']} B loads"
+    if figures["registers"] > MAX_REGISTERS:
+        return f"needs {figures['registers']} registers a thread, more than {MAX_REGISTERS}"
+    if "shared" in figures and figures["shared"] > shared_limit(capability):
+        return f"needs {figures['shared']} B of shared memory, sm_{capability} has {shared_limit(capability)}"
+    return None
+
+
 _spill_memo: dict[tuple, int] = {}
 
 
-def spills(
+def refused(
     kernel: str, key: str, c: dict, capability: int, shape: tuple[int, int, int] = (8192, 4096, 4096)
-) -> int:
-    """Bytes of spill stores of ``kernel`` at configuration ``c`` compiled for ``sm_<capability>`` (memoised
-    per process); a candidate that does not compile raises as its launch would."""
+) -> str | None:
+    """:func:`refusal` of ``kernel`` at configuration ``c`` compiled for ``sm_<capability>`` (memoised per
+    process); a candidate that does not compile raises as its launch would."""
     memo_key = (kernel, key, tuple(sorted(c.items())), capability, shape)
     if memo_key not in _spill_memo:
         variant = {"reduction": 1} if kernel in ("masked_forward", "backward_data") else {}
-        _spill_memo[memo_key] = lower(kernel, *shape, key, c, capability, **variant)["spill_stores"]
+        _spill_memo[memo_key] = refusal(lower(kernel, *shape, key, c, capability, **variant), capability)
     return _spill_memo[memo_key]

@@ -5,8 +5,9 @@ The third layer of the tuning code (see :mod:`glai_kernels.tuning`): it reads th
 and the kernels' host functions, and registers itself as the tuner that ``GLAI_AUTOTUNE=1`` calls on a miss
 (:func:`launch_configs.set_miss_tuner`). The command line is :mod:`glai_kernels.autotune`.
 
-Before any GPU time is spent, each candidate is compiled for this GPU's architecture and dropped when it spills
-registers (``ptxas -v``, :mod:`glai_kernels.lowering`): a spilling tile is never the fastest, and timing it is
+Before any GPU time is spent, each candidate is compiled for this GPU's architecture and dropped when
+``lowering.refusal`` refuses it (a spill, or more shared memory than the GPU has: the same criterion as the
+lowering tests; ``ptxas -v``, :mod:`glai_kernels.lowering`): a spilling tile is never the fastest, and timing it is
 waste. Each remaining candidate is then checked against the PyTorch reference on the same inputs; one that fails
 to compile (e.g. more shared memory than the GPU has) or gives a wrong result is skipped, so the cache only ever
 holds configurations that ran correctly here. The default configuration is always among the candidates, so a
@@ -92,19 +93,20 @@ def _do_bench(fn, rep_ms: float) -> float:
     return float(do_bench(fn, warmup=max(5, int(rep_ms // 4)), rep=rep_ms, quantiles=[0.5])[0])
 
 
-def _spills(args) -> int | None:
+def _refusal(args) -> str | None:
     kernel, key, c, arch = args
     from . import lowering
 
     try:
-        return lowering.spills(kernel, key, c, arch)
+        return lowering.refused(kernel, key, c, arch)
     except Exception:  # does not compile here: left to the timing loop, which reports why
         return None
 
 
 def spill_check(capability: tuple[int, int], jobs: int | None = None):
     """A pruning rule for a GPU of compute ``capability``: ``rule(kernel, key, configs)`` maps the description
-    of each configuration that spills registers when compiled for this architecture to why it is dropped. The
+    of each configuration that ``lowering.refusal`` refuses when compiled for this architecture (a spill, more
+    registers or shared memory than it has: the lowering tests' criterion) to why it is dropped. The
     compiles run in ``jobs`` fresh processes (they need no GPU; the parent's CUDA context is not forked), or in
     this one for ``jobs=1``."""
     import multiprocessing
@@ -117,11 +119,11 @@ def spill_check(capability: tuple[int, int], jobs: int | None = None):
         workers = max(1, min(jobs or os.cpu_count() or 1, len(configs), 16))
         todo = [(kernel, key, c, arch) for c in configs]
         if workers == 1:
-            spilled = [_spills(t) for t in todo]
+            refused = [_refusal(t) for t in todo]
         else:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                spilled = list(pool.map(_spills, todo))
-        return {describe(c): f"spills {n} bytes of registers" for c, n in zip(configs, spilled) if n}
+                refused = list(pool.map(_refusal, todo))
+        return {describe(c): why for c, why in zip(configs, refused) if why}
 
     return rule
 

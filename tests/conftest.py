@@ -5,6 +5,7 @@ import os
 
 import torch
 
+os.environ.setdefault("GLAI_STRICT", "1")  # a refused launch fails a test, never falls back in silence
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -189,24 +189,39 @@ def test_tuner_prunes_spilling_candidates_before_timing(fake_gpu):
 
 
 def test_spill_check_compiles_for_the_gpus_architecture(monkeypatch):
+    """The pruning rule refuses by ``lowering.refusal``, the lowering tests' criterion: a spill or more shared
+    memory than the architecture has drops a candidate; one that does not compile is left to the timing loop."""
     from glai_kernels import lowering
 
     compiled = []
 
-    def spills(kernel, key, c, arch):
-        compiled.append((kernel, key, arch))
-        if c["BLOCK_N"] == 256:
-            return 96
+    def lower(kernel, M, N, K, key, c, capability, **variant):
+        compiled.append((kernel, key, capability))
         if c["BLOCK_M"] == 32:
             raise RuntimeError("does not compile")  # left to the timing loop, which says why
-        return 0
+        fig = {"registers": 128, "spill_stores": 0, "spill_loads": 0, "shared": 65536}
+        if c["BLOCK_N"] == 256:
+            fig.update(spill_stores=96, spill_loads=96)
+        elif c["num_stages"] >= 5:
+            fig.update(shared=lowering.SHARED_LIMIT[90] + 4)
+        return fig
 
-    monkeypatch.setattr(lowering, "spills", spills)
+    monkeypatch.setattr(lowering, "lower", lower)
+    monkeypatch.setattr(lowering, "_spill_memo", {})
     space = tuning.candidates("masked_forward", "bfloat16", (9, 0), tma=True)
     dropped = tuner.spill_check((9, 0), jobs=1)("masked_forward", "bfloat16", space)
     assert set(compiled) == {("masked_forward", "bfloat16", 90)} and len(compiled) == len(space)
-    wide = {tuning.describe(c) for c in space if c["BLOCK_N"] == 256}
-    assert wide and set(dropped) == wide and set(dropped.values()) == {"spills 96 bytes of registers"}
+    wide = {tuning.describe(c) for c in space if c["BLOCK_N"] == 256 and c["BLOCK_M"] != 32}
+    deep = {
+        tuning.describe(c)
+        for c in space
+        if c["num_stages"] >= 5 and c["BLOCK_N"] != 256 and c["BLOCK_M"] != 32
+    }
+    assert wide and set(dropped) == wide | deep
+    assert {dropped[d] for d in wide} == {"spills 96 B stores / 96 B loads"}
+    assert {dropped[d] for d in deep} <= {
+        f"needs {lowering.SHARED_LIMIT[90] + 4} B of shared memory, sm_90 has 232448"
+    }
 
 
 def test_tune_picks_the_fastest_correct_config_and_it_is_used(fake_gpu):

@@ -143,7 +143,7 @@ def test_auto_rule(launches, monkeypatch):
     """fused=None: the fused path on the triton backend when the widths fit the device's limit, the per-layer
     kernels when a width is over it, and the torch reference (no launch) on the torch backend. (The limit is
     lowered to 32 here, which keeps the interpreter's work small; the rule is the same at 512.)"""
-    monkeypatch.setattr(fused, "_max_width", lambda device: 32)
+    monkeypatch.setattr(fused, "_fused_width", lambda device, dtype, precision, mode: (32, "the test's case"))
     monkeypatch.setattr(fused, "_PLANS", fused.Verdicts())
     x = torch.randn(5, 7, device=DEVICE)
     for hidden, backend, expect in (

@@ -157,7 +157,12 @@ LAYERS = {
         "kernels",
         "triton_launch",
     },  # fmt: skip
-    "autotune": {"tuner", "launch_configs", "tuning", "tuning_cache", "costs", "layout"},
+    "autotune": {"tuner", "launch_configs", "tuning", "tuning_cache", "costs", "layout", "dispatch_report"},
+    # The fused path's dispatch table is a leaf; its evidence and report read it and the lowering, never a launch.
+    "fused_table": set(),
+    "fused_lowering": {"fused_config", "fused_table", "layout", "lowering", "kernels"},
+    "dispatch_evidence": {"fused_config", "fused_table", "fused_lowering", "lowering", "layout", "kernels"},
+    "dispatch_report": {"dispatch_evidence", "fused_table"},
 }
 
 
