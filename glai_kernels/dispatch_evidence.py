@@ -200,6 +200,21 @@ def summary(row: dict, found: dict | None) -> dict:
     }
 
 
+def _store(version: str, found: dict) -> dict:
+    """Write ``found`` as the evidence of Triton ``version``, keeping every other version's block as the file
+    holds it now (runs with two Tritons may write at once: a lock, and a rename so a reader never sees half)."""
+    import fcntl
+
+    with open(EVIDENCE.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        evidence = load()
+        evidence[version] = found
+        tmp = EVIDENCE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(evidence, indent=1, sort_keys=True) + "\n")
+        tmp.replace(EVIDENCE)
+    return evidence
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only check the stored evidence")
@@ -227,16 +242,15 @@ def main(argv=None) -> int:
     jobs = old.get("jobs", {}) if old.get("sources") == sources else {}
     jobs = {j: f for j, f in jobs.items() if "error" not in f}
     start = time.perf_counter()
-    evidence = load()
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         for job, res in pool.map(_timed, [j for j in todo if j not in jobs]):
             jobs[job] = res
             print(json.dumps({"job": job, **res}), flush=True)
-            evidence[version] = {"sources": sources, "jobs": dict(sorted(jobs.items()))}
-            EVIDENCE.write_text(json.dumps(evidence, indent=1, sort_keys=True) + "\n")  # kept as it grows
+            _store(version, {"sources": sources, "jobs": dict(sorted(jobs.items()))})  # kept as it grows
     needed = {j for r in rows() for j in r["jobs"]}
-    evidence[version] = {"sources": sources, "jobs": {j: f for j, f in sorted(jobs.items()) if j in needed}}
-    EVIDENCE.write_text(json.dumps(evidence, indent=1, sort_keys=True) + "\n")
+    evidence = _store(
+        version, {"sources": sources, "jobs": {j: f for j, f in sorted(jobs.items()) if j in needed}}
+    )
     bad = problems(evidence, version)
     print(f"{len(todo)} lowerings, {time.perf_counter() - start:.0f} s; {len(bad)} problems", file=sys.stderr)
     print("\n".join(bad), file=sys.stderr)

@@ -136,6 +136,9 @@ def main(argv=None) -> int:
         return count_compiles(args, only)
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+        from bench.interpreter_shim import patch_old_interpreter
+
+        patch_old_interpreter()  # Triton 3.6 with numpy >= 2.4; the preflight refuses what this cannot fix
         # The interpreter computes masked-out lanes of a tile from whatever the masked loads returned; numpy
         # warns when those are NaN. Those lanes are never stored: the warning says nothing about a result.
         warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")

@@ -31,9 +31,9 @@ def points(sizes) -> list:
 def default_path_cases(target, sizes, first: bool = True) -> list[Case]:
     """The default path (``fused=None``) against float64, given patterns (outputs and gradients). ``first``:
     the checks that run before the headline (bf16 at every headline head, fp16 at the widest, IEEE fp32, the
-    PyTorch default, at fp32's widest fused width), else those that open the correctness section (TF32 at
-    fp32's widest fused width, and IEEE fp32 at the widest head: the dispatcher must not send fp32 to a fused
-    kernel that cannot hold it). The split keeps every headline case in the first third of the budget."""
+    PyTorch default, at fp32's widest fused width, from the dispatch table), else those that open the
+    correctness section (TF32 at that width, and IEEE fp32 at the widest head where the table stops fp32
+    short of it). The split keeps every headline case in the first third of the budget."""
     from bench.gpu.plan import widest_fused_width
 
     heads = [(p.batch, p.in_f, p.width, p.depth, p.out_f) for p in points(sizes)]

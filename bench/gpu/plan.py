@@ -45,19 +45,17 @@ DEFAULT_DEADLINE_S = 540.0
 TAIL_S = 60.0  # the last case started within the budget has this long (less the watchdog's margin) to end
 PREFLIGHT_S = 10.0  # estimated: imports, CUDA start-up, the one-element kernel (--plan counts from its end)
 
-# fp32's widest fused width until the dispatch table gives one per dtype and precision: the 16-bit one does not
-# fit fp32 (4-byte tiles need twice the shared memory, IEEE dots spill).
-FP32_FUSED_WIDTH = 128
-
-
 def widest_fused_width(dtype: str) -> int:
-    """The widest hidden width the fused path takes for ``dtype`` ("bfloat16", "float16", "tf32", "float32") on
-    sm_90: the headline's widest head, and the fp32 head of the default-path checks."""
-    if dtype in ("float32", "tf32"):
-        return FP32_FUSED_WIDTH
-    from glai_kernels import fused_config
+    """The widest hidden width the fused path takes for ``dtype`` ("bfloat16", "float16", "tf32", "float32":
+    IEEE dots, PyTorch's default) on sm_90 in every mode, from the dispatch table
+    (``glai_kernels.fused_table``): the headline's widest head, and the fp32 head of the default-path checks."""
+    import torch
 
-    return fused_config.defaults_for_capability(90)["max_width"]
+    from glai_kernels import fused_table
+
+    torch_dtype = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
+    precision = "tf32" if dtype == "tf32" else "ieee"
+    return min(fused_table.fused_width(90, torch_dtype, precision, mode) for mode in fused_table.MODE_NAMES)
 
 
 def tail_s(deadline_s: float) -> float:
