@@ -13,7 +13,7 @@ paths under test): ``h_l = p_l * (W_l h_{l-1} + b_l)`` with quantitative unit ``
 ``j // r``; in the structural phase ``h_l = relu(z_l)`` and ``p_l = [z_l > 0]``; gradients by float64 autograd.
 
 A structural pre-activation that float64 puts within rounding of zero (but not exactly at it) may fall on either
-side on a float32 or float16 path, so its row is *ambiguous*: the upstream gradient of that row is zero (no
+side on a float32, float16 or bfloat16 path, so its row is *ambiguous*: the upstream gradient of that row is zero (no
 gradient depends on its pattern), and its output and pattern bits are not compared. Exact zeros are not
 ambiguous: every path must agree that ``z = 0`` is a closed unit.
 """
@@ -33,9 +33,11 @@ from glai import GLAIMLP
 from glai_kernels import glai_mlp
 from glai_kernels.fused import why_not_fused
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
-TOL = {torch.float32: 1e-4, torch.float16: 1e-2}  # relative error (norm); an element may miss by 5x that
-UNIT = {torch.float32: 2.0**-24, torch.float16: 2.0**-11}
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the interpreter's where there is none
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Relative error (norm) per operand dtype; an element may miss by 5x that. UNIT: its rounding unit.
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+UNIT = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 PATHS = (("torch", None), ("triton", False), ("triton", True))
 ROLES = {"x": 1, "w": 2, "b": 3, "sw": 4, "sb": 5, "p": 6, "dy": 7, "dead": 8}
 
@@ -102,7 +104,10 @@ def draw_tensors(cfg: dict) -> dict:
 
 
 def _op_dtype(cfg: dict) -> torch.dtype:
-    return torch.float16 if cfg["autocast"] else DTYPES[cfg["dtype"]]
+    autocast = cfg["autocast"]
+    if autocast:  # a dtype name (True: float16, as the first configurations wrote it)
+        return torch.float16 if autocast is True else DTYPES[autocast]
+    return DTYPES[cfg["dtype"]]
 
 
 def _rounded(t, cfg):
@@ -180,25 +185,26 @@ def evaluate(cfg: dict, t: dict):
 
 
 def upstream(cfg: dict, shape, dtype, quiet: torch.Tensor) -> torch.Tensor:
-    """The upstream gradient in the configuration's layout, zero on the quiet rows."""
+    """The upstream gradient in the configuration's layout, zero on the quiet rows (made on the device: a
+    copy there would lose the layout)."""
     g = _gen(cfg, "dy", len(cfg["lead"]))
     keep = (~quiet).to(torch.float64)[..., None]
     layout = cfg["layout"]
     if layout == "expand_rows" and bool(quiet.any()):
         layout = "expand_cols"  # rows sharing one memory row cannot be zeroed one by one
     if layout == "expand_rows":  # what `y.sum()` or a broadcast loss sends: stride 0 over the rows
-        return torch.randn(shape[-1], generator=g, dtype=torch.float64).to(dtype).expand(shape)
+        return torch.randn(shape[-1], generator=g, dtype=torch.float64).to(DEVICE, dtype).expand(shape)
     if layout == "expand_cols":
         col = torch.randn(*shape[:-1], 1, generator=g, dtype=torch.float64) * keep
-        return col.to(dtype).expand(shape)
+        return col.to(DEVICE, dtype).expand(shape)
     base = torch.randn(*shape, generator=g, dtype=torch.float64) * keep
     if layout == "transposed":
-        return base.to(dtype).movedim(-1, 0).contiguous().movedim(0, -1)
+        return base.to(DEVICE, dtype).movedim(-1, 0).contiguous().movedim(0, -1)
     if layout == "slice":
         wide = torch.randn(*shape[:-1], 2 * shape[-1] + 1, generator=g, dtype=torch.float64)
         wide[..., 1::2] = base
-        return wide.to(dtype)[..., 1::2]
-    return base.to(dtype).contiguous()
+        return wide.to(DEVICE, dtype)[..., 1::2]
+    return base.to(DEVICE, dtype).contiguous()
 
 
 # ----------------------------------------------------------------------------- the paths
@@ -214,14 +220,16 @@ def _poisoned():
 
 
 def _autocast(cfg: dict):
-    return torch.autocast("cpu", dtype=torch.float16) if cfg["autocast"] else contextlib.nullcontext()
+    if not cfg["autocast"]:
+        return contextlib.nullcontext()
+    return torch.autocast(DEVICE.type, dtype=_op_dtype(cfg))
 
 
 def _leaf(pool: dict, key, value: torch.Tensor, dtype, wants: bool) -> torch.Tensor:
     """The same tensor object for the same role, shape and dtype across the calls of a configuration."""
     t = pool.get(key)
     if t is None or t.shape != value.shape or t.dtype != dtype:
-        t = pool[key] = value.to(dtype)
+        t = pool[key] = value.to(DEVICE, dtype)
     t.requires_grad_(wants)
     return t
 
@@ -235,7 +243,7 @@ def _model(cfg: dict, pool: dict, path, t: dict, dtype) -> GLAIMLP:
         if cfg["mode"] == "from_structure":
             model.freeze(init="random")
         pool[path] = model
-    model.to(dtype)
+    model.to(DEVICE, dtype)
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
             layer.weight.copy_(t["w"][i])
@@ -262,7 +270,7 @@ def run_path(cfg: dict, pool: dict, path, t: dict, dy_of):
             None if b is None else _leaf(pool, ("b", i, path), b, dtype, g["b"][i])
             for i, b in enumerate(t["b"])
         ]
-        pats = [torch.from_numpy(pack(p.numpy())) for p in t["bits"]]
+        pats = [torch.from_numpy(pack(p.numpy())).to(DEVICE) for p in t["bits"]]
         with _poisoned(), _autocast(cfg):
             y = glai_mlp(x, ws, bs, pats, reduction=cfg["r"], backend=path[0], fused=path[1])
     else:
@@ -277,7 +285,7 @@ def run_path(cfg: dict, pool: dict, path, t: dict, dy_of):
     grads = []
     if wanted and y.requires_grad:
         with _poisoned():
-            grads = torch.autograd.grad(y, wanted, dy_of(y.dtype))
+            grads = torch.autograd.grad(y, wanted, dy_of(y.dtype), allow_unused=True)
     return y, leaves, words, dict(zip(map(id, wanted), grads))
 
 
@@ -287,7 +295,7 @@ def accepts(cfg: dict, path) -> bool:
         return True
     hidden = cfg["hidden"]
     structural = hidden if cfg["mode"] == "structural" else [n // cfg["r"] for n in hidden]
-    reason = why_not_fused("triton", len(hidden) + 1, _op_dtype(cfg), hidden, structural, torch.device("cpu"))
+    reason = why_not_fused("triton", len(hidden) + 1, _op_dtype(cfg), hidden, structural, DEVICE)
     return reason is None
 
 
@@ -298,7 +306,7 @@ def compare(what: str, got, want: torch.Tensor, tol: float, rows=None) -> list[s
         return [f"{what}: no result (expected shape {tuple(want.shape)})"]
     if tuple(got.shape) != tuple(want.shape):
         return [f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"]
-    a, b = got.detach().double(), want.detach()
+    a, b = got.detach().cpu().double(), want.detach()
     if rows is not None:
         a, b = a[~rows], b[~rows]
     out = []
@@ -327,6 +335,7 @@ def _compare_words(what: str, words, bits, ambiguous) -> list[str]:
         if tuple(w.shape) != (*p.shape[:-1], -(-p.shape[-1] // 32)) or w.dtype != torch.int32:
             out.append(f"{what}[{i}]: {w.dtype} {tuple(w.shape)}, expected int32 words for {tuple(p.shape)}")
             continue
+        w = w.cpu()
         got = unpack(w.numpy(), p.shape[-1])
         want = p.numpy().copy()
         want[ambiguous.numpy()] = got[ambiguous.numpy()]
@@ -346,7 +355,7 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
     out_dtype = _op_dtype(cfg)
     fails = []
     dy = upstream(cfg, tuple(y64.shape), out_dtype, quiet)
-    grads64 = torch.autograd.grad(y64, wanted, dy.double()) if wanted else ()
+    grads64 = torch.autograd.grad(y64, wanted, dy.cpu().double()) if wanted else ()
     want_grads = dict(zip(map(id, wanted), grads64))
     tol = TOL[out_dtype]
     rows = ambiguous if cfg["mode"] != "given" and bool(ambiguous.any()) else None
@@ -355,7 +364,9 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
         if not accepts(cfg, path):
             continue
         try:
-            y, leaves, words, grads = run_path(cfg, pool, path, t, lambda dt: dy.to(dt))
+            y, leaves, words, grads = run_path(
+                cfg, pool, path, t, lambda dt: dy if dt == dy.dtype else dy.to(dt)
+            )
         except Exception as e:  # noqa: BLE001  (a failure to report with the configuration)
             where = traceback.extract_tb(e.__traceback__)[-1]
             fails.append(f"[{name}] raised {type(e).__name__}: {e} ({where.filename}:{where.lineno})")
@@ -374,10 +385,7 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
         for leaf_name, leaf, ref in zip(names, leaves, ref_leaves):
             if id(ref) in want_grads:
                 got = grads.get(id(leaf)) if leaf.requires_grad else None
-                fails += [
-                    f"[{name}] d{leaf_name}: {m}"
-                    for m in compare(f"d{leaf_name}", got, want_grads[id(ref)], tol)
-                ]
+                fails += [f"[{name}] {m}" for m in compare(f"d{leaf_name}", got, want_grads[id(ref)], tol)]
             elif leaf.requires_grad:
                 fails.append(f"[{name}] {leaf_name} requires a gradient the call did not ask for")
     return fails

@@ -96,8 +96,9 @@ def _covers(cfg: dict) -> set[str]:
             out.add("non-contiguous upstream gradient")
         if mode != "structural" and call["r"] & (call["r"] - 1) and accepts(call, ("triton", True)):
             out.add("fused path, reduction not a power of two")
-        if call["dtype"] == "float16" or call["autocast"]:
-            out.add("float16")
+        for low in ("float16", "bfloat16"):
+            if low in (call["dtype"], call["autocast"]):
+                out.add(low)
     if any("r" in step for step in cfg["steps"]):
         out.add("two reductions in one process")
     if cfg["steps"]:
@@ -113,6 +114,7 @@ COVERED = {
     "non-contiguous upstream gradient",
     "fused path, reduction not a power of two",
     "float16",
+    "bfloat16",
     "two reductions in one process",
     "a second call with one attribute changed",
 }
