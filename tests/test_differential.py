@@ -13,13 +13,17 @@ seed (default: from the clock, printed). Neither runs in ``make test``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
 
 import pytest
+import torch
 from _configs import calls, draw, repro, shrink, valid
-from _differential import accepts, check
+from _differential import DEVICE, accepts, check
+
+from glai_kernels import structural_patterns
 
 # Seeds 0..63 plus seeds picked so that the sample holds every combination test_sample_covers names.
 CI_SEEDS = [*range(64)]
@@ -125,3 +129,15 @@ def test_sample_covers():
     that drops one fails here, not silently)."""
     seen = set().union(*(_covers(draw(s)) for s in CI_SEEDS))
     assert COVERED <= seen, f"the CI sample no longer draws: {sorted(COVERED - seen)}"
+
+
+# ----------------------------------------------------------------------------- regressions the generator found
+def test_bfloat16_nan_gives_a_closed_bit_in_a_hidden_gate():
+    """A NaN unit of a hidden layer has bit 0 in bfloat16 as in every dtype (the gate compared its bf16 output
+    with 0 as raw bits under Triton's interpreter, where NaN, and -1, are > 0). Seed 44's second call."""
+    x = torch.tensor([[math.nan], [1.0], [-1.0], [0.0]], dtype=torch.bfloat16, device=DEVICE)
+    w = torch.ones(1, 1, dtype=torch.bfloat16, device=DEVICE)
+    b = torch.zeros(1, dtype=torch.bfloat16, device=DEVICE)
+    for backend in ("torch", "triton"):
+        words = structural_patterns(x, [w, w], [b, b], backend=backend)
+        assert [p.flatten().tolist() for p in words] == [[0, 1, 0, 0], [0, 1, 0, 0]], backend
