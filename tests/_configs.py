@@ -90,6 +90,8 @@ def draw(seed: int) -> dict:
         cfg["dtype"] = "float32"  # fp32 tensors, low-precision operands inside
     if rng.random() < 0.5:
         cfg["steps"].append(_change(rng, cfg))
+    # Given patterns whose padding bits (past the structural width in the last word) are set: ignored.
+    cfg["padding"] = mode == "given" and rng.random() < 0.3
     return cfg
 
 

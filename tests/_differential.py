@@ -127,6 +127,18 @@ def pack(bits: np.ndarray) -> np.ndarray:
     return packed.astype(np.uint32).view(np.int32)
 
 
+def _words(cfg: dict, bits: torch.Tensor) -> np.ndarray:
+    """The given patterns' words, with their padding bits set at random when the configuration says so."""
+    words = pack(bits.numpy())
+    n = bits.shape[-1]
+    if cfg.get("padding") and n % 32 and words.size:
+        rng = np.random.default_rng(cfg["seed"])
+        noise = rng.integers(0, 2**32, size=words.shape[:-1], dtype=np.uint64).astype(np.uint32)
+        pad = np.uint32((0xFFFFFFFF << (n % 32)) & 0xFFFFFFFF)
+        words[..., -1] |= (noise & pad).view(np.int32)
+    return words
+
+
 def unpack(words: np.ndarray, n: int) -> np.ndarray:
     bits = (words.astype(np.uint32)[..., None] >> np.arange(32, dtype=np.uint32)) & 1
     return bits.reshape(*words.shape[:-1], words.shape[-1] * 32)[..., :n].astype(bool)
@@ -270,7 +282,7 @@ def run_path(cfg: dict, pool: dict, path, t: dict, dy_of):
             None if b is None else _leaf(pool, ("b", i, path), b, dtype, g["b"][i])
             for i, b in enumerate(t["b"])
         ]
-        pats = [torch.from_numpy(pack(p.numpy())).to(DEVICE) for p in t["bits"]]
+        pats = [torch.from_numpy(_words(cfg, p)).to(DEVICE) for p in t["bits"]]
         with _poisoned(), _autocast(cfg):
             y = glai_mlp(x, ws, bs, pats, reduction=cfg["r"], backend=path[0], fused=path[1])
     else:
