@@ -38,6 +38,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # Relative error (norm) per operand dtype; an element may miss by 5x that. UNIT: its rounding unit.
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 UNIT = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+KAPPA = 0.1  # a result under a tenth of the magnitude of its terms is compared relative to that tenth
 PATHS = (("torch", None), ("triton", False), ("triton", True))
 ROLES = {"x": 1, "w": 2, "b": 3, "sw": 4, "sb": 5, "p": 6, "dy": 7, "dead": 8}
 
@@ -196,6 +197,20 @@ def evaluate(cfg: dict, t: dict):
     return y, (x, ws, bs), bits, ambiguous, quiet
 
 
+def magnitudes(cfg: dict, leaves, bits, dy: torch.Tensor, wanted):
+    """The evaluation again on ``|x|``, ``|W|``, ``|b|`` with the same gates and ``|dy|``: for the output and each
+    gradient in ``wanted``, the sum of the magnitudes of its terms, which bounds its rounding error."""
+    x, ws, bs = leaves
+    ab = {id(t): t.detach().abs().requires_grad_() for t in [x, *ws, *bs] if t is not None}
+    r = 1 if cfg["mode"] == "structural" else cfg["r"]
+    h = ab[id(x)]
+    for w, b, p in zip(ws[:-1], bs[:-1], bits):
+        h = F.linear(h, ab[id(w)], None if b is None else ab[id(b)]) * p.repeat_interleave(r, dim=-1).double()
+    y = F.linear(h, ab[id(ws[-1])], None if bs[-1] is None else ab[id(bs[-1])])
+    grads = torch.autograd.grad(y, [ab[id(t)] for t in wanted], dy.abs()) if wanted else ()
+    return y.detach(), dict(zip(map(id, wanted), grads))
+
+
 def upstream(cfg: dict, shape, dtype, quiet: torch.Tensor) -> torch.Tensor:
     """The upstream gradient in the configuration's layout, zero on the quiet rows (made on the device: a
     copy there would lose the layout)."""
@@ -312,15 +327,19 @@ def accepts(cfg: dict, path) -> bool:
 
 
 # ----------------------------------------------------------------------------- comparing
-def compare(what: str, got, want: torch.Tensor, tol: float, rows=None) -> list[str]:
-    """Mismatches of ``got`` against float64 ``want``: shape, NaN and inf placement, relative error."""
+def compare(what: str, got, want: torch.Tensor, tol: float, rows=None, magnitude=None) -> list[str]:
+    """Mismatches of ``got`` against float64 ``want``: shape, NaN and inf placement, relative error.
+
+    The error is relative to ``want``, or to :data:`KAPPA` times ``magnitude`` (see :func:`magnitudes`) where
+    ``want`` is much smaller than its terms: a sum that cancels keeps its terms' rounding errors."""
     if got is None:
         return [f"{what}: no result (expected shape {tuple(want.shape)})"]
     if tuple(got.shape) != tuple(want.shape):
         return [f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"]
     a, b = got.detach().cpu().double(), want.detach()
+    m = torch.zeros_like(b) if magnitude is None else magnitude.detach()
     if rows is not None:
-        a, b = a[~rows], b[~rows]
+        a, b, m = a[~rows], b[~rows], m[~rows]
     out = []
     for name, fa, fb in (("NaN", a.isnan(), b.isnan()), ("+inf", a == math.inf, b == math.inf),
                          ("-inf", a == -math.inf, b == -math.inf)):  # fmt: skip
@@ -329,12 +348,13 @@ def compare(what: str, got, want: torch.Tensor, tol: float, rows=None) -> list[s
             out.append(f"{what}: {name} at {int((fa != fb).sum())} places differs, first {idx} "
                        f"(got {a[tuple(idx)].item()}, expected {b[tuple(idx)].item()})")  # fmt: skip
     fin = b.isfinite() & a.isfinite()
-    a, b = a[fin], b[fin]
+    a, b, m = a[fin], b[fin], m[fin]
     if b.numel():
-        scale = max(b.norm().item(), 1e-30)
+        m = KAPPA * torch.where(m.isfinite(), m, 0)
+        scale = max(b.norm().item(), m.norm().item(), 1e-30)
         err, worst = (
             (a - b).norm().item() / scale,
-            (a - b).abs().max().item() / max(b.abs().max().item(), 1e-30),
+            (a - b).abs().max().item() / max(b.abs().max().item(), m.max().item(), 1e-30),
         )
         if err > tol or worst > 5 * tol:
             out.append(f"{what}: relative error {err:.2e} (worst element {worst:.2e}), tolerance {tol:.0e}")
@@ -369,6 +389,7 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
     dy = upstream(cfg, tuple(y64.shape), out_dtype, quiet)
     grads64 = torch.autograd.grad(y64, wanted, dy.cpu().double()) if wanted else ()
     want_grads = dict(zip(map(id, wanted), grads64))
+    y_mag, grad_mags = magnitudes(cfg, (x64, ws64, bs64), bits, dy.cpu().double(), wanted)
     tol = TOL[out_dtype]
     rows = ambiguous if cfg["mode"] != "given" and bool(ambiguous.any()) else None
     for path in PATHS:
@@ -385,7 +406,7 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
             continue
         if y.dtype != out_dtype:
             fails.append(f"[{name}] y: dtype {y.dtype}, expected {out_dtype}")
-        fails += [f"[{name}] {m}" for m in compare("y", y, y64, tol, rows)]
+        fails += [f"[{name}] {m}" for m in compare("y", y, y64, tol, rows, y_mag)]
         if words is not None:
             fails += [f"[{name}] {m}" for m in _compare_words("patterns", words, bits, ambiguous)]
         names = (
@@ -397,7 +418,10 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
         for leaf_name, leaf, ref in zip(names, leaves, ref_leaves):
             if id(ref) in want_grads:
                 got = grads.get(id(leaf)) if leaf.requires_grad else None
-                fails += [f"[{name}] {m}" for m in compare(f"d{leaf_name}", got, want_grads[id(ref)], tol)]
+                fails += [
+                    f"[{name}] {m}"
+                    for m in compare(f"d{leaf_name}", got, want_grads[id(ref)], tol, None, grad_mags[id(ref)])
+                ]
             elif leaf.requires_grad:
                 fails.append(f"[{name}] {leaf_name} requires a gradient the call did not ask for")
     return fails
