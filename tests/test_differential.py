@@ -80,6 +80,8 @@ def test_deep():
             kinds.add(kind)
             print(reports[-1], flush=True)
         seed += 1
+        if tried % 50 == 0:  # progress, for a run that is stopped before its end
+            print(f"deep run: {tried} configurations, {time.monotonic() - start:.0f} s", flush=True)
     wall, cpu = time.monotonic() - start, time.process_time() - cpu0
     print(f"deep run: {tried} configurations in {wall:.0f} s ({cpu:.0f} s CPU), {60 * tried / wall:.1f} a minute, "
           f"{len(reports)} failing; seeds {seed - tried}..{seed - 1}", flush=True)  # fmt: skip
