@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.glai-installed
 
-.PHONY: demo test test-floor bench gpu install clean
+.PHONY: demo test test-deep test-floor bench gpu install clean
 
 $(STAMP): pyproject.toml Makefile
 	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
@@ -38,6 +38,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# The differential test drawing new configurations for DEEP_S seconds (not part of `make test`): it prints the
+# number tried and fails on any mismatch, each with its seed, shrunk configuration and one-line repro.
+DEEP_S ?= 600
+
+test-deep: $(STAMP)
+	GLAI_DEEP_S=$(DEEP_S) $(PY) -m pytest -q -s -m deep tests/test_differential.py $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench/ --benchmark-only -q $(ARGS)

@@ -31,8 +31,10 @@ def _epilogue(
         out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
         tl.store(out_ptrs, relu, mask=in_m[:, None] & in_n[None, :])
         # The bits come from the stored (rounded) output, as the reference's come from its output dtype: the
-        # fp32 tile is dead once converted, and a 16-bit output holds half its registers.
-        fire = ((relu > 0) & in_n[None, :]).to(tl.int32)
+        # fp32 tile is dead once converted, and a 16-bit output holds half its registers. Compared in fp32
+        # (exact for every output dtype): Triton's interpreter compares bf16 values as their raw bits, where a
+        # NaN is > 0.
+        fire = ((relu.to(tl.float32) > 0) & in_n[None, :]).to(tl.int32)
     else:
         # Columns past N (wrapped copies of real ones) must be padding bits, which are 0.
         fire = ((z > 0) & in_n[None, :]).to(tl.int32)
