@@ -13,7 +13,7 @@ kernels). The Triton kernels draw them inside the kernel from one 64-bit seed a 
 ``keep(seed, layer, row, col) = philox(seed; col, row, layer, 0)[0] >> 1 >= round(p 2^31)`` (``kernels/dropout.py``), so
 the backward regenerates the very bits of the forward from the same seed and no mask ever goes to memory. The
 per-layer kernels and the fused ones use the same function, so the two Triton paths drop the same units for the
-same seed. :func:`keep_mask` materialises a mask for tests and for the float64 reference.
+same seed. ``dropout_launch.keep_mask`` materialises a mask for tests and for the float64 reference.
 """
 
 from __future__ import annotations
@@ -74,14 +74,6 @@ def draw_seed(device: torch.device) -> torch.Tensor:
     new seed. ``torch.manual_seed`` makes a run repeat its masks bit for bit.
     """
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
-
-
-def keep_mask(seed: torch.Tensor, layer: int, rows: int, cols: int, p: float) -> torch.Tensor:
-    """The ``[rows, cols]`` float32 mask (``0`` or ``1 / (1 - p)``) the Triton kernels apply to hidden layer
-    ``layer`` for ``seed``; computed by a small kernel calling the kernels' own mask function."""
-    from .dropout_launch import keep_mask as _keep_mask
-
-    return _keep_mask(seed, layer, rows, cols, p)
 
 
 class Draw:

@@ -31,7 +31,7 @@ def masked_forward(
 ):
     """``p * (h W^T + b)``; ``words=None`` means an ungated (output) layer. ``dropout``: None, or ``(seed,
     layer, rate)``: the result is then multiplied by the Triton kernels' mask of hidden layer ``layer``
-    (``glai_kernels.dropout.keep_mask``, which needs Triton)."""
+    (``glai_kernels.dropout_launch.keep_mask``, which needs Triton)."""
     z = F.linear(h, weight, bias)
     if words is not None:
         # z is a fresh temporary here (ops run without autograd), so the gates multiply in place.
@@ -51,7 +51,7 @@ def backward_data(g: torch.Tensor, weight: torch.Tensor, words, reduction: int, 
 def _drop(t: torch.Tensor, dropout) -> torch.Tensor:
     if dropout is None or not dropout[2]:
         return t
-    from .dropout import keep_mask
+    from .dropout_launch import keep_mask
 
     seed, layer, p = dropout
     return t.mul_(keep_mask(seed, layer, t.shape[0], t.shape[1], p).to(t.dtype))
@@ -73,7 +73,7 @@ def stack(x: torch.Tensor, weights, biases, patterns, reduction: int, drop=None)
 
     ``drop``: None, or per hidden layer the dropout applied to its gated output ``h_l``: ``0``/None (none), a
     rate ``p`` (``F.dropout``, torch's generator) or a float mask tensor (``0`` or ``1 / (1 - p)``, e.g. the
-    Triton kernels' mask from ``glai_kernels.dropout.keep_mask``) that ``h_l`` is multiplied by.
+    Triton kernels' mask from ``glai_kernels.dropout_launch.keep_mask``) that ``h_l`` is multiplied by.
 
     The same products as :func:`masked_forward` layer by layer, so forward and gradients equal those of the
     autograd Function over the per-op functions bit for bit: ``dW_l = g_l^T h_{l-1}`` by ``AddmmBackward``, and

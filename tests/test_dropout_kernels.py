@@ -14,7 +14,8 @@ fl = pytest.importorskip("glai_kernels.fused_launch", reason="the dropout kernel
 from test_fused_training import launches  # noqa: E402, F401  (the launch-counting fixture)
 
 from glai_kernels import triton_ops  # noqa: E402
-from glai_kernels.dropout import draw_seed, keep_mask  # noqa: E402
+from glai_kernels.dropout import draw_seed  # noqa: E402
+from glai_kernels.dropout_launch import keep_mask  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = {torch.float32: 2e-6, torch.float16: 2e-3}

@@ -143,8 +143,12 @@ LAYERS = {
         "layout",
         "kernels",
         "reference",
+        "dropout_launch",
     },  # fmt: skip
-    "lowering": {"kernels", "layout", "tuning"},
+    # In-kernel dropout: the rates and seeds (a leaf), and the launch-side constants and mask helper.
+    "dropout": set(),
+    "dropout_launch": {"dropout", "kernels"},
+    "lowering": {"kernels", "layout", "tuning", "dropout_launch"},
     "tuner": {
         "triton_ops",
         "lowering",
@@ -160,7 +164,7 @@ LAYERS = {
     "autotune": {"tuner", "launch_configs", "tuning", "tuning_cache", "costs", "layout", "dispatch_report"},
     # The fused path's dispatch table is a leaf; its evidence and report read it and the lowering, never a launch.
     "fused_table": set(),
-    "fused_lowering": {"fused_config", "fused_table", "layout", "lowering", "kernels"},
+    "fused_lowering": {"fused_config", "fused_table", "layout", "lowering", "kernels", "dropout_launch"},
     "dispatch_evidence": {"fused_config", "fused_table", "fused_lowering", "lowering", "layout", "kernels"},
     "dispatch_report": {"dispatch_evidence", "fused_table"},
 }
