@@ -45,6 +45,7 @@ DEFAULT_DEADLINE_S = 540.0
 TAIL_S = 60.0  # the last case started within the budget has this long (less the watchdog's margin) to end
 PREFLIGHT_S = 10.0  # estimated: imports, CUDA start-up, the one-element kernel (--plan counts from its end)
 
+
 def widest_fused_width(dtype: str) -> int:
     """The widest hidden width the fused path takes for ``dtype`` ("bfloat16", "float16", "tf32", "float32":
     IEEE dots, PyTorch's default) on sm_90 in every mode, from the dispatch table
