@@ -39,6 +39,10 @@ from glai_kernels.fused import why_not_fused
 # Relative error (norm) per operand dtype; an element may miss by 5x that.
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 KAPPA = 0.1  # a result under a tenth of the magnitude of its terms is compared relative to that tenth
+# Below its smallest normal number a 16-bit float keeps an absolute resolution (float16: 6e-8), not a relative
+# one: a gradient of 1e-6 computed in float16 is a few percent off on every path alike. Each element may be off
+# by this many steps of that resolution beyond the relative tolerance.
+SUBNORMAL_STEPS = 64
 PATHS = (("torch", None), ("triton", False), ("triton", True))
 
 
@@ -136,15 +140,17 @@ def accepts(cfg: dict, path) -> bool:
 
 # ----------------------------------------------------------------------------- comparing
 def compare(
-    what: str, got, want: torch.Tensor, tol: float, rows=None, magnitude=None, kinds: bool = True
-) -> list[str]:
+    what: str, got, want: torch.Tensor, tol: float, rows=None, magnitude=None, kinds: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> list[str]:  # fmt: skip
     """Mismatches of ``got`` against float64 ``want``: shape, NaN and inf placement, relative error.
 
     The error is relative to ``want``, or to :data:`KAPPA` times ``magnitude`` (see :func:`magnitudes`) where
     ``want`` is much smaller than its terms: a sum that cancels keeps its terms' rounding errors. ``kinds``:
     whether NaN, +inf and -inf must each be in the same places, or only the non-finite values; a weight gradient
     ``g^T h`` with an infinite ``h`` takes the sign of a rounded ``g``, which a float16 or bfloat16 ``g`` near
-    zero may flip."""
+    zero may flip. ``dtype``: the precision the path computes in, whose subnormal resolution
+    (:data:`SUBNORMAL_STEPS`) is allowed on each element as an absolute error."""
     if got is None:
         return [f"{what}: no result (expected shape {tuple(want.shape)})"]
     if tuple(got.shape) != tuple(want.shape):
@@ -168,9 +174,12 @@ def compare(
     if b.numel():
         m = KAPPA * torch.where(m.isfinite(), m, 0)
         scale = max(b.norm().item(), m.norm().item(), 1e-30)
+        finfo = torch.finfo(dtype)
+        floor = SUBNORMAL_STEPS * finfo.tiny * finfo.eps  # absolute: steps of the subnormal spacing
+        diff = ((a - b).abs() - floor).clamp_min(0)
         err, worst = (
-            (a - b).norm().item() / scale,
-            (a - b).abs().max().item() / max(b.abs().max().item(), m.max().item(), 1e-30),
+            diff.norm().item() / scale,
+            diff.max().item() / max(b.abs().max().item(), m.max().item(), 1e-30),
         )
         if err > tol or worst > 5 * tol:
             out.append(f"{what}: relative error {err:.2e} (worst element {worst:.2e}), tolerance {tol:.0e}")
@@ -223,7 +232,7 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
             continue
         if y.dtype != out_dtype:
             fails.append(f"[{name}] y: dtype {y.dtype}, expected {out_dtype}")
-        fails += [f"[{name}] {m}" for m in compare("y", y, y64, tol, rows, y_mag)]
+        fails += [f"[{name}] {m}" for m in compare("y", y, y64, tol, rows, y_mag, dtype=out_dtype)]
         if words is not None:
             fails += [f"[{name}] {m}" for m in _compare_words("patterns", words, bits, ambiguous)]
         names = (
@@ -240,8 +249,15 @@ def check_call(cfg: dict, pool: dict) -> list[str]:
                 fails += [
                     f"[{name}] {m}"
                     for m in compare(
-                        f"d{leaf_name}", got, want_grads[id(ref)], tol, None, grad_mags[id(ref)], kinds
-                    )
+                        f"d{leaf_name}",
+                        got,
+                        want_grads[id(ref)],
+                        tol,
+                        None,
+                        grad_mags[id(ref)],
+                        kinds,
+                        dtype=out_dtype,
+                    )  # fmt: skip
                 ]
             elif leaf.requires_grad:
                 fails.append(f"[{name}] {leaf_name} requires a gradient the call did not ask for")
