@@ -39,10 +39,10 @@ def test_plan_starts_every_headline_case_in_the_first_third_of_the_budget():
     assert len(top) == 1 + 3 * len(headline.VARIANTS)
     assert max(c["est_start_s"] for c in top) <= got["budget_s"] / 3, top[-1]
     widths = {p.width for p in headline.points(plan.GPU)}
-    assert widths == {64, 256, plan.widest_fused_width("bfloat16")}
+    assert widths == {64, 256, headline.widest_fused_width("bfloat16")}
     # fp32 (IEEE dots, PyTorch's default) at the widest width the dispatch table fuses on sm_90, before the headline
     fp32 = min(fused_table.fused_width(90, torch.float32, "ieee", m) for m in fused_table.MODE_NAMES)
-    assert plan.widest_fused_width("float32") == fp32 > 0
+    assert headline.widest_fused_width("float32") == fp32 > 0
     assert all(p.batch >= 16384 for p in headline.points(plan.GPU))
     default = [c["case"] for c in cases if c["section"] == "default-path"]
     assert any(f"float32 B16384 512-{fp32}x2" in c for c in default), default

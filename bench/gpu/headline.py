@@ -17,10 +17,21 @@ VARIANTS = ("eager", "f-qcache", "c-dflt", "c-ro", "c-glai")
 KERNELS = ("masked_forward", "backward_data", "backward_weights")
 
 
+def widest_fused_width(dtype: str) -> int:
+    """The widest hidden width the fused path takes for ``dtype`` ("bfloat16", "float16", "tf32", "float32":
+    IEEE dots, PyTorch's default) on sm_90 in every mode, from the dispatch table
+    (``glai_kernels.fused_table``): the headline's widest head, and the fp32 head of the default-path checks."""
+    import torch
+
+    from glai_kernels import fused_table
+
+    torch_dtype = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
+    precision = "tf32" if dtype == "tf32" else "ieee"
+    return min(fused_table.fused_width(90, torch_dtype, precision, mode) for mode in fused_table.MODE_NAMES)
+
+
 def points(sizes) -> list:
     """The headline heads: ``sizes.headline`` with a width of None read as the widest fused width (bf16)."""
-    from bench.gpu.plan import widest_fused_width
-
     batch, in_f, widths, depth, out_f = sizes.headline
     return [
         steps.Point("bfloat16", batch, in_f, w or widest_fused_width("bfloat16"), depth, out_f)
@@ -34,8 +45,6 @@ def default_path_cases(target, sizes, first: bool = True) -> list[Case]:
     PyTorch default, at fp32's widest fused width, from the dispatch table), else those that open the
     correctness section (TF32 at that width, and IEEE fp32 at the widest head where the table stops fp32
     short of it). The split keeps every headline case in the first third of the budget."""
-    from bench.gpu.plan import widest_fused_width
-
     heads = [(p.batch, p.in_f, p.width, p.depth, p.out_f) for p in points(sizes)]
     widest = heads[-1]
     fp32 = (*widest[:2], min(widest_fused_width("float32"), widest[2]), *widest[3:])

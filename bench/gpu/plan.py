@@ -46,19 +46,6 @@ TAIL_S = 60.0  # the last case started within the budget has this long (less the
 PREFLIGHT_S = 10.0  # estimated: imports, CUDA start-up, the one-element kernel (--plan counts from its end)
 
 
-def widest_fused_width(dtype: str) -> int:
-    """The widest hidden width the fused path takes for ``dtype`` ("bfloat16", "float16", "tf32", "float32":
-    IEEE dots, PyTorch's default) on sm_90 in every mode, from the dispatch table
-    (``glai_kernels.fused_table``): the headline's widest head, and the fp32 head of the default-path checks."""
-    import torch
-
-    from glai_kernels import fused_table
-
-    torch_dtype = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
-    precision = "tf32" if dtype == "tf32" else "ieee"
-    return min(fused_table.fused_width(90, torch_dtype, precision, mode) for mode in fused_table.MODE_NAMES)
-
-
 def tail_s(deadline_s: float) -> float:
     return min(TAIL_S, deadline_s / 4)
 
@@ -80,7 +67,9 @@ class Sizes:
     fused_heads: tuple  # (batch, in, width, depth, out) of the fused path's correctness checks
     fused_batches: tuple  # (determinism batch: many weight-gradient splits, batch of the graph/sync checks)
     fused_step_head: tuple  # (in, width, out) of the fused determinism, no-sync, graph and compile checks
-    headline: tuple  # (batch, in, (narrow, medium, widest) widths, depth, out); None: widest_fused_width
+    headline: (
+        tuple  # (batch, in, (narrow, medium, widest) widths, depth, out); None: headline.widest_fused_width
+    )
     alternating: tuple  # (two batches with different weight-gradient split counts, steps alternating them)
 
 
