@@ -63,10 +63,11 @@ def step_times(phase: str, iters: int, batch: int, hidden, features: int = 64, o
 def fused_launches(hidden) -> dict:
     """Kernel launches of one fused training step with dropout on (interpreter, CPU tensors), counted at the
     two host functions every launch goes through."""
-    from glai_kernels import fused_launch, triton_launch
+    from glai_kernels import fused_launch, per_layer_launch
 
     counts = collections.Counter()
-    originals = {m: m.launch for m in (fused_launch, triton_launch)}
+    originals = {(fused_launch, "launch_fused"): fused_launch.launch_fused,
+                 (per_layer_launch, "launch_plan"): per_layer_launch.launch_plan}  # fmt: skip
 
     def counting(original):
         def launch(kernel, *args, **kwargs):
@@ -75,8 +76,8 @@ def fused_launches(hidden) -> dict:
 
         return launch
 
-    for module, original in originals.items():
-        module.launch = counting(original)
+    for (module, name), original in originals.items():
+        setattr(module, name, counting(original))
     try:
         result = {}
         for phase in ("structural", "quantitative"):
@@ -88,8 +89,8 @@ def fused_launches(hidden) -> dict:
             result[phase] = dict(counts)
         return result
     finally:
-        for module, original in originals.items():
-            module.launch = original
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
 
 
 def main(argv=None) -> int:

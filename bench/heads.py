@@ -86,7 +86,7 @@ def skip_reason(case: HeadCase, device: torch.device) -> str | None:
         if case.batch > CPU_MAX_BATCH:
             return f"on CPU the eager MLP head step runs up to batch {CPU_MAX_BATCH} only"
         return None
-    if case.variant.startswith("glai") and backend.triton_ops() is None:
+    if case.variant.startswith("glai") and backend.per_layer_ops() is None:
         return f"the Triton kernels cannot be imported ({backend._triton_error})"
     return None
 

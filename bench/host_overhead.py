@@ -5,7 +5,7 @@
 Runs on CPU under Triton's interpreter (set here before the kernels import) with every kernel launch replaced
 by a no-op, so the figures are the time of argument checks, configuration lookup, output allocation and
 dispatch, and nothing of the kernels themselves. Two ways in are timed per op: the public function
-(``glai_kernels.triton_ops.<op>``, what the autograd Function calls) and the registered custom op
+(``glai_kernels.per_layer_ops.<op>``, what the autograd Function calls) and the registered custom op
 (``torch.ops.glai.<op>``, what a ``torch.compile``d graph calls). Each figure is the median over ``--repeats``
 rounds of the mean over ``--calls`` calls; the spread (max / min over rounds) is printed beside it, since these
 shared machines are noisy. Triton's own launch cost (binding arguments, reading the kernel cache) comes on top
@@ -83,14 +83,14 @@ def main(argv=None) -> int:
             ap.error(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     torch.set_num_threads(1)
     _stub_launches()
-    from glai_kernels import triton_ops
+    from glai_kernels import per_layer_ops
 
     print(
         f"host time per call, launches stubbed, CPU, torch {torch.__version__}, batch {args.batch}, width "
         f"{args.width}, median of {args.repeats} x {args.calls} calls (spread = slowest / fastest round)"
     )
     print(f"{'op':18s} {'public call':>14s} {'spread':>7s} {'torch.ops.glai':>15s} {'spread':>7s}")
-    for name, (public, registered) in _cases(triton_ops, args.batch, args.width).items():
+    for name, (public, registered) in _cases(per_layer_ops, args.batch, args.width).items():
         t_pub, s_pub = time_per_call(public, args.calls, args.repeats)
         t_reg, s_reg = time_per_call(registered, args.calls, args.repeats)
         print(f"{name:18s} {t_pub:11.2f} us {s_pub:7.2f} {t_reg:12.2f} us {s_reg:7.2f}")

@@ -28,11 +28,11 @@ def _stub_launches(splits: int | None = None) -> None:
     """No-op launches, and the fused path's sm_90 configuration instead of the interpreter's (whose small
     chunks would add staging buffers a GPU step does not allocate). ``splits``: the weight gradient's batch
     splits (on CPU the default is one, which needs no split-combine workspace; a GPU splits a long batch)."""
-    from glai_kernels import fused_config, fused_launch, triton_launch
+    from glai_kernels import fused_config, fused_launch, per_layer_launch
 
-    fused_launch.launch = lambda *args, **kwargs: None
-    triton_launch.launch = lambda *args, **kwargs: None
-    config = fused_config.defaults_for_capability(90)
+    fused_launch.launch_fused = lambda *args, **kwargs: None
+    per_layer_launch.launch_plan = lambda *args, **kwargs: None
+    config = fused_config.fused_defaults(90)
     if splits is not None:
         config["weights"]["SPLITS"] = splits
     fused_launch._CONFIGS[torch.device("cpu")] = config

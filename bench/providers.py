@@ -1,7 +1,7 @@
 """What each benchmark times: every op under each provider, on random inputs of one grid shape.
 
 Providers:
-    triton             the fused kernels of ``glai_kernels.triton_ops`` (CUDA only), configs from ``config_for``
+    triton             the fused kernels of ``glai_kernels.per_layer_ops`` (CUDA only), configs from ``config_for``
     torch              the PyTorch reference of the same op (``glai_kernels.reference``)
     baseline           what a user would run instead: ``F.linear`` + ReLU, its autograd backward, a plain MLP step
     baseline_compiled  the plain MLP training step under ``torch.compile`` (CUDA only)
@@ -81,7 +81,7 @@ def skip_reason(case: Case, device: torch.device) -> str | None:
     if case.provider.startswith("triton"):
         if device.type != "cuda":
             return "Triton kernels are timed on CUDA only; no CUDA device here (the PyTorch providers run)"
-        if backend.triton_ops() is None:
+        if backend.per_layer_ops() is None:
             return f"the Triton kernels cannot be imported ({backend._triton_error})"
     if case.provider == "baseline_compiled" and device.type != "cuda":
         return (
@@ -91,7 +91,7 @@ def skip_reason(case: Case, device: torch.device) -> str | None:
 
 
 def _ops(provider: str):
-    return backend.triton_ops() if provider.startswith("triton") else reference
+    return backend.per_layer_ops() if provider.startswith("triton") else reference
 
 
 def build(case: Case, device: torch.device):

@@ -22,11 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glai_kernels import glai_mlp, structural_patterns, words_for
+from glai_kernels import words_for
 from glai_kernels.backend import check_backend_name
 from glai_kernels.checks import check_input, check_reduction, match_dtypes
+from glai_kernels.dispatch import (
+    check_fused_request,
+    frozen_mlp,
+    glai_mlp,
+    structural_mlp,
+    structural_patterns,
+)
 from glai_kernels.dropout import active, check_rates
-from glai_kernels.fused import check_fused_flag, fused_mlp, width_problem
 
 from . import resize, widen
 
@@ -153,11 +159,7 @@ class GLAIMLP(nn.Module):
         self.reduction = reduction
         self.bias = bool(bias)
         self.backend = check_backend_name(backend)
-        check_fused_flag(fused)
-        if fused:
-            problem = width_problem(self.hidden_features, tuple(n // reduction for n in self.hidden_features))
-            if problem is not None:
-                raise ValueError(f"fused=True: {problem}")
+        check_fused_request(fused, self.hidden_features, [n // reduction for n in self.hidden_features])
         self.fused = fused
         self.dropout = check_rates(dropout, len(self.hidden_features))
         self.layers = self._make_layers(self.structural_widths, device=device, dtype=dtype)
@@ -399,9 +401,7 @@ class GLAIMLP(nn.Module):
                 raise PhaseError("patterns can only be passed in the quantitative phase; call freeze() first")
             # The fused path saves the packed patterns made in its forward (relu(z) = p z); elsewhere
             # nn.Linear + ReLU, the fastest there.
-            y = fused_mlp(
-                x, weights, biases, structural=True, backend=self.backend, fused=self.fused, dropout=drop
-            )
+            y = structural_mlp(x, weights, biases, backend=self.backend, fused=self.fused, dropout=drop)
             if y is not None:
                 return y
             check_input(x, self.in_features)
@@ -418,16 +418,12 @@ class GLAIMLP(nn.Module):
                 for layer, p in zip(layers[:-1], drop):
                     h = F.dropout(torch.relu(layer(h)), p, True) if p else torch.relu(layer(h))
             return layers[-1](h)
-        if patterns is None:
-            # Fused: the frozen structure runs in the same launch as the quantitative layers.
-            y = fused_mlp(
-                x, weights, biases, structure=(structure.weights, structure.biases), reduction=self.reduction,
+        if patterns is None:  # the frozen structure's patterns (in the same launch where the path is fused)
+            return frozen_mlp(
+                x, weights, biases, (structure.weights, structure.biases), reduction=self.reduction,
                 backend=self.backend, fused=self.fused, dropout=drop,
             )  # fmt: skip
-            if y is not None:
-                return y
-            patterns = self.patterns(x)
-        elif type(patterns) is not list and hasattr(patterns, "check_model"):
+        if type(patterns) is not list and hasattr(patterns, "check_model"):
             patterns.check_model(self)  # looked up in a PatternCache: refused unless built for this structure
         return glai_mlp(
             x, weights, biases, patterns, reduction=self.reduction, backend=self.backend, fused=self.fused,

@@ -3,11 +3,13 @@
 No ``nn.Module`` lives here (see ``glai.nn``). Importing never needs a GPU or Triton.
 """
 
-from . import tuner as _tuner  # noqa: F401  (registers the tuner GLAI_AUTOTUNE=1 calls on a miss)
-from .backend import BACKENDS, interpreting, resolve_backend, triton_available
-from .function import GLAIStackFunction, glai_mlp, structural_patterns
+from .backend import BACKENDS, resolve_backend, triton_available
+from .dispatch import glai_mlp, structural_patterns
 from .launch_configs import LaunchConfig, launch_config
 from .layout import WORD_BITS, pack_patterns, unit_mask, unpack_patterns, words_for
+from .per_layer import GLAIStackFunction
+from .runtime import interpreting
+from .tools import tuner as _tuner  # noqa: F401  (registers the tuner GLAI_AUTOTUNE=1 calls on a miss)
 
 __all__ = [
     "BACKENDS",

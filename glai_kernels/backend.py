@@ -12,7 +12,7 @@ from types import ModuleType
 
 import torch
 
-from .tuning import interpreting
+from . import runtime
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -34,20 +34,20 @@ def _load_triton_ops() -> bool:
     global _triton_ops, _triton_error
     if _triton_ops is None and _triton_error is None:
         try:
-            _triton_ops = importlib.import_module("glai_kernels.triton_ops")
+            _triton_ops = importlib.import_module("glai_kernels.per_layer_ops")
         except Exception as exc:  # no Triton, a Triton without a driver, no kernels yet: fall back
             _triton_error = f"{type(exc).__name__}: {exc}"
     return _triton_ops is not None
 
 
-def triton_ops() -> ModuleType | None:
+def per_layer_ops() -> ModuleType | None:
     """The Triton ops module, or None when Triton or its kernels cannot be imported here."""
     _load_triton_ops()
     return _triton_ops
 
 
 def triton_available() -> bool:
-    return triton_ops() is not None
+    return per_layer_ops() is not None
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -56,11 +56,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "triton":
-        if triton_ops() is None:
+        if per_layer_ops() is None:
             raise RuntimeError(
                 f"backend='triton' was requested but the Triton kernels are unavailable ({_triton_error})"
             )
-        if device.type != "cuda" and not interpreting():
+        if device.type != "cuda" and not runtime.interpreting():
             raise ValueError(
                 f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter), "
                 f"got tensors on {device}; use backend='torch' or 'auto' on this device"

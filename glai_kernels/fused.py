@@ -5,169 +5,30 @@ one launch for the data-gradient chain and one for every layer's weight gradient
 Both phases go through :class:`FusedStackFunction`: the structural phase computes ``relu(z) = p z`` with
 ``p = [z > 0]`` and saves the packed ``p``, so its backward is the quantitative one.
 
-**When it runs** (``fused=`` of :func:`fused_mlp`, ``glai_mlp`` and ``GLAIMLP``): ``None`` (auto) takes the
-fused path when the backend resolves to ``"triton"`` (CUDA tensors, or Triton's interpreter) and the stack fits
-its limits; ``True`` forces it and raises a ValueError naming the limit otherwise; ``False`` keeps the per-layer
-kernels. The limits: at least one hidden layer; float32, float16 or bfloat16 operands (autocast casts to
-those); every hidden width, quantitative and structural, at most the widest the dispatch table
-(``glai_kernels.fused_table``) gives for the device's architecture, the dtype, the dot precision (float32 with
-TF32 or IEEE products, as PyTorch's matmul setting says) and the mode. Depth, input and output features, batch,
-strides and reduction are free. See ``docs/fused.md``.
-
-**Host path.** Arguments are validated once per signature (shapes, strides, dtypes, devices, autocast state,
-flags: ``glai_kernels.signature``) and the verdict remembered, so a step builds a key and does a dictionary
-lookup, no checks, no host synchronisation, no CPU tensor. ``glai_mlp`` asks the same verdict on every backend
-(:func:`verdict`). The verdict of the fused path is a :class:`~glai_kernels.fused_plan.FusedPlan`, which keeps
-each launch with its stride arguments, so a step only allocates outputs and gathers pointers. Eagerly the
-launches are called directly; under ``torch.compile`` each launch is one custom op (``torch.ops.glai.fused_forward``,
-``fused_grad_data``, ``fused_grad_weights``) with a shape-only fake.
+**When it runs** is decided by the front door (``glai_kernels.dispatch``), once per call signature; its
+verdict for this path is a :class:`~glai_kernels.fused_plan.FusedPlan`, which keeps each launch with its
+stride arguments, so a step only allocates outputs and gathers pointers. The limits (the dispatch table,
+``glai_kernels.fused_table``) are in ``docs/fused.md``. Eagerly the launches are called directly; under
+``torch.compile`` each launch is one custom op (``torch.ops.glai.fused_forward``, ``fused_grad_data``,
+``fused_grad_weights``) with a shape-only fake.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import backend as _backend
-from . import fused_table
-from .checks import check_devices, check_input, check_patterns, check_reduction, check_stack, match_dtypes
+from . import fused_table, reference
+from .checks import match_dtypes
 from .dropout import Draw, draw_seed, refuse_when_compiling, split_draw
 from .eager import eager_apply
 from .fallback import fall_back, stack_case
 from .first_order import first_order
-from .fused_config import MAX_WIDTH, device_capability
 from .fused_plan import FROM_STRUCTURE, GIVEN, STRUCTURAL, FusedPlan, chain_ends
 from .fused_plan import launcher as _launch
 from .layout import PATTERN_DTYPE, words_for
-from .signature import Verdicts
-from .tuning import torch_dot_precision
-
-FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_F32 = torch.float32
-# Whether autocast is on for any device: one C call, where the device's own query needs x.device first.
-_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
-_PLANS = Verdicts()  # call signature -> verdict: a FusedPlan, or the per-layer path's backend name
 
 
-# ----------------------------------------------------------------------------- the rule
-def check_fused_flag(fused) -> None:
-    if fused is not None and not isinstance(fused, bool):
-        raise TypeError(f"fused must be None (auto), True or False, got {fused!r}")
-
-
-def width_problem(hidden, structural=(), limit: int = MAX_WIDTH, where: str = "") -> str | None:
-    """Why these hidden widths cannot take the fused path, or None (``where``: the case the limit is for)."""
-    if limit == 0:
-        return f"the fused path takes no hidden width{where}"
-    for what, widths in (("hidden", hidden), ("structural", structural)):
-        for i, n in enumerate(widths):
-            if n > limit:
-                return f"the fused path takes hidden widths up to {limit}{where}, got {what} width {n} at layer {i}"
-    return None
-
-
-def why_not_fused(
-    backend_name: str, n_layers: int, dtype, hidden, structural=(), device=None, mode: int = GIVEN,
-    precision: str | None = None,
-) -> str | None:  # fmt: skip
-    """Why a stack cannot take the fused path (one sentence naming the limit and the value), or None.
-    ``device`` None: only the widest width of any case is checked (what a model can know when it is built);
-    ``precision``: ``tl.dot``'s for float32 (``"tf32"``/``"ieee"``), None for the current setting."""
-    if backend_name != "triton":
-        return (
-            f"the fused path runs on the 'triton' backend, but the backend resolved to {backend_name!r} here"
-        )
-    if n_layers < 2:
-        return "the fused path needs at least one hidden layer, got a single linear layer"
-    if dtype not in FUSED_DTYPES:
-        return f"the fused path takes float32, float16 or bfloat16 operands, got {dtype}"
-    if device is None:
-        return width_problem(hidden, structural)
-    precision = dot_precision(dtype) if precision is None else precision
-    limit, case = _fused_width(str(device), str(dtype).replace("torch.", ""), precision, mode)
-    return width_problem(hidden, structural, limit, f" for {case} ({device})")
-
-
-def dot_precision(dtype) -> str:
-    """``tl.dot``'s input precision for ``dtype`` as the fused launches take it (``triton_launch.dot_precision``,
-    without importing Triton): IEEE under the interpreter, else PyTorch's matmul setting for float32."""
-    return "ieee" if _backend.interpreting() else torch_dot_precision(dtype)
-
-
-@torch.compiler.assume_constant_result
-def _fused_width(device: str, dtype: str, precision: str, mode: int) -> tuple[int, str]:
-    """The dispatch table's widest hidden layer for this case, and the case in words; a constant to
-    torch.compile (which cannot trace the CUDA query)."""
-    capability = device_capability(torch.device(device), _backend.interpreting())
-    dt = getattr(torch, dtype)
-    return fused_table.fused_width(capability, dt, precision, mode), fused_table.describe(
-        capability, dt, precision, mode
-    )
-
-
-# ----------------------------------------------------------------------------- entry
-def fused_mlp(
-    x, weights, biases, *, patterns=None, structure=None, structural=False, reduction=1, backend="auto",
-    fused=None, dropout=None,
-):  # fmt: skip
-    """The stack's output through the fused path, or None where the per-layer path must run instead.
-
-    Exactly one of: ``patterns`` (the quantitative phase with given patterns, as ``glai_mlp``), ``structure``
-    (``(weights, biases)`` of the frozen structure's hidden layers: its patterns are computed in the same
-    launch) or ``structural=True`` (the structural phase: ReLU, patterns made in the forward).
-    """
-    if fused is False:
-        return None
-    if fused is None and (backend == "torch" or (backend == "auto" and not getattr(x, "is_cuda", False))):
-        return None  # resolves to the torch backend: decided without building a signature
-    mode = STRUCTURAL if structural else (FROM_STRUCTURE if structure is not None else GIVEN)
-    plan, autocast = verdict(mode, x, weights, biases, patterns, structure, reduction, backend, fused)
-    if type(plan) is not FusedPlan:
-        return None
-    return run(plan, x, weights, biases, patterns, structure, autocast, dropout)
-
-
-def verdict(mode, x, weights, biases, patterns, structure, reduction, backend, fused):
-    """``(verdict, autocast dtype or None)`` of a call: a :class:`FusedPlan`, or the name of the backend
-    (``"torch"`` or ``"triton"``) the per-layer path runs on. A call is checked in full the first time its
-    signature (``glai_kernels.signature``) comes, and whenever ``torch.compile`` traces it."""
-    autocast = None
-    if _any_autocast():
-        kind = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-        autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
-    checks = (x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast)
-    if torch.compiler.is_compiling():  # traced: checked in full, nothing remembered
-        return _validate(*checks), autocast
-    key = _key(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast)
-    found = _PLANS.get(key)
-    if found is None:
-        found = _validate(*checks)
-        _PLANS.put(key, found)
-    elif type(found) is FusedPlan and found.down is not None:  # a launch was refused: the path below
-        return found.down, autocast
-    return found, autocast
-
-
-def remember_path(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast, path):
-    """Remember ``path`` as the verdict of this call's signature (a per-layer launch was refused)."""
-    _PLANS.put(_key(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast), path)
-
-
-def _key(mode, x, weights, biases, patterns, structure, reduction, backend, fused, autocast):
-    extra_w, extra_b = (), ()
-    if mode == GIVEN:
-        extra_w = patterns
-    elif mode == FROM_STRUCTURE:  # a malformed structure gives no key (0 is no group): the checks name it
-        pair = isinstance(structure, (tuple, list)) and len(structure) == 2
-        extra_w, extra_b = structure if pair else (0, 0)
-    # float32's fused limit and configuration follow the TF32 setting: part of the key (a C call a step).
-    precision = (
-        dot_precision(torch.float32) if autocast is None and getattr(x, "dtype", None) is _F32 else None
-    )
-    return _PLANS.key(
-        (mode, reduction, backend, fused, autocast, precision), x, weights, biases, extra_w, extra_b
-    )
-
-
+# ----------------------------------------------------------------------------- running a plan
 def run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast, dropout=None):
     """The fused forward of a call whose verdict is ``plan``, ``x`` of any leading shape; ``dropout`` None or
     the checked rates of the hidden layers (at least one above 0). None where the launch was refused
@@ -217,56 +78,6 @@ def _run(plan: FusedPlan, x, weights, biases, patterns, structure, autocast, dro
     else:
         y = eager_apply(FusedStackFunction, (x2, *flags), tensors)[0]
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-def _validate(x, weights, biases, patterns, structure, mode, reduction, backend, fused, autocast):
-    """The full checks (errors as the per-layer path gives them), then the verdict: a FusedPlan, or the
-    per-layer path's backend name."""
-    check_fused_flag(fused)
-    _backend.check_backend_name(backend)
-    weights, biases = check_stack(weights, biases)
-    check_input(x, weights[0].shape[1])
-    hidden = [w.shape[0] for w in weights[:-1]]
-    lead = tuple(x.shape[:-1])
-    structural_hidden = hidden if mode == STRUCTURAL else [n // reduction for n in hidden]
-    if mode == STRUCTURAL:
-        if reduction != 1:
-            raise ValueError(
-                f"the structural phase makes its patterns at full width: reduction must be 1, got {reduction}"
-            )
-    else:
-        check_reduction(reduction, hidden)
-    if mode == GIVEN:
-        check_patterns(patterns, hidden, reduction, lead, x.device)
-    elif mode == FROM_STRUCTURE and hidden:
-        if not isinstance(structure, (tuple, list)) or len(structure) != 2:
-            raise TypeError(
-                f"structure must be a pair (weights, biases) of the frozen hidden layers, got {structure!r}"
-            )
-        s_w, s_b = check_stack(*structure)
-        shapes = [tuple(w.shape) for w in s_w]
-        ins = [x.shape[-1]] + structural_hidden[:-1]
-        expected = [(n, k) for n, k in zip(structural_hidden, ins)]
-        if shapes != expected:
-            raise ValueError(
-                f"the frozen structure must have hidden layers of shapes {expected} (widths / reduction), got {shapes}"
-            )
-        check_devices(x, s_w, s_b)
-        if autocast is None:
-            match_dtypes(x, s_w, s_b)
-    check_devices(x, weights, biases)
-    dtype = autocast if autocast is not None else x.dtype
-    if autocast is None:
-        match_dtypes(x, weights, biases)
-    name = _backend.resolve_backend(backend, x.device)
-    if fused is False:
-        return name
-    reason = why_not_fused(name, len(weights), dtype, hidden, structural_hidden, x.device, mode)
-    if reason is None:
-        return FusedPlan(mode, 1 if mode == STRUCTURAL else reduction, [b is not None for b in biases])
-    if fused:
-        raise ValueError(f"fused=True: {reason}")
-    return name
 
 
 # ----------------------------------------------------------------------------- the Function
@@ -355,8 +166,6 @@ def torch_grads(ctx, grad_y, plan: FusedPlan) -> tuple:
     """``FusedStackFunction.backward``'s gradients in PyTorch ops from what the forward saved (the path a
     refused backward launch falls to): ``G_L = dy``, ``dW_l = G_l^T h_{l-1}``, ``db_l = sum_rows G_l``,
     ``G_{l-1} = (G_l W_l) * p_{l-1}``, ``dx = G_1 W_1``."""
-    from . import reference
-
     L, r = plan.n_layers, plan.reduction
     saved = ctx.saved_tensors
     weights, inputs, words = saved[1 : L + 1], (saved[0], *saved[L + 1 : 2 * L]), saved[2 * L :]

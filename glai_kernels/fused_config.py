@@ -10,7 +10,7 @@ over a wide output (``y``, ``dx``); ``CHUNK`` the most columns of a hidden layer
 :func:`chunk_for` so that a weight block ``[padded width, chunk]`` holds at most ``WEIGHT_BLOCK`` elements (its
 pipelined copies in shared memory grow with it). Wider layers go chunk by chunk through their saved output.
 weights: a ``BLOCK_M x BLOCK_N`` tile of ``dW``, ``BLOCK_K`` batch rows a step, ``SPLITS`` batch splits
-(``None``: see :func:`weight_splits`).
+(``None``: see :func:`fused_splits`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from . import fused_table
+from . import fused_table, runtime
 
 MIN_PAD = 16  # tl.dot needs every dimension >= 16
 
@@ -46,7 +46,7 @@ def chunk_for(cfg: dict, pads) -> int:
     return max(MIN_PAD, min(cfg["CHUNK"], cfg["WEIGHT_BLOCK"] // max(pads)))
 
 
-def defaults_for_capability(capability: int | None, dtype=torch.bfloat16, precision: str = "tf32") -> dict:
+def fused_defaults(capability: int | None, dtype=torch.bfloat16, precision: str = "tf32") -> dict:
     """``{"chain": {...}, "weights": {...}, "max_width": n}`` of a device of ``capability`` (e.g. 90 for sm_90;
     None: Triton's interpreter) for operands of ``dtype`` multiplied at ``precision`` (``"tf32"``/``"ieee"``,
     read for float32 only), ``max_width`` the widest hidden layer of the given-patterns mode. Fresh dicts."""
@@ -58,22 +58,7 @@ def defaults_for_capability(capability: int | None, dtype=torch.bfloat16, precis
     return {"chain": dict(chain), "weights": weights, "max_width": widths[fused_table.GIVEN]}
 
 
-def device_capability(device: torch.device, interpreted: bool) -> int | None:
-    """The device's capability as the table keys it (``10 * major + minor``); None under the interpreter."""
-    if interpreted or device.type != "cuda":
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return 10 * major + minor
-
-
-def default_config(
-    device: torch.device, interpreted: bool, dtype=torch.bfloat16, precision: str = "tf32"
-) -> dict:
-    """:func:`defaults_for_capability` of ``device``."""
-    return defaults_for_capability(device_capability(device, interpreted), dtype, precision)
-
-
-def check_config(config) -> dict:
+def check_fused_config(config) -> dict:
     """A caller's ``config=`` (``{"chain": ..., "weights": ...}``, either part optional) merged over nothing:
     a ValueError naming the first bad entry."""
     if not isinstance(config, dict) or not set(config) <= {"chain", "weights"}:
@@ -100,22 +85,18 @@ def check_config(config) -> dict:
     return config
 
 
-_SM_COUNT: dict = {}
-
-
-def weight_splits(cfg: dict, tiles: int, rows: int, device: torch.device) -> tuple[int, int]:
-    """``(S, rows per split)`` of the weight gradient: ``cfg["SPLITS"]`` when set, else enough splits for
+def fused_splits(cfg: dict, tiles: int, rows: int, device: torch.device) -> tuple[int, int]:
+    """``(S, rows per split)`` of the fused weight gradient: ``cfg["SPLITS"]`` when set, else enough splits for
     :data:`PROGRAMS_PER_SM` programs a multiprocessor (``S = ceil(2 SMs / tiles)``: head-sized layers have few
     ``dW`` tiles and a long batch), each split at least :data:`MIN_SPLIT_ROWS` rows, at most :data:`MAX_SPLITS`.
-    Splits are whole ``BLOCK_K`` steps and none is empty."""
+    Splits are whole ``BLOCK_K`` steps and none is empty. (The per-layer kernel splits by its own rule,
+    ``tuning.per_layer_splits``, one program a multiprocessor.)"""
     bk = cfg["BLOCK_K"]
     want = cfg["SPLITS"]
     if want is None:
         want = 1
         if device.type == "cuda":
-            if device not in _SM_COUNT:
-                _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-            programs = PROGRAMS_PER_SM * _SM_COUNT[device]
+            programs = PROGRAMS_PER_SM * runtime.multiprocessor_count(device)
             want = max(1, min(-(-programs // max(tiles, 1)), rows // MIN_SPLIT_ROWS, MAX_SPLITS))
     steps = max(1, -(-rows // bk))
     want = max(1, min(want, steps))

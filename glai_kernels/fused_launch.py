@@ -1,7 +1,7 @@
 """Host side of the fused kernels: allocate the outputs, pick the launch, launch. One launch a function.
 
 Shapes are trusted here (``glai_kernels.fused`` validates them once per signature); strides are honoured,
-operands are read in place. ``config`` overrides :func:`fused_config.default_config`; ``out`` passes
+operands are read in place. ``config`` overrides the dispatch table's configuration (:func:`resolved_config`); ``out`` passes
 preallocated outputs (tests fill them with NaN first, so an element a kernel forgets to write fails).
 
 Each launch is a class (:class:`Forward`, :class:`GradData`, :class:`GradWeights`) built from a call's
@@ -29,25 +29,24 @@ from __future__ import annotations
 
 import torch
 
-from . import fused_config
+from . import fused_config, runtime
 from .dropout_launch import fused_constexprs as drop_constexprs
 from .fused_config import padded
+from .fused_table import FROM_STRUCTURE, GIVEN, STRUCTURAL  # noqa: F401  (the forward modes)
 from .kernels.fused_backward import fused_grad_data_kernel, fused_grad_weights_kernel
 from .kernels.fused_forward import fused_forward_kernel
 from .layout import PATTERN_DTYPE, WORD_BITS, words_for
-from .signature import remember
-from .triton_ops import INTERPRETED, dot_precision
-
-GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # forward modes, see kernels/fused_forward.py
+from .signature import remember_bounded
 
 _CONFIGS: dict = {}
 _STATIC: dict = {}  # per signature: what a launch derives from shapes and flags (at most MEMO_SIZE of them)
 
 
-def config_for(device: torch.device, config: dict | None, dtype: torch.dtype = torch.bfloat16) -> dict:
+def resolved_config(device: torch.device, config: dict | None, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The dispatch table's configuration for ``device`` and ``dtype``, a caller's ``config=`` merged over it."""
     if config is not None:
         base = dict(_config(device, dtype))
-        base.update(fused_config.check_config(config))
+        base.update(fused_config.check_fused_config(config))
         return base
     return _config(device, dtype)
 
@@ -57,24 +56,19 @@ def _config(device: torch.device, dtype: torch.dtype) -> dict:
     where set, overrides it for every dtype)."""
     cfg = _CONFIGS.get(device)
     if cfg is None:
-        key = (device, dtype, dot_precision(dtype))
+        key = (device, dtype, runtime.dot_precision(dtype))
         cfg = _CONFIGS.get(key)
         if cfg is None:
-            cfg = _CONFIGS[key] = fused_config.default_config(device, INTERPRETED, dtype, key[2])
+            cfg = _CONFIGS[key] = fused_config.fused_defaults(runtime.capability_key(device), dtype, key[2])
     return cfg
 
 
-def launch(kernel, grid: tuple, cfg: dict, device: torch.device, *args, **constexprs) -> None:
-    """``kernel[grid](*args, **constexprs)`` with ``cfg``'s warps and stages, on ``device``."""
-    if device.type != "cuda":  # the interpreter
-        kernel[grid](*args, **constexprs)
-        return
-    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-    if device.index is None or device.index == torch.cuda.current_device():
-        kernel[grid](*args, **constexprs, **options)
-    else:
-        with torch.cuda.device(device):
-            kernel[grid](*args, **constexprs, **options)
+def launch_fused(kernel, grid: tuple, cfg: dict, device: torch.device, *args, **constexprs) -> None:
+    """``kernel[grid](*args, **constexprs)`` with ``cfg``'s warps and stages (compile options, which the
+    interpreter does not take), on ``device`` (:func:`runtime.launch_on`)."""
+    if device.type == "cuda":
+        constexprs.update(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    runtime.launch_on(device, kernel[grid], args, constexprs)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -105,10 +99,10 @@ def _memo(key, config, build):
     caller's ``config`` is never remembered."""
     if config is not None:
         return build()
-    key = (*key, dot_precision(torch.float32))  # float32's configuration follows the TF32 setting
+    key = (*key, runtime.dot_precision(torch.float32))  # float32's configuration follows the TF32 setting
     found = _STATIC.get(key)
     if found is None:
-        found = remember(_STATIC, key, build())
+        found = remember_bounded(_STATIC, key, build())
     return found
 
 
@@ -171,11 +165,11 @@ class Forward:
             b_ptrs, sb_ptrs = tuple(biases), tuple(s_b)
         else:
             b_ptrs, sb_ptrs = _bias(biases, weights), _bias(s_b, s_w)
-        launch(
+        launch_fused(
             fused_forward_kernel, self.grid, self.cfg, self.device,
             x, y, *self.sizes, *y_strides, tuple(weights), *self.w_strides, b_ptrs, self.b_strides,
             tuple(hidden), *h_strides, tuple(words), *p_strides, tuple(s_w), *self.sw_strides, sb_ptrs,
-            self.sb_strides, staging, *self.st_strides, PRECISION=dot_precision(self.dtype), seed_ptr=seed,
+            self.sb_strides, staging, *self.st_strides, PRECISION=runtime.dot_precision(self.dtype), seed_ptr=seed,
             **self.constexprs,
         )  # fmt: skip
         return y, hidden, words
@@ -197,13 +191,13 @@ def _forward_static(key, config) -> dict:
     hidden_n = n_out[:-1]
     if mode == GIVEN:
         s_n = tuple(n // reduction for n in hidden_n)
-    cfg = config_for(dev, config, dt)["chain"]
+    cfg = resolved_config(dev, config, dt)["chain"]
     pad, s_pad = tuple(padded(n) for n in hidden_n), tuple(padded(n) for n in s_n)
     chunk = fused_config.chunk_for(cfg, pad + s_pad)
     constexprs = dict(
         HIDDEN=hidden_n, PAD=pad, HAS_B=tuple(not n for n in no_bias), S_HIDDEN=s_n, S_PAD=s_pad,
         S_HAS_B=tuple(not n for n in s_no_bias), MODE=mode, REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=chunk, WORD_BITS=WORD_BITS, UPCAST=INTERPRETED,
+        BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=chunk, WORD_BITS=WORD_BITS, UPCAST=runtime.interpreting(),
         **drop_constexprs(rates, len(hidden_n)),
     )  # fmt: skip
     staging = tuple(n if mode == FROM_STRUCTURE and padded(n) > chunk else 0 for n in s_n)
@@ -245,10 +239,10 @@ class GradData:
         g = [t if t is not None else dy for t in grads]  # never written: below the chain's end
         g_strides = self.g_strides if out is None and lowest == 0 else _strides(g)
         dx_strides = dx.stride() if out is not None and need_dx else self.dx_strides
-        launch(
+        launch_fused(
             fused_grad_data_kernel, self.grid, self.cfg, self.device,
             dy, dx if need_dx else dy, *self.sizes, *dy.stride(), *dx_strides, tuple(weights), *self.w_strides,
-            tuple(words), *self.p_strides, tuple(g), *g_strides, PRECISION=dot_precision(self.dtype),
+            tuple(words), *self.p_strides, tuple(g), *g_strides, PRECISION=runtime.dot_precision(self.dtype),
             seed_ptr=seed, **self.constexprs,
         )  # fmt: skip
         return grads, dx
@@ -265,12 +259,12 @@ def grad_data(
 
 def _grad_data_static(key, config) -> dict:
     _, reduction, lowest, need_dx, dev, dt, rates, hidden_n = key
-    cfg = config_for(dev, config, dt)["chain"]
+    cfg = resolved_config(dev, config, dt)["chain"]
     pad = tuple(padded(n) for n in hidden_n)
     constexprs = dict(
         HIDDEN=hidden_n, PAD=pad, LOWEST=lowest, NEED_DX=need_dx, REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=fused_config.chunk_for(cfg, pad),
-        WORD_BITS=WORD_BITS, UPCAST=INTERPRETED, **drop_constexprs(rates, len(hidden_n)),
+        WORD_BITS=WORD_BITS, UPCAST=runtime.interpreting(), **drop_constexprs(rates, len(hidden_n)),
     )  # fmt: skip
     return dict(cfg=cfg, constexprs=constexprs)
 
@@ -327,10 +321,10 @@ class GradWeights:
         if self.st["ws_floats"]:  # fresh for every launch, on its stream: no state survives a launch
             ws = torch.empty(self.st["ws_floats"], dtype=torch.float32, device=self.device)
             counters = torch.zeros(self.grid[0], dtype=torch.int32, device=self.device)
-        launch(
+        launch_fused(
             fused_grad_weights_kernel, self.grid, self.cfg, self.device,
             g, *g_strides, tuple(inputs), *self.a_strides, dw, *dw_strides, db, db_strides, *self.sizes, ws,
-            self.st["ws_split"], counters, PRECISION=dot_precision(self.dtype), **self.constexprs,
+            self.st["ws_split"], counters, PRECISION=runtime.dot_precision(self.dtype), **self.constexprs,
         )  # fmt: skip
         return dws, dbs
 
@@ -343,13 +337,13 @@ def grad_weights(grads, inputs, has_bias, first, *, config=None, out=None):
 def _grad_weights_static(key, config) -> dict:
     _, first, has_bias, dev, dt, M, Ns, Ks = key
     L = len(Ks)
-    cfg = config_for(dev, config, dt)["weights"]
+    cfg = resolved_config(dev, config, dt)["weights"]
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     tiles_k = tuple(_cdiv(k, bn) for k in Ks)
     start = [0]
     for i in range(L):
         start.append(start[-1] + (_cdiv(Ns[i], bm) * tiles_k[i] if i >= first else 0))
-    splits, m_split = fused_config.weight_splits(cfg, start[-1], M, dev)
+    splits, m_split = fused_config.fused_splits(cfg, start[-1], M, dev)
     # Workspace layout per split: every layer's [N, K] partial, then its [N] bias partial.
     ws_dw, ws_db, size = [], [], 0
     for i in range(L):
@@ -359,7 +353,7 @@ def _grad_weights_static(key, config) -> dict:
         size += Ns[i] if i >= first and has_bias[i] else 0
     constexprs = dict(
         TILE_START=tuple(start), TILES_K=tiles_k, HAS_B=tuple(bool(has_bias[i]) and i >= first for i in range(L)),
-        SPLITS=splits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], UPCAST=INTERPRETED,
+        SPLITS=splits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], UPCAST=runtime.interpreting(),
     )  # fmt: skip
     return dict(
         cfg=cfg, constexprs=constexprs, grid=(start[-1], splits), m_split=m_split, ws_dw=tuple(ws_dw),

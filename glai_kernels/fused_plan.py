@@ -12,7 +12,7 @@ the data chain early, ``x`` may or may not want one): they are kept per ``needs_
 
 from __future__ import annotations
 
-GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # forward modes: patterns given, made, from the frozen structure
+from .fused_table import FROM_STRUCTURE, GIVEN, STRUCTURAL  # noqa: F401  (the forward modes)
 
 _LAUNCH = None
 

@@ -9,7 +9,7 @@ sm_100 reads 90), the dot precision (``fp16``, ``bf16``; float32 operands as ``t
 (``fused_plan``: given patterns, structural, from the structure). A width of 0 would mean "never fused".
 
 Every entry is measured by lowering the three fused kernels for that architecture (Triton's compiler and
-``ptxas -v``, no GPU: ``python -m glai_kernels.dispatch_evidence``): at the widest width and at the width
+``ptxas -v``, no GPU: ``python -m glai_kernels.tools.dispatch_evidence``): at the widest width and at the width
 just past the power of two below it, no spill and shared memory within the architecture's limit.
 
 Why float32 has its own chain: its register tile ``[BLOCK_M, padded width]`` and its weight blocks take twice
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import torch
 
-GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2  # as fused_plan (a leaf: no import of the launch side)
+# The fused forward's modes, defined here once (the table is a leaf: the launch side imports them from it):
+# patterns given, made in the forward (the structural phase), or computed from the frozen structure.
+GIVEN, STRUCTURAL, FROM_STRUCTURE = 0, 1, 2
 MODE_NAMES = {GIVEN: "given", STRUCTURAL: "structural", FROM_STRUCTURE: "from-structure"}
 PRECISIONS = ("fp16", "bf16", "fp32-tf32", "fp32-ieee")
 DTYPE_OF = {
@@ -90,7 +92,7 @@ def capability_key(capability: int) -> int:
 
 def precision_name(dtype: torch.dtype, precision: str = "ieee") -> str:
     """The table's precision of operands of ``dtype`` whose products ``tl.dot`` takes at ``precision``
-    (``"tf32"`` or ``"ieee"``, as ``triton_launch.dot_precision`` gives it; only read for float32)."""
+    (``"tf32"`` or ``"ieee"``, as ``per_layer_launch.dot_precision`` gives it; only read for float32)."""
     if dtype == torch.float16:
         return "fp16"
     if dtype == torch.bfloat16:

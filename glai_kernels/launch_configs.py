@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import tuning
+from . import runtime, tuning
 from . import tuning_cache as cache
 from .tuning import KERNELS
 
@@ -49,7 +49,6 @@ class LaunchConfig(NamedTuple):
 _memo: dict[tuple, LaunchConfig] = {}
 # Bumped by reload(): launch plans memoised with the configurations of an older generation are dropped.
 generation = 0
-_devices: dict[int, tuple] = {}
 _miss_tuner = None
 
 
@@ -69,25 +68,6 @@ def descriptors_available() -> bool:
     return True
 
 
-def device_info(index: int) -> tuple[tuple[int, int], int]:
-    """``(compute capability, multiprocessor count)`` of CUDA device ``index`` (memoised)."""
-    info = _devices.get(index)
-    if info is None:
-        props = torch.cuda.get_device_properties(index)
-        info = _devices[index] = ((props.major, props.minor), props.multi_processor_count)
-    return info
-
-
-def _device_index(device) -> int | None:
-    """The CUDA device a launch on ``device`` runs on, or None without a GPU."""
-    if device is not None:
-        device = torch.device(device)
-        if device.type != "cuda":
-            return None
-        return device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.current_device() if torch.cuda.is_available() else None
-
-
 def _tune_on_miss() -> bool:
     if os.environ.get("GLAI_AUTOTUNE", "0") in ("", "0"):
         return False
@@ -102,17 +82,17 @@ def launch_config(kernel: str, M: int, N: int, K: int, dtype, precision: str | N
     """The :class:`LaunchConfig` (configuration, source, architecture) of ``kernel`` on a GEMM of
     ``M x N x K`` (``costs.gemm_dims`` gives them for a layer) with operands of ``dtype`` on ``device``
     (default: the current CUDA device). ``precision`` is ``tl.dot``'s ``input_precision`` (default: what
-    PyTorch's fp32 matmul setting asks, :func:`tuning.torch_dot_precision`). The configuration is a fresh dict.
+    PyTorch's fp32 matmul setting asks, :func:`runtime.torch_dot_precision`). The configuration is a fresh dict.
 
     The weight gradient's split of the batch depends on the GPU's multiprocessor count as well
-    (:func:`tuning.batch_splits`); ``splits`` gives it."""
+    (:func:`tuning.per_layer_splits`); ``splits`` gives it."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
-    if tuning.interpreting():
-        return LaunchConfig(tuning.check_config(tuning.INTERPRETER), "interpreter", "interpreter")
+    if runtime.interpreting():
+        return LaunchConfig(tuning.check_tile_config(tuning.INTERPRETER), "interpreter", "interpreter")
     if precision is None:
-        precision = tuning.torch_dot_precision(dtype)
-    index = _device_index(device)
+        precision = runtime.torch_dot_precision(dtype)
+    index = runtime.device_index(device)
     key = cache.dtype_key(dtype, precision)
     memo_key = (index, kernel, key, M, N, K)
     hit = _memo.get(memo_key)
@@ -120,7 +100,7 @@ def launch_config(kernel: str, M: int, N: int, K: int, dtype, precision: str | N
         hit = _memo[memo_key] = _lookup(index, kernel, M, N, K, dtype, key)
     splits = 1
     if kernel == "backward_weights" and index is not None:  # dW [M, N] over a batch of K rows
-        splits = tuning.batch_splits(hit.config, M, N, K, device_info(index)[1])[0]
+        splits = tuning.per_layer_splits(hit.config, M, N, K, runtime.device_info(index)[1])[0]
     return LaunchConfig(dict(hit.config), hit.source, hit.arch, splits)
 
 
@@ -137,7 +117,7 @@ def _current_identity(index: int | None):
 
 
 def _lookup(index, kernel, M, N, K, dtype, key) -> LaunchConfig:
-    capability = device_info(index)[0] if index is not None else None
+    capability = runtime.device_info(index)[0] if index is not None else None
     arch = tuning.arch_of(capability)
 
     def default() -> LaunchConfig:

@@ -39,7 +39,7 @@ PER_LAYOUT = 8
 _stride = torch.Tensor.stride  # unbound: raises a TypeError for anything but a tensor
 
 
-def remember(memo: dict, key, value, size: int = MEMO_SIZE):
+def remember_bounded(memo: dict, key, value, size: int = MEMO_SIZE):
     """``memo[key] = value``, first forgetting the oldest entry when ``memo`` holds ``size`` already."""
     if len(memo) >= size and key not in memo:
         try:
@@ -130,7 +130,7 @@ class Verdicts:
         if key is None:
             return
         if not self.guards:
-            remember(self._memo, key, verdict, self.size)
+            remember_bounded(self._memo, key, verdict, self.size)
             return
         layout, tensors = key
         try:
@@ -141,6 +141,6 @@ class Verdicts:
             return
         entries = self._memo.get(layout)
         if entries is None:
-            entries = remember(self._memo, layout, [], self.size)
+            entries = remember_bounded(self._memo, layout, [], self.size)
         entries.insert(0, (guard, verdict))
         del entries[self.per_layout :]

@@ -1,11 +1,19 @@
-"""Launch configurations of the Triton kernels: what a configuration is, the search space, the defaults.
+"""Launch configurations of the per-layer Triton kernels: what a configuration is, the search space, the
+defaults.
 
-The first layer of the tuning code, which imports nothing of the others::
+The tuning code, split by when it runs. What a launch reads, each importing only those above it in this list::
 
-    tuning        what a configuration is, the candidates per kernel, the default per GPU architecture
-    tuning_cache  the persistent per-GPU cache of tuned configurations, and ``config_for`` (the lookup)
-    tuner         timing candidates on a GPU and writing the cache
-    autotune      the ``glai-autotune`` command line
+    tuning          what a configuration is, the candidates per kernel, the default per GPU architecture
+    tuning_cache    the persistent per-GPU cache of tuned configurations
+    launch_configs  the lookup: ``launch_config`` / ``config_for``
+
+and the tools, which never run inside a training step (``glai_kernels.tools``)::
+
+    tools.tuner     timing candidates on a GPU and writing the cache
+    tools.autotune  the ``glai-autotune`` command line
+    tools.lowering  compiling a kernel for an architecture without a GPU, to read its registers and spills
+
+The fused path reads none of this: its configurations come from its dispatch table (``fused_table``).
 
 A configuration is a dict: the tile ``BLOCK_M x BLOCK_N`` of the output and ``BLOCK_K`` of the reduction,
 ``GROUP_M`` (grouped tile order), ``num_warps`` and ``num_stages`` (software pipelining depth), and two flags,
@@ -20,10 +28,7 @@ tile it fills; a narrow output (the output layer, ``N <= 32``) gets a tile as na
 
 from __future__ import annotations
 
-import os
 from bisect import bisect_left
-
-import torch
 
 from .costs import GEMM_KERNELS
 
@@ -40,32 +45,6 @@ NK_EDGES = (256, 1024, 4096)
 # One shape per class, the one the autotuner measures for it.
 M_REPS = (64, 512, 4096, 16384)
 NK_REPS = (256, 1024, 4096, 8192)
-
-
-def interpreting() -> bool:
-    """True when Triton's CPU interpreter is switched on for this process (``TRITON_INTERPRET``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def torch_dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot``'s ``input_precision`` that PyTorch's own matmuls would use for operands of ``dtype``: TF32 for
-    fp32 where ``torch.backends.cuda.matmul`` allows it (off by default), ``"ieee"`` otherwise; ``"tf32"``
-    for 16-bit operands, where the argument does not matter. Read on every fp32 call, so it is kept cheap."""
-    if dtype != torch.float32:
-        return "tf32"
-    # torch >= 2.9 has `fp32_precision` ("ieee" | "tf32" | "none" = not set through the new API); reading the
-    # legacy flag after the new API was used raises there, so the new one is read first. The C getters are
-    # what `torch.backends.cuda.matmul`'s attributes call, without their Python dispatch (microseconds).
-    new = _fp32_precision() if _fp32_precision is not None else "none"
-    if new in ("ieee", "tf32"):
-        return new
-    allow = _allow_tf32() if _allow_tf32 is not None else torch.backends.cuda.matmul.allow_tf32
-    return "tf32" if allow else "ieee"
-
-
-_getter = getattr(torch._C, "_get_fp32_precision_getter", None)
-_fp32_precision = (lambda: _getter("cuda", "matmul")) if _getter is not None else None
-_allow_tf32 = getattr(torch._C, "_get_cublas_allow_tf32", None)
 
 
 def cfg(bm, bn, bk, warps, stages, group=8, tma=0, k_major=0) -> dict:
@@ -240,12 +219,16 @@ def default_config(
     return c
 
 
-def batch_splits(c: dict, N: int, K: int, M: int, sm_count: int | None) -> tuple[int, int]:
-    """``(S, rows per split)`` of the weight gradient ``dW [N, K]`` over a batch of ``M`` rows: ``c["SPLIT_K"]``
-    when given, else enough splits to give each of ``sm_count`` multiprocessors a program when the ``dW`` tiles
-    alone cannot (at most 16, each split at least 8 ``BLOCK_K`` steps long; one split without a GPU). Splits
-    are whole ``BLOCK_K`` steps; none is empty. The split count changes the order of the fp32 sums, so it is
-    part of what fixes the bits: it depends on the GPU's multiprocessor count."""
+def per_layer_splits(c: dict, N: int, K: int, M: int, sm_count: int | None) -> tuple[int, int]:
+    """``(S, rows per split)`` of the per-layer weight-gradient kernel, ``dW [N, K]`` over a batch of ``M``
+    rows: ``c["SPLIT_K"]`` when given, else enough splits to give each of ``sm_count`` multiprocessors one
+    program when the ``dW`` tiles alone cannot (at most 16, each split at least 8 ``BLOCK_K`` steps long; one
+    split without a GPU). Splits are whole ``BLOCK_K`` steps; none is empty. The split count changes the order
+    of the fp32 sums, so it is part of what fixes the bits: it depends on the GPU's multiprocessor count.
+
+    The fused weight gradient splits by its own rule (``fused_config.fused_splits``: two programs a
+    multiprocessor, splits of at least 512 rows, at most 32), because its kernel computes every layer's ``dW``
+    in one grid and fits two programs a multiprocessor; the two rules are kept apart on purpose."""
     bk = c["BLOCK_K"]
     steps = -(-M // bk)
     want = c.get("SPLIT_K")
@@ -260,7 +243,7 @@ def batch_splits(c: dict, N: int, K: int, M: int, sm_count: int | None) -> tuple
     return -(-M // per_split), per_split
 
 
-def check_config(c) -> dict:
+def check_tile_config(c) -> dict:
     """``c`` as a complete launch configuration (flags default to 0) when it is well formed, else
     ``ValueError``. Guards what the cache returns and what callers force: a configuration that does not pass
     never reaches a kernel."""

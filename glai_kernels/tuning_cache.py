@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import torch
 
-from .tuning import KERNELS, check_config
+from .tuning import KERNELS, check_tile_config
 
 FORMAT = "glai-autotune"
 VERSION = 1
@@ -98,9 +98,9 @@ def cache_path(gpu: str, triton_version: str) -> Path:
 
 
 def kernel_sources() -> list[Path]:
-    """The files whose text defines the kernels and how they are launched: ``triton_ops.py``,
-    ``triton_launch.py`` and everything under ``kernels/``."""
-    files = [_PACKAGE / "triton_ops.py", _PACKAGE / "triton_launch.py"]
+    """The files whose text defines the kernels and how they are launched: ``per_layer_ops.py``,
+    ``per_layer_launch.py`` and everything under ``kernels/``."""
+    files = [_PACKAGE / "per_layer_ops.py", _PACKAGE / "per_layer_launch.py"]
     kernels = _PACKAGE / "kernels"
     if kernels.is_dir():
         files += sorted(kernels.rglob("*.py"))
@@ -141,7 +141,7 @@ def identity(device_index: int) -> Identity | None:
 
 
 # What an entry is tuned for besides kernel and shape: the operand dtype, and for fp32 how ``tl.dot``
-# multiplies (``triton_ops.dot_precision``). IEEE fp32 products run on the FMA units and TF32 ones on the
+# multiplies (``per_layer_ops.dot_precision``). IEEE fp32 products run on the FMA units and TF32 ones on the
 # tensor cores, so their best tiles differ: fp32 under TF32 is a key of its own.
 DTYPE_KEYS = ("float16", "bfloat16", "float32", "tf32")
 
@@ -184,7 +184,7 @@ def _parse_entries(data, ident: Identity | None) -> tuple[dict, str | None]:
                 raise ValueError(f"unknown kernel or dtype in {e!r}")
             if len(bucket) != 3 or not all(isinstance(i, int) and not isinstance(i, bool) for i in bucket):
                 raise ValueError(f"bad bucket in {e!r}")
-            table[(e["kernel"], e["dtype"], bucket)] = check_config(dict(e["config"]))
+            table[(e["kernel"], e["dtype"], bucket)] = check_tile_config(dict(e["config"]))
     except (KeyError, TypeError, ValueError) as exc:
         return {}, f"an entry is malformed ({exc})"
     return table, None
@@ -231,7 +231,7 @@ def save(ident: Identity, entries: list[dict]) -> Path:
     _, problem, old = read(path, ident)
     merged = {}
     for e in (old or {}).get("entries", []) + list(entries):
-        e = dict(e, bucket=list(e["bucket"]), config=check_config(e["config"]))
+        e = dict(e, bucket=list(e["bucket"]), config=check_tile_config(e["config"]))
         merged[(e["kernel"], e["dtype"], tuple(e["bucket"]))] = e
     data = {
         "format": FORMAT,

@@ -1,7 +1,7 @@
 """One configuration of :mod:`tests._configs` run on every path that accepts it, against float64.
 
 The paths: the ``"torch"`` backend, the per-layer Triton path (``backend="triton", fused=False``) and the fused
-path (``fused=True`` where ``glai_kernels.fused.why_not_fused``, the dispatcher's own rule, allows it), through
+path (``fused=True`` where ``glai_kernels.dispatch.why_not_fused``, the dispatcher's own rule, allows it), through
 ``glai_mlp`` (given patterns) or ``glai.nn.GLAIMLP`` (the structural phase; the patterns from the frozen
 structure), and the packed patterns through ``GLAIMLP.patterns`` (``structural_patterns``). Compared with the
 float64 evaluation of :mod:`tests._oracle`: the output, the packed patterns and every gradient asked for (its
@@ -34,7 +34,7 @@ from _oracle import (
 
 from glai import GLAIMLP
 from glai_kernels import glai_mlp
-from glai_kernels.fused import why_not_fused
+from glai_kernels.dispatch import why_not_fused
 
 # Relative error (norm) per operand dtype; an element may miss by 5x that.
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}

@@ -33,10 +33,10 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line, parse_constant=pytest.fail) for line in text.splitlines()]
 
 
-def triton_ops(monkeypatch):
+def per_layer_ops(monkeypatch):
     """The Triton kernels (interpreted under the tests), nothing tuned while a run uses them."""
-    pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
+    pytest.importorskip("glai_kernels.per_layer_ops", reason="the Triton kernels need Triton")
     from glai_kernels import backend
 
     monkeypatch.setenv("GLAI_AUTOTUNE", "0")
-    return backend.triton_ops()
+    return backend.per_layer_ops()

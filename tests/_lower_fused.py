@@ -6,8 +6,8 @@
 
 Prints one JSON line per case: registers, spill stores/loads and stack frame (``ptxas -v``), shared memory,
 and whether the products reach wgmma (sm_90) or mma, and ``fits`` (``lowering.refusal``). The rows of the
-dispatch table itself are lowered by ``python -m glai_kernels.dispatch_evidence`` (figures kept in
-``glai_kernels/dispatch_evidence.json``). Run it without ``TRITON_INTERPRET``.
+dispatch table itself are lowered by ``python -m glai_kernels.tools.dispatch_evidence`` (figures kept in
+``glai_kernels/tools/dispatch_evidence.json``). Run it without ``TRITON_INTERPRET``.
 """
 
 import json
@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from glai_kernels import dispatch_evidence, fused_table  # noqa: E402
-from glai_kernels.fused_config import defaults_for_capability  # noqa: E402
-from glai_kernels.fused_lowering import data_case, forward_case, weights_case  # noqa: E402
-from glai_kernels.lowering import refusal  # noqa: E402
+from glai_kernels import fused_table  # noqa: E402
+from glai_kernels.fused_config import fused_defaults  # noqa: E402
+from glai_kernels.tools import dispatch_evidence  # noqa: E402
+from glai_kernels.tools.fused_lowering import data_case, forward_case, weights_case  # noqa: E402
+from glai_kernels.tools.lowering import refusal  # noqa: E402
 
 GPUS = ((90, "bf16"), (80, "fp16"), (86, "fp16"))
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -35,7 +36,7 @@ def _chain(cap, dt, prec):
 
 
 def _weights(cap):
-    return defaults_for_capability(cap)["weights"]
+    return fused_defaults(cap)["weights"]
 
 
 def cases(sweep: bool = False):

@@ -5,7 +5,7 @@
     python tests/_lower_kernels.py --table            a table instead of JSON lines
 
 Triton lowers a kernel to TTIR, TTGIR, LLVM IR, PTX and a cubin without a driver, given the target
-(``glai_kernels.lowering``). The interpreter tests run the kernels' Python semantics; this runs the GPU compiler
+(``glai_kernels.tools.lowering``). The interpreter tests run the kernels' Python semantics; this runs the GPU compiler
 over them, so an API or a construct the compiler rejects (a layout conversion it cannot do, a constexpr it
 cannot fold, a Triton version without some feature) fails on a CPU-only machine, too. Each case reports registers
 per thread, spill stores and loads and stack frame (``ptxas -v``), shared memory, whether the products reach
@@ -31,8 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from glai_kernels import costs, lowering, tuning  # noqa: E402
+from glai_kernels import costs, tuning  # noqa: E402
 from glai_kernels.launch_configs import descriptors_available  # noqa: E402
+from glai_kernels.tools import lowering  # noqa: E402
 
 BATCH, WIDTH = 8192, 4096
 KEYS = ("bfloat16", "tf32", "float32")

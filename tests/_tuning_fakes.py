@@ -1,11 +1,11 @@
 """A fake GPU for the tuning tests: an identity, a cache folder of its own, entries and files to write."""
 
-from glai_kernels import launch_configs, tuning
+from glai_kernels import launch_configs, runtime, tuning
 from glai_kernels import tuning_cache as cache
 
 FAKE = cache.Identity("Fake GPU 80GB", "3.6.0", "0123456789abcdef")
 # A tuned entry unlike any default (flags at 0: the complete form config_for returns).
-FAST = tuning.check_config(
+FAST = tuning.check_tile_config(
     {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 2, "num_stages": 5}
 )
 
@@ -14,7 +14,7 @@ def fake_gpu(tmp_path, monkeypatch):
     """An empty cache folder, a fake GPU identity, and config_for out of interpreter mode; yields the cache
     file's path. Test modules wrap it in a fixture of the same name."""
     monkeypatch.setenv(cache.ENV_DIR, str(tmp_path))
-    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
     monkeypatch.setattr(launch_configs, "_current_identity", lambda index: FAKE)
     launch_configs.reload()
     yield cache.cache_path(FAKE.gpu, FAKE.triton)

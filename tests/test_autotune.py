@@ -12,8 +12,9 @@ import pytest
 import torch
 from _tuning_fakes import FAKE, FAST, default, entry
 
-from glai_kernels import autotune, launch_configs, reference, tuner, tuning
+from glai_kernels import launch_configs, reference, runtime, tuning
 from glai_kernels import tuning_cache as cache
+from glai_kernels.tools import autotune, tuner
 
 
 @pytest.fixture
@@ -80,7 +81,10 @@ def test_list_exits_zero_and_prints_buckets(capsys, tmp_path, monkeypatch):
 def test_list_as_a_module_in_a_fresh_process(tmp_path):
     env = {"GLAI_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(
-        [sys.executable, "-m", "glai_kernels.autotune", "--list"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "glai_kernels.tools.autotune", "--list"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     assert "shape buckets" in run.stdout and "128x128x32 group 8 warps 8 stages 3" in run.stdout
@@ -153,7 +157,7 @@ def test_bad_flag_in_a_fresh_process_prints_no_traceback(tmp_path):
     env = {"GLAI_CACHE_DIR": str(tmp_path / "f"), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
     (tmp_path / "f").write_text("")
     run = subprocess.run(
-        [sys.executable, "-m", "glai_kernels.autotune", "--batch", "0"],
+        [sys.executable, "-m", "glai_kernels.tools.autotune", "--batch", "0"],
         capture_output=True,
         text=True,
         env=env,
@@ -191,7 +195,7 @@ def test_tuner_prunes_spilling_candidates_before_timing(fake_gpu):
 def test_spill_check_compiles_for_the_gpus_architecture(monkeypatch):
     """The pruning rule refuses by ``lowering.refusal``, the lowering tests' criterion: a spill or more shared
     memory than the architecture has drops a candidate; one that does not compile is left to the timing loop."""
-    from glai_kernels import lowering
+    from glai_kernels.tools import lowering
 
     compiled = []
 
@@ -313,7 +317,7 @@ def test_cli_tunes_prints_and_persists(fake_gpu, monkeypatch, capsys):
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(launch_configs, "device_info", lambda index: ((8, 0), 108))
+    monkeypatch.setattr(runtime, "device_info", lambda index: ((8, 0), 108))
     monkeypatch.setattr(cache, "identity", lambda index: FAKE)
     monkeypatch.setattr(tuner, "kernel_ops", lambda: ops)
     monkeypatch.setattr(tuner, "DEVICE", "cpu")

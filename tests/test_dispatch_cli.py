@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from glai_kernels import autotune, dispatch_evidence, dispatch_report, fused_table
+from glai_kernels import fused_table
+from glai_kernels.tools import autotune, dispatch_evidence, dispatch_report
 
 KEYS = ["arch", "dtype", "precision", "mode", "width", "path", "registers", "spill_bytes", "shared_bytes",
         "shared_limit"]  # fmt: skip
@@ -81,7 +82,7 @@ def test_json_alone_is_refused(capsys):
 
 
 def test_dispatch_in_a_fresh_process_is_quick_json():
-    res = subprocess.run([sys.executable, "-m", "glai_kernels.autotune", "--dispatch", "sm_90", "--json"],
+    res = subprocess.run([sys.executable, "-m", "glai_kernels.tools.autotune", "--dispatch", "sm_90", "--json"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert {r["path"] for r in json.loads(res.stdout)} == {"fused", "layers", "torch"}

@@ -5,7 +5,7 @@ of each architecture is stood in for by its capability.)"""
 import pytest
 import torch
 
-from glai_kernels import fused, fused_config, fused_table
+from glai_kernels import dispatch, fused_config, fused_table, runtime
 from glai_kernels.fused_plan import FROM_STRUCTURE, GIVEN, STRUCTURAL
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
@@ -16,7 +16,7 @@ def on_gpu(monkeypatch):
     """``use(capability)``: ``cuda:0`` reports that capability, and the interpreter is off."""
 
     def use(capability):
-        monkeypatch.setattr(fused._backend, "interpreting", lambda: False)
+        monkeypatch.setattr(runtime, "interpreting", lambda: False)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: divmod(capability, 10))
 
     return use
@@ -29,7 +29,7 @@ def test_every_entry_is_read_by_fused_width():
         for mode in (GIVEN, STRUCTURAL, FROM_STRUCTURE):
             assert fused_table.fused_width(cap, dtype, dot, mode) == widths[mode] > 0
         assert fused_table.chain_config(cap, dtype, dot) == chain
-        assert fused_config.defaults_for_capability(cap, dtype, dot)["chain"] == chain
+        assert fused_config.fused_defaults(cap, dtype, dot)["chain"] == chain
     assert fused_table.MAX_WIDTH == max(w for _, ws in fused_table.TABLE.values() for w in ws.values())
     # A device reads the newest key not above its capability.
     assert fused_table.fused_width(89, F32, "ieee", GIVEN) == fused_table.TABLE[(86, "fp32-ieee")][1][GIVEN]
@@ -46,9 +46,9 @@ def test_the_rule_and_its_error_name_the_case(on_gpu, cap, dtype, dot, words):
     on_gpu(cap)
     dev = torch.device("cuda:0")
     widest = fused_table.fused_width(cap, dtype, dot, STRUCTURAL)
-    ok = fused.why_not_fused("triton", 3, dtype, [widest, 17], [widest, 17], dev, STRUCTURAL, dot)
+    ok = dispatch.why_not_fused("triton", 3, dtype, [widest, 17], [widest, 17], dev, STRUCTURAL, dot)
     assert ok is None
-    why = fused.why_not_fused("triton", 3, dtype, [17, widest + 1], [17, widest + 1], dev, STRUCTURAL, dot)
+    why = dispatch.why_not_fused("triton", 3, dtype, [17, widest + 1], [17, widest + 1], dev, STRUCTURAL, dot)
     assert why == (
         f"the fused path takes hidden widths up to {widest} for {words}, mode structural, on sm_{cap} (cuda:0), "
         f"got hidden width {widest + 1} at layer 1"
@@ -58,8 +58,8 @@ def test_the_rule_and_its_error_name_the_case(on_gpu, cap, dtype, dot, words):
 def test_the_current_tf32_setting_is_the_default_precision(on_gpu, monkeypatch):
     on_gpu(90)
     seen = []
-    monkeypatch.setattr(fused, "torch_dot_precision", lambda dtype: seen.append(dtype) or "tf32")
-    assert "TF32" in fused.why_not_fused("triton", 2, F32, [10_000], (), torch.device("cuda:0"))
+    monkeypatch.setattr(runtime, "torch_dot_precision", lambda dtype: seen.append(dtype) or "tf32")
+    assert "TF32" in dispatch.why_not_fused("triton", 2, F32, [10_000], (), torch.device("cuda:0"))
     assert seen == [F32]
 
 
@@ -67,10 +67,10 @@ def test_launch_configurations_follow_the_table(on_gpu):
     on_gpu(80)
     for prec, dtype in fused_table.DTYPE_OF.items():
         dot = "ieee" if prec == "fp32-ieee" else "tf32"
-        cfg = fused_config.default_config(torch.device("cuda:0"), False, dtype, dot)
+        cfg = fused_config.fused_defaults(runtime.capability_key(torch.device("cuda:0")), dtype, dot)
         assert cfg["chain"] == fused_table.TABLE[(80, prec)][0]
         assert cfg["weights"] == fused_table.weights_config(80, dtype, dot)
-    interp = fused_config.default_config(torch.device("cpu"), True, F32, "ieee")
+    interp = fused_config.fused_defaults(runtime.capability_key(torch.device("cpu")), F32, "ieee")
     assert (
         interp["chain"] == fused_table.CHAIN_INTERPRETER
         and interp["max_width"] == fused_table.INTERPRETER_WIDTH
@@ -83,12 +83,12 @@ def test_the_tf32_setting_is_part_of_a_float32_calls_signature(monkeypatch):
     from glai_kernels import glai_mlp, pack_patterns
     from glai_kernels.signature import Verdicts
 
-    monkeypatch.setattr(fused, "_PLANS", Verdicts())
+    monkeypatch.setattr(dispatch, "_PLANS", Verdicts())
     checked = []
-    validate = fused._validate
-    monkeypatch.setattr(fused, "_validate", lambda *a: checked.append(a[0].dtype) or validate(*a))
+    validate = dispatch._validate
+    monkeypatch.setattr(dispatch, "_validate", lambda *a: checked.append(a[0].dtype) or validate(*a))
     setting = ["ieee"]
-    monkeypatch.setattr(fused, "dot_precision", lambda dtype: setting[0])
+    monkeypatch.setattr(runtime, "dot_precision", lambda dtype: setting[0])
     for dtype in (F32, BF16):
         x = torch.randn(5, 7, dtype=dtype)
         ws = [torch.randn(9, 7, dtype=dtype), torch.randn(3, 9, dtype=dtype)]

@@ -13,7 +13,7 @@ from glai_kernels import glai_mlp, reference, unit_mask
 fl = pytest.importorskip("glai_kernels.fused_launch", reason="the dropout kernels need Triton")
 from test_fused_training import launches  # noqa: E402, F401  (the launch-counting fixture)
 
-from glai_kernels import triton_ops  # noqa: E402
+from glai_kernels import per_layer_ops  # noqa: E402
 from glai_kernels.dropout import draw_seed  # noqa: E402
 from glai_kernels.dropout_launch import keep_mask  # noqa: E402
 
@@ -68,7 +68,7 @@ def test_per_layer_kernels_apply_the_mask_after_the_gate(dtype):
     gates = unit_mask(words, N, r).double()
     mask = keep_mask(seed, 1, M, N, 0.3).double()
     out = torch.full((M, N), float("nan"), dtype=dtype, device=DEVICE)
-    triton_ops.masked_forward(h.to(dtype), w.to(dtype), b.to(dtype), words, r, (seed, 1, 0.3), out=out)
+    per_layer_ops.masked_forward(h.to(dtype), w.to(dtype), b.to(dtype), words, r, (seed, 1, 0.3), out=out)
     ref = (h.double() @ w.double().t() + b.double()) * gates * mask
     assert _rel(out, ref) < TOL[dtype]
     g = torch.randn(M, N, device=DEVICE)
@@ -76,7 +76,7 @@ def test_per_layer_kernels_apply_the_mask_after_the_gate(dtype):
     prev_words = words[:, :1]
     prev_gates = unit_mask(prev_words, K, 3).double()
     prev_mask = keep_mask(seed, 0, M, K, 0.1).double()
-    triton_ops.backward_data(g.to(dtype), w.to(dtype), prev_words, 3, (seed, 0, 0.1), out=out)
+    per_layer_ops.backward_data(g.to(dtype), w.to(dtype), prev_words, 3, (seed, 0, 0.1), out=out)
     assert _rel(out, (g.double() @ w.double()) * prev_gates * prev_mask) < TOL[dtype]
 
 

@@ -13,7 +13,7 @@ import torch
 fl = pytest.importorskip("glai_kernels.fused_launch", reason="the fused kernels need Triton")
 from triton.runtime.errors import OutOfResources  # noqa: E402
 
-from glai_kernels import fused, glai_mlp, pack_patterns, triton_ops  # noqa: E402
+from glai_kernels import dispatch, glai_mlp, pack_patterns, per_layer_ops  # noqa: E402
 from glai_kernels.signature import Verdicts  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,10 +40,10 @@ class _Kernel:
 def kernels(monkeypatch):
     """``refuse(*names)``: those kernels refuse every launch; every kernel's launches are counted."""
     monkeypatch.setenv("GLAI_STRICT", "0")
-    monkeypatch.setattr(fused, "_PLANS", Verdicts())
+    monkeypatch.setattr(dispatch, "_PLANS", Verdicts())
     counts = collections.Counter()
     names = {fl: ("fused_forward_kernel", "fused_grad_data_kernel", "fused_grad_weights_kernel"),
-             triton_ops: ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel")}  # fmt: skip
+             per_layer_ops: ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel")}  # fmt: skip
 
     def refuse(*refused):
         for module, ks in names.items():
@@ -135,6 +135,6 @@ def test_strict_raises_and_other_errors_are_never_swallowed(kernels, monkeypatch
         raise RuntimeError("a bug, not a resource limit")
 
     monkeypatch.setattr(fl, "fused_forward_kernel", type("K", (), {"__getitem__": lambda s, g: broken})())
-    monkeypatch.setattr(fused, "_PLANS", Verdicts())
+    monkeypatch.setattr(dispatch, "_PLANS", Verdicts())
     with pytest.raises(RuntimeError, match="a bug"):
         _step()

@@ -115,7 +115,7 @@ def test_split_weight_gradients_on_two_streams_at_once():
     """Weight-gradient launches that split the batch, queued on two streams with nothing ordering one against
     the other, give the bits each gives alone: every launch has its own partials and counters."""
     fl = pytest.importorskip("glai_kernels.fused_launch")
-    cfg = {"weights": dict(fl.config_for(DEVICE, None)["weights"], SPLITS=8)}
+    cfg = {"weights": dict(fl.resolved_config(DEVICE, None)["weights"], SPLITS=8)}
     gen = torch.Generator(device=DEVICE).manual_seed(5)
     dims, M = (300, 100, 100, 130), 65536
 

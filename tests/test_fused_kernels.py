@@ -200,8 +200,8 @@ def test_grad_weights(M, IN, hidden, OUT, dtype, first, splits, bias, monkeypatc
     if splits == 1:  # the default configuration, remembered per signature
         dws, dbs = fl.grad_weights(grads, inputs, has_bias, first, out=out)
     else:
-        with_splits = {**fl.config_for(DEVICE, None)["weights"], "SPLITS": splits}
-        monkeypatch.setitem(fl._CONFIGS, DEVICE, {**fl.config_for(DEVICE, None), "weights": with_splits})
+        with_splits = {**fl.resolved_config(DEVICE, None)["weights"], "SPLITS": splits}
+        monkeypatch.setitem(fl._CONFIGS, DEVICE, {**fl.resolved_config(DEVICE, None), "weights": with_splits})
         monkeypatch.setattr(fl, "_STATIC", {})
         dws, dbs = fl.grad_weights(grads, inputs, has_bias, first, out=out)
     for i in range(L):
@@ -219,7 +219,7 @@ def test_grad_weights_bit_identical_across_splits_runs():
     g = torch.Generator().manual_seed(3)
     grads = [randn(g, 300, n, dtype=F32) for n in (33, 10)]
     inputs = [randn(g, 300, k, dtype=F32) for k in (7, 33)]
-    cfg = dict(fl.config_for(DEVICE, None)["weights"], SPLITS=3)
+    cfg = dict(fl.resolved_config(DEVICE, None)["weights"], SPLITS=3)
     first = fl.grad_weights(grads, inputs, [True, True], 0, config={"weights": cfg})
     second = fl.grad_weights(grads, inputs, [True, True], 0, config={"weights": cfg})
     for a, b in zip(first[0] + first[1], second[0] + second[1]):

@@ -1,9 +1,9 @@
 """Every fused kernel the dispatcher can pick is proven to compile for its architecture without a GPU.
 
 The dispatch table (``glai_kernels.fused_table``) names, per architecture, dot precision and mode, the widest
-hidden width the fused path takes; ``glai_kernels/dispatch_evidence.json`` holds the lowering of every fused
+hidden width the fused path takes; ``glai_kernels/tools/dispatch_evidence.json`` holds the lowering of every fused
 kernel each row launches (at the widest width and just past the power of two below it), made by
-``python -m glai_kernels.dispatch_evidence``. Here: that file matches the code (the kernels' sources hash and one
+``python -m glai_kernels.tools.dispatch_evidence``. Here: that file matches the code (the kernels' sources hash and one
 lowering per table entry; a stale file is refused, naming the command that regenerates it), every row passes
 the one criterion (``lowering.refusal``: no spill, registers and shared memory within the architecture's), and a
 fixed sample of its entries is lowered again (``tests/_lower_fused.py``: Triton's compiler down to a cubin,
@@ -20,8 +20,8 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from glai_kernels import dispatch_evidence as ev  # noqa: E402
 from glai_kernels import fused_table  # noqa: E402
+from glai_kernels.tools import dispatch_evidence as ev  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "_lower_fused.py"
 # One 16-bit wgmma forward, one TF32 data chain, one IEEE weight gradient: a kernel of each kind, cheap to compile.

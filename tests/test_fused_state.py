@@ -22,7 +22,7 @@ def _rel_err(out, expected) -> float:
 
 
 def test_weight_gradients_stay_right_after_a_launch_left_its_counters_at_3(monkeypatch):
-    real_launch = fl.launch
+    real_launch = fl.launch_fused
     counters_seen = []
 
     def corrupting_launch(kernel, grid, cfg, device, *args, **constexprs):
@@ -32,8 +32,8 @@ def test_weight_gradients_stay_right_after_a_launch_left_its_counters_at_3(monke
             counters_seen.append(counters)
             counters.fill_(3)  # as a faulted or overlapping launch could leave them
 
-    monkeypatch.setattr(fl, "launch", corrupting_launch)
-    cfg = {"weights": dict(fl.config_for(DEVICE, None)["weights"], SPLITS=SPLITS)}
+    monkeypatch.setattr(fl, "launch_fused", corrupting_launch)
+    cfg = {"weights": dict(fl.resolved_config(DEVICE, None)["weights"], SPLITS=SPLITS)}
     g = torch.Generator().manual_seed(15)
     M, dims = 301, (7, 33, 10)  # 301 rows: three splits of 112, 112 and 77 at BLOCK_K 16
     for step in range(2):  # two backward passes: the second runs after the first left its counters at 3

@@ -13,7 +13,8 @@ from glai.nn import GLAIMLP
 from glai_kernels import glai_mlp
 
 fl = pytest.importorskip("glai_kernels.fused_launch", reason="the fused kernels need Triton")
-from glai_kernels import fused, triton_ops  # noqa: E402
+from glai_kernels import dispatch, fused_table, per_layer_ops  # noqa: E402
+from glai_kernels.signature import Verdicts  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -44,7 +45,7 @@ class _Counting:
 @pytest.fixture
 def launches(monkeypatch):
     counts = collections.Counter()
-    for module, names in ((fl, FUSED_KERNELS), (triton_ops, PER_LAYER_KERNELS)):
+    for module, names in ((fl, FUSED_KERNELS), (per_layer_ops, PER_LAYER_KERNELS)):
         for name in names:
             monkeypatch.setattr(module, name, _Counting(getattr(module, name), name, counts))
     return counts
@@ -143,8 +144,10 @@ def test_auto_rule(launches, monkeypatch):
     """fused=None: the fused path on the triton backend when the widths fit the device's limit, the per-layer
     kernels when a width is over it, and the torch reference (no launch) on the torch backend. (The limit is
     lowered to 32 here, which keeps the interpreter's work small; the rule is the same at 512.)"""
-    monkeypatch.setattr(fused, "_fused_width", lambda device, dtype, precision, mode: (32, "the test's case"))
-    monkeypatch.setattr(fused, "_PLANS", fused.Verdicts())
+    monkeypatch.setattr(
+        dispatch, "_fused_width", lambda device, dtype, precision, mode: (32, "the test's case")
+    )
+    monkeypatch.setattr(dispatch, "_PLANS", Verdicts())
     x = torch.randn(5, 7, device=DEVICE)
     for hidden, backend, expect in (
         ([32, 17], "triton", "fused"),
@@ -164,8 +167,8 @@ def test_auto_rule(launches, monkeypatch):
 
 
 def test_forcing_the_fused_path_names_the_limit():
-    too_wide = fused.MAX_WIDTH + 44
-    with pytest.raises(ValueError, match=f"up to {fused.MAX_WIDTH}, got hidden width {too_wide}"):
+    too_wide = fused_table.MAX_WIDTH + 44
+    with pytest.raises(ValueError, match=f"up to {fused_table.MAX_WIDTH}, got hidden width {too_wide}"):
         GLAIMLP(7, [17, too_wide], 3, fused=True)
     with pytest.raises(TypeError, match="fused must be None"):
         GLAIMLP(7, [17], 3, fused="yes")
@@ -185,9 +188,9 @@ def test_forcing_the_fused_path_names_the_limit():
 
 def test_validation_runs_once_per_signature(monkeypatch):
     calls = []
-    validate = fused._validate
-    monkeypatch.setattr(fused, "_validate", lambda *a: calls.append(1) or validate(*a))
-    fused._PLANS.clear()
+    validate = dispatch._validate
+    monkeypatch.setattr(dispatch, "_validate", lambda *a: calls.append(1) or validate(*a))
+    dispatch._PLANS.clear()
     model = GLAIMLP(7, [17], 3, backend="triton").to(DEVICE)
     x = torch.randn(9, 7, device=DEVICE)
     for _ in range(3):

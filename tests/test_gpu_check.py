@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from _gpu_check_run import ROOT, SCRIPT, _env, _lines, _run, triton_ops
+from _gpu_check_run import ROOT, SCRIPT, _env, _lines, _run, per_layer_ops
 
 from bench import gpu_report
 from bench.gpu import cli, count, headline, journal, plan, report, steps
@@ -279,7 +279,7 @@ def test_killed_run_keeps_every_line_written_before(tmp_path):
 # ----------------------------------------------------------------------------- failures inside the run
 @pytest.fixture
 def ops(monkeypatch):
-    return triton_ops(monkeypatch)
+    return per_layer_ops(monkeypatch)
 
 
 def test_a_wrong_kernel_fails_the_run_and_is_named(ops, monkeypatch, tmp_path, capsys):

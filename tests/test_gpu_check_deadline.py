@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from _gpu_check_run import ROOT, SCRIPT, _env, _lines, _run, triton_ops
+from _gpu_check_run import ROOT, SCRIPT, _env, _lines, _run, per_layer_ops
 
 from bench.gpu import cli, failures, headline, journal, plan, preflight, report
 from glai_kernels import fused_table
@@ -19,7 +19,7 @@ from glai_kernels import fused_table
 
 @pytest.fixture
 def ops(monkeypatch):
-    return triton_ops(monkeypatch)
+    return per_layer_ops(monkeypatch)
 
 
 def test_plan_starts_every_headline_case_in_the_first_third_of_the_budget():
@@ -181,7 +181,7 @@ def test_precision_sets_tf32_through_the_api_torch_reads():
     """After the new ``fp32_precision`` API was used (the tuner does), the legacy flag may not be read: the
     switch uses the new API where it exists, and the kernels' own reading follows it."""
     from bench.gpu.kernels import precision
-    from glai_kernels.tuning import torch_dot_precision
+    from glai_kernels.runtime import torch_dot_precision
 
     matmul = torch.backends.cuda.matmul
     new = hasattr(matmul, "fp32_precision")

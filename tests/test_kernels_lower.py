@@ -14,7 +14,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from glai_kernels.lowering import refusal  # noqa: E402
+from glai_kernels.tools.lowering import refusal  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "_lower_kernels.py"
 

@@ -9,7 +9,7 @@ import torch
 
 from glai import resize
 from glai.nn import GLAIMLP
-from glai_kernels import fused, glai_mlp, pack_patterns, signature
+from glai_kernels import dispatch, glai_mlp, pack_patterns, signature
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -21,15 +21,15 @@ KEYS = [True, False] if signature.TensorGuards is not None else [False]
 @pytest.fixture(params=KEYS, ids=lambda g: "tensor-guard" if g else "python-key")
 def memo(request, monkeypatch):
     verdicts = signature.Verdicts(guards=request.param)
-    monkeypatch.setattr(fused, "_PLANS", verdicts)
+    monkeypatch.setattr(dispatch, "_PLANS", verdicts)
     return verdicts
 
 
 @pytest.fixture
 def validations(monkeypatch):
     calls = []
-    validate = fused._validate
-    monkeypatch.setattr(fused, "_validate", lambda *a: calls.append(1) or validate(*a))
+    validate = dispatch._validate
+    monkeypatch.setattr(dispatch, "_validate", lambda *a: calls.append(1) or validate(*a))
     return calls
 
 
@@ -149,7 +149,7 @@ def test_the_memo_is_bounded_in_a_loop_over_batch_sizes(monkeypatch, validations
     """At most ``size`` layouts and ``per_layout`` signatures under each (the tensor guard), or ``size``
     signatures (the Python key): the most recent are remembered, an older one is checked again."""
     memo = signature.Verdicts(size=4, per_layout=4, guards=guards)
-    monkeypatch.setattr(fused, "_PLANS", memo)
+    monkeypatch.setattr(dispatch, "_PLANS", memo)
     x, ws, bs, ps = _stack(batch=60)
     for batch in range(1, 61):
         glai_mlp(x[:batch], ws, bs, [p[:batch] for p in ps], backend="torch")
@@ -170,10 +170,10 @@ def test_the_fused_launch_memos_are_bounded_in_a_loop_over_batch_sizes(monkeypat
     """The launches' shape memo keeps at most MEMO_SIZE entries, and no launch keeps a workspace: the weight
     gradient's split-combine workspace lives for one launch. (Launches are stubbed: only the host side runs.)"""
     fl = pytest.importorskip("glai_kernels.fused_launch", reason="the fused kernels need Triton")
-    monkeypatch.setattr(fl, "launch", lambda *args, **kwargs: None)
+    monkeypatch.setattr(fl, "launch_fused", lambda *args, **kwargs: None)
     monkeypatch.setattr(fl, "_STATIC", {})
-    monkeypatch.setattr(fused, "_PLANS", signature.Verdicts())
-    config = fl.config_for(DEVICE, None)
+    monkeypatch.setattr(dispatch, "_PLANS", signature.Verdicts())
+    config = fl.resolved_config(DEVICE, None)
     monkeypatch.setitem(fl._CONFIGS, DEVICE, {**config, "weights": {**config["weights"], "SPLITS": 2}})
     model = GLAIMLP(7, [17], 3, backend="triton", fused=True).to(DEVICE)
     x = torch.randn(signature.MEMO_SIZE + 40, 7, device=DEVICE)
@@ -189,16 +189,16 @@ def test_the_fused_launch_memos_are_bounded_in_a_loop_over_batch_sizes(monkeypat
 def test_the_per_layer_launch_plans_are_bounded_in_a_loop_over_batch_sizes(monkeypatch):
     """The per-layer kernels' plans (one per call signature) keep at most MEMO_SIZE entries. (Launches are
     stubbed: only the host side runs.)"""
-    tl = pytest.importorskip("glai_kernels.triton_launch", reason="the per-layer kernels need Triton")
-    monkeypatch.setattr(tl, "launch", lambda *args, **kwargs: None)
-    monkeypatch.setattr(tl, "PLANS", {})
-    from glai_kernels import triton_ops
+    tl = pytest.importorskip("glai_kernels.per_layer_launch", reason="the per-layer kernels need Triton")
+    monkeypatch.setattr(tl, "launch_plan", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tl, "LAUNCH_PLANS", {})
+    from glai_kernels import per_layer_ops
 
     w = torch.randn(16, 7, device=DEVICE)
     x = torch.randn(signature.MEMO_SIZE + 40, 7, device=DEVICE)
     for batch in range(1, x.shape[0] + 1):
-        triton_ops.masked_forward(x[:batch], w, None, None, 1)
-    assert len(tl.PLANS) == signature.MEMO_SIZE
+        per_layer_ops.masked_forward(x[:batch], w, None, None, 1)
+    assert len(tl.LAUNCH_PLANS) == signature.MEMO_SIZE
 
 
 @pytest.mark.parametrize("backend, fused_", [PATHS[0], PATHS[2]], ids=["torch", "fused"])

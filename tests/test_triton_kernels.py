@@ -25,7 +25,7 @@ from _kernel_checks import (
 from glai_kernels import reference as ref
 from glai_kernels.layout import PATTERN_DTYPE, unpack_patterns, words_for
 
-triton_ops = pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
+per_layer_ops = pytest.importorskip("glai_kernels.per_layer_ops", reason="the Triton kernels need Triton")
 
 
 def tuning_config(kernel: str, M: int, N: int, K: int) -> dict:
@@ -58,7 +58,7 @@ def test_gate(M, K, N, dtype):
     g = gen(M * 10007 + K * 101 + N)
     a, w, b = randn(M, K, dtype=dtype, g=g), randn(N, K, dtype=dtype, g=g), randn(N, dtype=dtype, g=g)
     out = (poison(M, N, dtype=dtype), poison(M, words_for(N), dtype=PATTERN_DTYPE))
-    relu, words = triton_ops.gate(a, w, b, out=out)
+    relu, words = per_layer_ops.gate(a, w, b, out=out)
     assert relu is out[0] and words is out[1]
     r_relu, r_words = ref.gate(f64(a), f64(w), f64(b))
     assert_close_rel(relu, r_relu, dtype, "gate relu")
@@ -87,7 +87,7 @@ def test_gate_keeps_nan_and_inf():
     a[3, 0] = float("nan")
     b[7], b[9] = float("inf"), -float("inf")
     out = (poison(M, N, dtype=torch.float32), poison(M, words_for(N), dtype=PATTERN_DTYPE))
-    relu, words = triton_ops.gate(a, w, b, out=out)
+    relu, words = per_layer_ops.gate(a, w, b, out=out)
     r_relu, r_words = ref.gate(f64(a), f64(w), f64(b))
     torch.testing.assert_close(relu.double(), r_relu, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert relu[3].isnan().all() and torch.equal(words, r_words)
@@ -102,7 +102,7 @@ def test_gate_no_bias_and_strides(strided):
         randn(N, K, dtype=torch.float32, g=g, strided=strided),
     )
     out = (poison(M, N, dtype=torch.float32), poison(M, words_for(N), dtype=PATTERN_DTYPE))
-    relu, words = triton_ops.gate(a, w, None, out=out)
+    relu, words = per_layer_ops.gate(a, w, None, out=out)
     r_relu, r_words = ref.gate(f64(a), f64(w), None)
     assert_close_rel(relu, r_relu, torch.float32, "gate relu")
     assert torch.equal(words, r_words)
@@ -126,7 +126,7 @@ def test_masked_forward(M, K, N, r, gated, has_bias, dtype):
     h, w = randn(M, K, dtype=dtype, g=g), randn(N, K, dtype=dtype, g=g)
     b = randn(N, dtype=dtype, g=g) if has_bias else None
     words = rand_words(M, N // r, g) if gated else None
-    out = triton_ops.masked_forward(h, w, b, words, r, out=poison(M, N, dtype=dtype))
+    out = per_layer_ops.masked_forward(h, w, b, words, r, out=poison(M, N, dtype=dtype))
     assert_close_rel(out, ref.masked_forward(f64(h), f64(w), f64(b), words, r), dtype, "masked_forward")
 
 
@@ -138,7 +138,7 @@ def test_masked_forward_strided_operands():
     b = randn(2 * N, dtype=torch.float32, g=g)[::2]
     words = rand_words(M, N // r, g, strided=True)
     out = poison(M, 2 * N, dtype=torch.float32)[:, ::2]  # a strided output is written in place, too
-    res = triton_ops.masked_forward(h, w, b, words, r, out=out)
+    res = per_layer_ops.masked_forward(h, w, b, words, r, out=out)
     assert res is out
     assert_close_rel(out, ref.masked_forward(f64(h), f64(w), f64(b), words, r), torch.float32, "strided")
 
@@ -157,7 +157,7 @@ def test_masked_forward_gate_multiplies():
     words = rand_words(M, N, g)
     b[5] = float("inf")
     h[2, 3] = float("nan")
-    out = triton_ops.masked_forward(h, w, b, words, 1, out=poison(M, N, dtype=torch.float32))
+    out = per_layer_ops.masked_forward(h, w, b, words, 1, out=poison(M, N, dtype=torch.float32))
     expected = ref.masked_forward(f64(h), f64(w), f64(b), words, 1)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert out[:, 5].isnan().any() and out[2].isnan().all()
@@ -182,12 +182,16 @@ def test_gate_reading_per_tile_shape(block_n, r, units):
         randn(units, dtype=torch.float32, g=g),
     )
     words = rand_words(M, units // r, g)
-    out = triton_ops.masked_forward(h, w, b, words, r, config=cfg, out=poison(M, units, dtype=torch.float32))
+    out = per_layer_ops.masked_forward(
+        h, w, b, words, r, config=cfg, out=poison(M, units, dtype=torch.float32)
+    )
     assert_close_rel(
         out, ref.masked_forward(f64(h), f64(w), f64(b), words, r), torch.float32, "masked_forward"
     )
     grad, w2 = randn(M, K, dtype=torch.float32, g=g), randn(K, units, dtype=torch.float32, g=g)
-    out = triton_ops.backward_data(grad, w2, words, r, config=cfg, out=poison(M, units, dtype=torch.float32))
+    out = per_layer_ops.backward_data(
+        grad, w2, words, r, config=cfg, out=poison(M, units, dtype=torch.float32)
+    )
     assert_close_rel(out, ref.backward_data(f64(grad), f64(w2), words, r), torch.float32, "backward_data")
 
 
@@ -207,7 +211,7 @@ def test_backward_data(M, K, N, r, gated, dtype):
     g_ = gen(M * 10007 + K * 101 + N * 7 + r)
     grad, w = randn(M, N, dtype=dtype, g=g_), randn(N, K, dtype=dtype, g=g_)
     words = rand_words(M, K // r, g_) if gated else None
-    out = triton_ops.backward_data(grad, w, words, r, out=poison(M, K, dtype=dtype))
+    out = per_layer_ops.backward_data(grad, w, words, r, out=poison(M, K, dtype=dtype))
     assert_close_rel(out, ref.backward_data(f64(grad), f64(w), words, r), dtype, "backward_data")
 
 
@@ -217,7 +221,7 @@ def test_backward_data_strided_operands():
     grad = randn(M, N, dtype=torch.float32, g=g_, strided=True)
     w = randn(N, K, dtype=torch.float32, g=g_, strided=True)
     words = rand_words(M, K // r, g_, strided=True)
-    out = triton_ops.backward_data(grad, w, words, r, out=poison(M, K, dtype=torch.float32))
+    out = per_layer_ops.backward_data(grad, w, words, r, out=poison(M, K, dtype=torch.float32))
     assert_close_rel(out, ref.backward_data(f64(grad), f64(w), words, r), torch.float32, "strided")
 
 
@@ -237,7 +241,7 @@ def test_backward_weights(M, K, N, has_bias, dtype):
     g_ = gen(M * 10007 + K * 101 + N)
     grad, h = randn(M, N, dtype=dtype, g=g_), randn(M, K, dtype=dtype, g=g_)
     out = (poison(N, K, dtype=dtype), poison(N, dtype=dtype) if has_bias else None)
-    dw, db = triton_ops.backward_weights(grad, h, has_bias, out=out)
+    dw, db = per_layer_ops.backward_weights(grad, h, has_bias, out=out)
     r_dw, r_db = ref.backward_weights(f64(grad), f64(h), has_bias)
     assert_close_rel(dw, r_dw, dtype, "dW")
     if has_bias:
@@ -258,7 +262,7 @@ def test_backward_weights_split_batch(splits, has_bias, dtype):
     results = []
     for _ in range(2):
         out = (poison(N, K, dtype=dtype), poison(N, dtype=dtype) if has_bias else None)
-        results.append(triton_ops.backward_weights(grad, h, has_bias, config=cfg, out=out))
+        results.append(per_layer_ops.backward_weights(grad, h, has_bias, config=cfg, out=out))
     r_dw, r_db = ref.backward_weights(f64(grad), f64(h), has_bias)
     assert_close_rel(results[0][0], r_dw, dtype, "dW")
     assert torch.equal(results[0][0], results[1][0])
@@ -274,7 +278,7 @@ def test_backward_weights_strided_operands():
         randn(M, N, dtype=torch.float32, g=g_, strided=True),
         randn(M, K, dtype=torch.float32, g=g_, strided=True),
     )
-    dw, db = triton_ops.backward_weights(
+    dw, db = per_layer_ops.backward_weights(
         grad, h, True, out=(poison(N, K, dtype=torch.float32), poison(N, dtype=torch.float32))
     )
     r_dw, r_db = ref.backward_weights(f64(grad), f64(h), True)
@@ -294,12 +298,12 @@ def _run_all(seed, dtype=torch.float32, config=None, use_out=True):
     wd = rand_words(M, K, g_)
     kw = (lambda out: {"config": config, "out": out}) if use_out else (lambda out: {"config": config})
     res = {
-        "gate": triton_ops.gate(
+        "gate": per_layer_ops.gate(
             x, w, b, **kw((poison(M, N, dtype=dtype), poison(M, words_for(N), dtype=PATTERN_DTYPE)))
         ),
-        "masked_forward": triton_ops.masked_forward(x, w, b, words, r, **kw(poison(M, N, dtype=dtype))),
-        "backward_data": triton_ops.backward_data(grad, w, wd, 1, **kw(poison(M, K, dtype=dtype))),
-        "backward_weights": triton_ops.backward_weights(
+        "masked_forward": per_layer_ops.masked_forward(x, w, b, words, r, **kw(poison(M, N, dtype=dtype))),
+        "backward_data": per_layer_ops.backward_data(grad, w, wd, 1, **kw(poison(M, K, dtype=dtype))),
+        "backward_weights": per_layer_ops.backward_weights(
             grad, x, True, **kw((poison(N, K, dtype=dtype), poison(N, dtype=dtype)))
         ),
     }
@@ -348,7 +352,7 @@ def test_forced_config():
 def test_ops_ask_config_for_with_their_dot_precision(monkeypatch):
     """fp32 under TF32 has tuned tiles of its own (the dtype key "tf32"): every op asks ``launch_config`` with
     the precision it launches its dots with."""
-    from glai_kernels import launch_configs, triton_launch
+    from glai_kernels import launch_configs, per_layer_launch, runtime
 
     asked = []
     real = launch_configs.launch_config
@@ -358,26 +362,26 @@ def test_ops_ask_config_for_with_their_dot_precision(monkeypatch):
         return real(kernel, M, N, K, dtype, precision, device)
 
     monkeypatch.setattr(launch_configs, "launch_config", spy)
-    monkeypatch.setattr(triton_launch, "dot_precision", lambda dtype: "tf32")
-    triton_launch.PLANS.clear()  # plans made before are memoised with their own precision
+    monkeypatch.setattr(runtime, "dot_precision", lambda dtype: "tf32")
+    per_layer_launch.LAUNCH_PLANS.clear()  # plans made before are memoised with their own precision
     _run_all(seed=41)
     assert sorted(asked) == [
         (k, "tf32") for k in ("backward_data", "backward_weights", "gate", "masked_forward")
     ]
-    triton_launch.PLANS.clear()
+    per_layer_launch.LAUNCH_PLANS.clear()
 
 
 def test_empty_batch():
     w, b = torch.randn(33, 31, device=DEVICE), torch.randn(33, device=DEVICE)
     x = torch.randn(0, 31, device=DEVICE)
-    relu, words = triton_ops.gate(x, w, b)
+    relu, words = per_layer_ops.gate(x, w, b)
     assert relu.shape == (0, 33) and words.shape == (0, 2) and words.dtype == PATTERN_DTYPE
-    assert triton_ops.masked_forward(
+    assert per_layer_ops.masked_forward(
         x, w, b, torch.zeros(0, 2, dtype=PATTERN_DTYPE, device=DEVICE), 1
     ).shape == (0, 33)
-    assert triton_ops.backward_data(torch.randn(0, 33, device=DEVICE), w, None, 1).shape == (0, 31)
+    assert per_layer_ops.backward_data(torch.randn(0, 33, device=DEVICE), w, None, 1).shape == (0, 31)
     # The weight gradient of an empty batch is a sum of nothing: zeros, written by the kernel over NaN.
-    dw, db = triton_ops.backward_weights(
+    dw, db = per_layer_ops.backward_weights(
         torch.randn(0, 33, device=DEVICE),
         x,
         True,
@@ -395,13 +399,13 @@ def test_float64_goes_to_reference():
     h, w = h.to(DEVICE), w.to(DEVICE)
     words = rand_words(5, 3, g_)
     assert torch.equal(
-        triton_ops.masked_forward(h, w, None, words, 2), ref.masked_forward(h, w, None, words, 2)
+        per_layer_ops.masked_forward(h, w, None, words, 2), ref.masked_forward(h, w, None, words, 2)
     )
     # `out` is checked on this path as on the others: no silent cast into a float32 buffer.
     with pytest.raises(TypeError, match="out must be torch.float64"):
-        triton_ops.masked_forward(h, w, None, words, 2, out=torch.empty(5, 6, device=DEVICE))
+        per_layer_ops.masked_forward(h, w, None, words, 2, out=torch.empty(5, 6, device=DEVICE))
     with pytest.raises(ValueError, match=r"out must have shape \(5, 7\)"):
-        triton_ops.backward_data(
+        per_layer_ops.backward_data(
             h[:, :6], w, None, 1, out=torch.empty(5, 6, dtype=torch.float64, device=DEVICE)
         )
 
@@ -428,27 +432,27 @@ def test_opcheck_registered_ops():
 def test_bad_arguments_are_named():
     x, w = torch.randn(5, 7, device=DEVICE), torch.randn(6, 7, device=DEVICE)
     with pytest.raises(ValueError, match="words must have shape"):
-        triton_ops.masked_forward(x, w, None, torch.zeros(5, 2, dtype=PATTERN_DTYPE, device=DEVICE), 1)
+        per_layer_ops.masked_forward(x, w, None, torch.zeros(5, 2, dtype=PATTERN_DTYPE, device=DEVICE), 1)
     with pytest.raises(TypeError, match="int32"):
-        triton_ops.masked_forward(x, w, None, torch.zeros(5, 1, device=DEVICE), 1)
+        per_layer_ops.masked_forward(x, w, None, torch.zeros(5, 1, device=DEVICE), 1)
     with pytest.raises(ValueError, match="must divide"):
-        triton_ops.masked_forward(x, w, None, torch.zeros(5, 1, dtype=PATTERN_DTYPE, device=DEVICE), 4)
+        per_layer_ops.masked_forward(x, w, None, torch.zeros(5, 1, dtype=PATTERN_DTYPE, device=DEVICE), 4)
     with pytest.raises(TypeError, match="dtype"):
-        triton_ops.masked_forward(x, w.half(), None, None, 1)
+        per_layer_ops.masked_forward(x, w.half(), None, None, 1)
     with pytest.raises(ValueError, match="weight must have shape"):
-        triton_ops.backward_data(torch.randn(5, 5, device=DEVICE), w, None, 1)
+        per_layer_ops.backward_data(torch.randn(5, 5, device=DEVICE), w, None, 1)
     with pytest.raises(ValueError, match="multiple of 32"):
-        triton_ops.gate(x, w, None, config=dict(OTHER_CONFIG, BLOCK_N=16))
+        per_layer_ops.gate(x, w, None, config=dict(OTHER_CONFIG, BLOCK_N=16))
     with pytest.raises(ValueError, match="keys"):
-        triton_ops.masked_forward(x, w, None, None, 1, config={"BLOCK_M": 32})
+        per_layer_ops.masked_forward(x, w, None, None, 1, config={"BLOCK_M": 32})
     with pytest.raises(ValueError, match="power of two"):
-        triton_ops.masked_forward(x, w, None, None, 1, config=dict(OTHER_CONFIG, BLOCK_K=48))
+        per_layer_ops.masked_forward(x, w, None, None, 1, config=dict(OTHER_CONFIG, BLOCK_K=48))
     with pytest.raises(ValueError, match="out must have shape"):
-        triton_ops.masked_forward(x, w, None, None, 1, out=torch.empty(5, 7, device=DEVICE))
+        per_layer_ops.masked_forward(x, w, None, None, 1, out=torch.empty(5, 7, device=DEVICE))
     with pytest.raises(TypeError, match=r"gate: out must be a pair \(relu"):
-        triton_ops.gate(x, w, None, out=torch.empty(5, 6, device=DEVICE))
+        per_layer_ops.gate(x, w, None, out=torch.empty(5, 6, device=DEVICE))
     with pytest.raises(TypeError, match=r"backward_weights: out must be a pair \(dW .*got 1 items"):
-        triton_ops.backward_weights(torch.randn(5, 6, device=DEVICE), x, True, out=(torch.empty(6, 7),))
+        per_layer_ops.backward_weights(torch.randn(5, 6, device=DEVICE), x, True, out=(torch.empty(6, 7),))
 
 
 @pytest.mark.skipif(CUDA, reason="about CPU tensors on a machine without CUDA")

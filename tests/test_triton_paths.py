@@ -12,7 +12,7 @@ from _kernel_checks import DEVICE, DTYPES, OTHER_CONFIG, assert_close_rel, f64, 
 from glai_kernels import reference as ref
 from glai_kernels.layout import PATTERN_DTYPE, words_for
 
-triton_ops = pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
+per_layer_ops = pytest.importorskip("glai_kernels.per_layer_ops", reason="the Triton kernels need Triton")
 
 
 # ----------------------------------------------------------------------------- persistent TMA loop, K-major copies
@@ -24,19 +24,19 @@ TMA_CONFIG = dict(OTHER_CONFIG, BLOCK_K=16, TMA=1)
 @pytest.fixture
 def descriptors(monkeypatch):
     """Counts the tensor descriptors the launches build (0: the pointer loop ran)."""
-    from glai_kernels import triton_launch
+    from glai_kernels import per_layer_launch
 
-    if triton_launch.TensorDescriptor is None:
+    if per_layer_launch.TensorDescriptor is None:
         pytest.skip("this Triton has no host tensor descriptors")
     made = []
-    real = triton_launch.descriptor
+    real = per_layer_launch.descriptor
 
     def spy(t, block):
         d = real(t, block)
         made.append(d is not None)
         return d
 
-    monkeypatch.setattr(triton_launch, "descriptor", spy)
+    monkeypatch.setattr(per_layer_launch, "descriptor", spy)
     return made
 
 
@@ -56,13 +56,13 @@ def test_tma_loop_matches_the_reference(descriptors, dtype, k_major):
         return len(descriptors)
 
     n = len(descriptors)
-    out = triton_ops.masked_forward(x, w, b, words, r, config=cfg, out=poison(M, N, dtype=dtype))
+    out = per_layer_ops.masked_forward(x, w, b, words, r, config=cfg, out=poison(M, N, dtype=dtype))
     assert_close_rel(out, ref.masked_forward(f64(x), f64(w), f64(b), words, r), dtype, "masked_forward tma")
     n = described(n)
-    out = triton_ops.backward_data(grad, w, wd, 1, config=cfg, out=poison(M, K, dtype=dtype))
+    out = per_layer_ops.backward_data(grad, w, wd, 1, config=cfg, out=poison(M, K, dtype=dtype))
     assert_close_rel(out, ref.backward_data(f64(grad), f64(w), wd, 1), dtype, "backward_data tma")
     n = described(n)
-    relu, bits = triton_ops.gate(
+    relu, bits = per_layer_ops.gate(
         x, w, b, config=cfg, out=(poison(M, N, dtype=dtype), poison(M, words_for(N), dtype=PATTERN_DTYPE))
     )
     r_relu, r_bits = ref.gate(f64(x), f64(w), f64(b))
@@ -70,7 +70,7 @@ def test_tma_loop_matches_the_reference(descriptors, dtype, k_major):
     assert (bits != r_bits).sum() <= 2  # a unit within rounding of 0 may flip
     n = described(n)
     for splits in (1, 3):
-        dw, db = triton_ops.backward_weights(
+        dw, db = per_layer_ops.backward_weights(
             grad,
             x,
             True,
@@ -89,13 +89,13 @@ def test_tma_falls_back_to_pointers_for_misaligned_operands(descriptors):
     M, K, N = 33, 31, 100
     g_ = gen(59)
     h, w, b = randn(M, K, dtype=torch.float32, g=g_), randn(N, K, dtype=torch.float32, g=g_), None
-    out = triton_ops.masked_forward(
+    out = per_layer_ops.masked_forward(
         h, w, b, None, 1, config=TMA_CONFIG, out=poison(M, N, dtype=torch.float32)
     )
     assert_close_rel(out, ref.masked_forward(f64(h), f64(w), None, None, 1), torch.float32, "misaligned")
     h2 = randn(M, 40, dtype=torch.float32, g=g_, strided=True)  # column-major-ish view: strides (1, ...)
     w2 = randn(N, 40, dtype=torch.float32, g=g_)
-    out = triton_ops.masked_forward(
+    out = per_layer_ops.masked_forward(
         h2, w2, b, None, 1, config=TMA_CONFIG, out=poison(M, N, dtype=torch.float32)
     )
     assert_close_rel(out, ref.masked_forward(f64(h2), f64(w2), None, None, 1), torch.float32, "strided")
@@ -106,18 +106,18 @@ def test_broadcast_and_overlapping_operands_take_the_pointer_loop(monkeypatch):
     """A tensor descriptor holds positive strides over distinct elements: the gradient of ``y.sum(0)``
     expanded back (strides ``(0, 1)``) and rows that overlap (row stride below the row length) are never
     described, and the kernels read them in place with the reference's result."""
-    from glai_kernels import triton_launch
+    from glai_kernels import per_layer_launch
 
-    if triton_launch.TensorDescriptor is None:
+    if per_layer_launch.TensorDescriptor is None:
         pytest.skip("this Triton has no host tensor descriptors")
     described = []
-    real = triton_launch.descriptor
+    real = per_layer_launch.descriptor
 
     def spy(t, block):
         described.append((tuple(t.shape), t.stride()))
         return real(t, block)
 
-    monkeypatch.setattr(triton_launch, "descriptor", spy)
+    monkeypatch.setattr(per_layer_launch, "descriptor", spy)
     M, K, N, r = 88, 40, 104, 2
     g_ = gen(61)
     for dtype in DTYPES:
@@ -129,20 +129,20 @@ def test_broadcast_and_overlapping_operands_take_the_pointer_loop(monkeypatch):
         cfg = dict(TMA_CONFIG, K_MAJOR=0)
         for what, g in (("broadcast", grad), ("overlapping", overlapping)):
             assert g.stride()[0] < N
-            out = triton_ops.backward_data(g, w, wd, 1, config=cfg, out=poison(M, K, dtype=dtype))
+            out = per_layer_ops.backward_data(g, w, wd, 1, config=cfg, out=poison(M, K, dtype=dtype))
             assert_close_rel(out, ref.backward_data(f64(g), f64(w), wd, 1), dtype, f"backward_data, {what}")
-            dw, db = triton_ops.backward_weights(
+            dw, db = per_layer_ops.backward_weights(
                 g, x, True, config=cfg, out=(poison(N, K, dtype=dtype), poison(N, dtype=dtype))
             )
             r_dw, r_db = ref.backward_weights(f64(g), f64(x), True)
             assert_close_rel(dw, r_dw, dtype, f"dW, {what}")
             assert_close_rel(db, r_db, dtype, f"db, {what}")
         xb = randn(K, dtype=dtype, g=g_).expand(M, K)  # one input row repeated
-        out = triton_ops.masked_forward(xb, w, None, words, r, config=cfg, out=poison(M, N, dtype=dtype))
+        out = per_layer_ops.masked_forward(xb, w, None, words, r, config=cfg, out=poison(M, N, dtype=dtype))
         assert_close_rel(
             out, ref.masked_forward(f64(xb), f64(w), None, words, r), dtype, "forward, broadcast x"
         )
-        triton_ops.backward_data(randn(M, N, dtype=dtype, g=g_), w, wd, 1, config=cfg)  # dense: described
+        per_layer_ops.backward_data(randn(M, N, dtype=dtype, g=g_), w, wd, 1, config=cfg)  # dense: described
     assert described, "dense operands must still be described"
     assert all(s[1] == 1 and s[0] >= shape[1] for shape, s in described), described
 
@@ -156,9 +156,9 @@ def test_gate_without_relu_output(monkeypatch):
     b = randn(N, dtype=torch.float32, g=g_)
     expected = ref.gate(f64(a), f64(w), f64(b))[1]
     out = (None, poison(M, words_for(N), dtype=PATTERN_DTYPE))
-    relu, words = triton_ops.gate(a, w, b, relu_out=False, out=out)
+    relu, words = per_layer_ops.gate(a, w, b, relu_out=False, out=out)
     assert relu is None and words is out[1] and torch.equal(words, expected)
-    relu, words = triton_ops.gate(a, w, b, relu_out=False)  # eager, allocating
+    relu, words = per_layer_ops.gate(a, w, b, relu_out=False)  # eager, allocating
     assert relu is None and torch.equal(words, expected)
     assert torch.equal(torch.ops.glai.gate(a, w, b, False)[1], expected)  # the custom op takes the flag too
     assert ref.gate(a, w, b, relu_out=False)[0] is None
@@ -166,13 +166,13 @@ def test_gate_without_relu_output(monkeypatch):
     from glai_kernels import structural_patterns
 
     asked = []
-    real = triton_ops.gate
+    real = per_layer_ops.gate
 
     def spy(a, weight, bias, relu_out=True, **kw):
         asked.append(relu_out)
         return real(a, weight, bias, relu_out=relu_out, **kw)
 
-    monkeypatch.setattr(triton_ops, "gate", spy)
+    monkeypatch.setattr(per_layer_ops, "gate", spy)
     w2 = randn(7, N, dtype=torch.float32, g=g_)
     pats = structural_patterns(a, [w, w2], [b, None], backend="triton")
     assert asked == [True, False] and [p.shape for p in pats] == [(M, 4), (M, 1)]
@@ -190,10 +190,14 @@ def test_non_power_of_two_reduction(block_n, r):
     h, w = randn(M, K, dtype=torch.float32, g=g_), randn(units, K, dtype=torch.float32, g=g_)
     b = randn(units, dtype=torch.float32, g=g_)
     words = rand_words(M, units // r, g_)
-    out = triton_ops.masked_forward(h, w, b, words, r, config=cfg, out=poison(M, units, dtype=torch.float32))
+    out = per_layer_ops.masked_forward(
+        h, w, b, words, r, config=cfg, out=poison(M, units, dtype=torch.float32)
+    )
     assert_close_rel(out, ref.masked_forward(f64(h), f64(w), f64(b), words, r), torch.float32, f"r={r}")
     grad, w2 = randn(M, K, dtype=torch.float32, g=g_), randn(K, units, dtype=torch.float32, g=g_)
-    out = triton_ops.backward_data(grad, w2, words, r, config=cfg, out=poison(M, units, dtype=torch.float32))
+    out = per_layer_ops.backward_data(
+        grad, w2, words, r, config=cfg, out=poison(M, units, dtype=torch.float32)
+    )
     assert_close_rel(out, ref.backward_data(f64(grad), f64(w2), words, r), torch.float32, f"r={r} data")
 
 
@@ -202,38 +206,38 @@ def test_out_must_not_overlap_the_inputs():
     M, K, N = 5, 8, 8
     x, w = torch.randn(M, K, device=DEVICE), torch.randn(N, K, device=DEVICE)
     with pytest.raises(ValueError, match="masked_forward: out is the input h"):
-        triton_ops.masked_forward(x, w, None, None, 1, out=x)
+        per_layer_ops.masked_forward(x, w, None, None, 1, out=x)
     buf = torch.randn(M + N, K, device=DEVICE)
     with pytest.raises(ValueError, match="out overlaps the memory of the input weight"):
-        triton_ops.masked_forward(x, buf[M - 2 : M - 2 + N], None, None, 1, out=buf[:M])
+        per_layer_ops.masked_forward(x, buf[M - 2 : M - 2 + N], None, None, 1, out=buf[:M])
     g, h = torch.randn(M, N, device=DEVICE), torch.randn(M, K, device=DEVICE)
     with pytest.raises(ValueError, match=r"backward_weights: out\[0\] overlaps the memory of the input g"):
-        triton_ops.backward_weights(g, h, False, out=(torch.as_strided(g, (N, K), (1, 1)), None))
+        per_layer_ops.backward_weights(g, h, False, out=(torch.as_strided(g, (N, K), (1, 1)), None))
     with pytest.raises(ValueError, match=r"gate: out\[1\] overlaps the memory of the input a"):
-        triton_ops.gate(x, w, None, out=(torch.empty(M, N, device=DEVICE), x.view(PATTERN_DTYPE)[:, :1]))
+        per_layer_ops.gate(x, w, None, out=(torch.empty(M, N, device=DEVICE), x.view(PATTERN_DTYPE)[:, :1]))
     # Disjoint parts of one buffer are fine.
-    res = triton_ops.masked_forward(x, buf[:N], None, None, 1, out=buf[N : N + M])
+    res = per_layer_ops.masked_forward(x, buf[:N], None, None, 1, out=buf[N : N + M])
     assert res.data_ptr() == buf[N:].data_ptr()
     dw = torch.randn(N, K, device=DEVICE)
-    assert triton_ops.backward_weights(g, h, False, out=(dw, None))[0] is dw
+    assert per_layer_ops.backward_weights(g, h, False, out=(dw, None))[0] is dw
 
 
 def test_checks_run_once_per_signature_and_again_for_a_new_one():
-    from glai_kernels import triton_launch
+    from glai_kernels import per_layer_launch
 
     M, K, N = 9, 7, 40
     x, w = torch.randn(M, K, device=DEVICE), torch.randn(N, K, device=DEVICE)
     words = torch.zeros(M, 2, dtype=PATTERN_DTYPE, device=DEVICE)
-    triton_ops.masked_forward(x, w, None, words, 1)
-    before = len(triton_launch.PLANS)
-    triton_ops.masked_forward(x.clone(), w.clone(), None, words.clone(), 1)  # same signature: no new plan
-    assert len(triton_launch.PLANS) == before
+    per_layer_ops.masked_forward(x, w, None, words, 1)
+    before = len(per_layer_launch.LAUNCH_PLANS)
+    per_layer_ops.masked_forward(x.clone(), w.clone(), None, words.clone(), 1)  # same signature: no new plan
+    assert len(per_layer_launch.LAUNCH_PLANS) == before
     with pytest.raises(ValueError, match="words must have shape"):  # another signature is checked in full
-        triton_ops.masked_forward(x, w, None, words[:, :1], 1)
+        per_layer_ops.masked_forward(x, w, None, words[:, :1], 1)
     with pytest.raises(ValueError, match="must divide"):
-        triton_ops.masked_forward(x, w, None, words, 3)
+        per_layer_ops.masked_forward(x, w, None, words, 3)
     with pytest.raises(TypeError, match="dtype"):
-        triton_ops.masked_forward(x, w.double(), None, words, 1)
+        per_layer_ops.masked_forward(x, w.double(), None, words, 1)
 
 
 def test_eager_calls_skip_the_dispatcher_and_compile_keeps_the_custom_ops(monkeypatch):
@@ -252,10 +256,10 @@ def test_eager_calls_skip_the_dispatcher_and_compile_keeps_the_custom_ops(monkey
 
     x, w = torch.randn(5, 7, device=DEVICE), torch.randn(6, 7, device=DEVICE)
     with Record() as rec:
-        direct = triton_ops.masked_forward(x, w, None, None, 1)
+        direct = per_layer_ops.masked_forward(x, w, None, None, 1)
     assert not any("glai" in op for op in rec.ops), rec.ops
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with Record() as rec:
-        through = triton_ops.masked_forward(x, w, None, None, 1)
+        through = per_layer_ops.masked_forward(x, w, None, None, 1)
     assert any("glai.masked_forward" in op for op in rec.ops), rec.ops
     assert torch.equal(direct, through)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from glai.nn import GLAIMLP
 
-pytest.importorskip("glai_kernels.triton_ops", reason="the Triton kernels need Triton")
+pytest.importorskip("glai_kernels.per_layer_ops", reason="the Triton kernels need Triton")
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from _tuning_fakes import FAKE, FAST, default, entry, valid_file
 
-from glai_kernels import launch_configs, tuning
+from glai_kernels import launch_configs, runtime, tuning
 from glai_kernels import tuning_cache as cache
 
 
@@ -37,7 +37,7 @@ def test_interpreter_and_unknown_kernel():
 
 
 def test_no_gpu_gives_the_default_and_says_so(monkeypatch):
-    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    monkeypatch.setattr(runtime, "interpreting", lambda: False)
     monkeypatch.setattr(launch_configs, "_current_identity", lambda index: None)
     launch_configs.reload()
     got = launch_configs.launch_config("masked_forward", 32, 300, 300, torch.float32, "ieee")
@@ -65,9 +65,9 @@ def test_launch_config_names_its_source(fake_gpu):
 
 def test_launch_config_gives_the_weight_gradient_split(fake_gpu, monkeypatch):
     """The split of the batch depends on the GPU's multiprocessor count: part of what fixes the bits."""
-    monkeypatch.setattr(launch_configs, "_device_index", lambda device: 0)
+    monkeypatch.setattr(runtime, "device_index", lambda device: 0)
     for sms, want in ((132, 2), (8, 1)):
-        monkeypatch.setattr(launch_configs, "device_info", lambda index, sms=sms: ((9, 0), sms))
+        monkeypatch.setattr(runtime, "device_info", lambda index, sms=sms: ((9, 0), sms))
         launch_configs.reload()
         got = launch_configs.launch_config("backward_weights", 10, 4096, 8192, torch.bfloat16)
         assert got.arch == "hopper" and got.config["BLOCK_N"] == 64 and got.splits == want, got
@@ -75,7 +75,7 @@ def test_launch_config_gives_the_weight_gradient_split(fake_gpu, monkeypatch):
 
 def test_launch_config_under_the_interpreter():
     got = launch_configs.launch_config("backward_weights", 5, 7, 9, torch.float16)
-    assert got.source == "interpreter" and got.config == tuning.check_config(tuning.INTERPRETER)
+    assert got.source == "interpreter" and got.config == tuning.check_tile_config(tuning.INTERPRETER)
     import glai_kernels
 
     assert glai_kernels.launch_config is launch_configs.launch_config  # the name the GPU script uses
@@ -126,7 +126,7 @@ def test_tf32_is_keyed_apart_from_ieee_fp32(fake_gpu):
     )  # nearest: tf32's own
     assert launch_configs.config_for("gate", 100, 300, 300, torch.bfloat16, "tf32") == default(key="bfloat16")
     # The host functions ask with the precision their launch uses.
-    launch = pytest.importorskip("glai_kernels.triton_launch", reason="the Triton kernels need Triton")
+    launch = pytest.importorskip("glai_kernels.per_layer_launch", reason="the Triton kernels need Triton")
     assert launch.choose_config("gate", 100, 300, 300, torch.float32, "tf32", None) == (tf32, "tuned")
     assert launch.choose_config("gate", 100, 300, 300, torch.float32, "ieee", None) == (ieee, "tuned")
     cache.save(FAKE, [entry(kernel="backward_data", dtype="tf32", config=tf32)])
@@ -218,7 +218,7 @@ def test_save_over_a_corrupt_or_stale_file_drops_it(fake_gpu):
 
 
 def test_kernel_source_hash_follows_the_text(tmp_path):
-    a, b = tmp_path / "triton_ops.py", tmp_path / "k.py"
+    a, b = tmp_path / "per_layer_ops.py", tmp_path / "k.py"
     a.write_text("def gate(): pass\n")
     b.write_text("x = 1\n")
     before = cache.kernel_source_hash([a, b])
@@ -242,7 +242,7 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
 
 
 def test_check_config():
-    assert tuning.check_config(dict(FAST)) == FAST
+    assert tuning.check_tile_config(dict(FAST)) == FAST
     for bad in (
         {},
         dict(FAST, extra=1),
@@ -251,4 +251,4 @@ def test_check_config():
         dict(FAST, BLOCK_M=8),
     ):
         with pytest.raises(ValueError):
-            tuning.check_config(bad)
+            tuning.check_tile_config(bad)

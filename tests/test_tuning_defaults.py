@@ -40,7 +40,7 @@ def test_hopper_and_ampere_defaults_for_wide_layers(kernel):
     ieee = tuning.default_config(kernel, *big, "float32", HOPPER, tma=True)
     assert ieee["TMA"] == 0 and ieee["K_MAJOR"] == 0  # FMA units: no tensor-core loop, no copies
     for c in (h16, a16, ieee):
-        assert tuning.check_config(c) == c
+        assert tuning.check_tile_config(c) == c
 
 
 def test_tf32_backward_defaults_read_k_major_operands():
@@ -102,93 +102,162 @@ def test_candidates_per_architecture():
     assert not any(c["K_MAJOR"] for c in tuning.candidates("masked_forward", "tf32", HOPPER, tma=True))
     for kernel in tuning.KERNELS:  # every candidate is well formed, and the gate's pack whole words
         for c in tuning.candidates(kernel, "tf32", HOPPER, tma=True):
-            assert tuning.check_config(c) == c and c["BLOCK_N"] % 32 == 0
+            assert tuning.check_tile_config(c) == c and c["BLOCK_N"] % 32 == 0
 
 
 def test_check_config_flags():
     c = {k: v for k, v in tuning.cfg(64, 64, 32, 4, 3).items() if k not in tuning.FLAGS}
-    assert tuning.check_config(c) == tuning.cfg(64, 64, 32, 4, 3)  # flags default to 0
-    assert tuning.check_config(dict(c, TMA=1))["TMA"] == 1
+    assert tuning.check_tile_config(c) == tuning.cfg(64, 64, 32, 4, 3)  # flags default to 0
+    assert tuning.check_tile_config(dict(c, TMA=1))["TMA"] == 1
     for bad in (dict(c, TMA=2), dict(c, K_MAJOR=True), dict(c, TMA=-1), dict(c, SPLIT=1)):
         with pytest.raises(ValueError):
-            tuning.check_config(bad)
+            tuning.check_tile_config(bad)
 
 
 def test_batch_splits():
     c = tuning.cfg(64, 64, 64, 4, 3)
-    assert tuning.batch_splits(c, 10, 4096, 8192, None) == (1, 8192)  # no GPU: one split
+    assert tuning.per_layer_splits(c, 10, 4096, 8192, None) == (1, 8192)  # no GPU: one split
     # dW of the output layer, 10 x 4096: 64 tiles on a GPU of 132 multiprocessors gives 2 splits.
-    assert tuning.batch_splits(c, 10, 4096, 8192, 132) == (2, 4096)
-    assert tuning.batch_splits(c, 4096, 4096, 8192, 132) == (1, 8192)  # enough tiles already
-    assert tuning.batch_splits(dict(c, SPLIT_K=3), 10, 4096, 100, None) == (2, 64)  # 2 steps of 64: 2 splits
-    S, rows = tuning.batch_splits(c, 10, 64, 1 << 20, 132)
+    assert tuning.per_layer_splits(c, 10, 4096, 8192, 132) == (2, 4096)
+    assert tuning.per_layer_splits(c, 4096, 4096, 8192, 132) == (1, 8192)  # enough tiles already
+    assert tuning.per_layer_splits(dict(c, SPLIT_K=3), 10, 4096, 100, None) == (
+        2,
+        64,
+    )  # 2 steps of 64: 2 splits
+    S, rows = tuning.per_layer_splits(c, 10, 64, 1 << 20, 132)
     assert S == 16 and S * rows >= 1 << 20 and rows % 64 == 0
 
 
 # ----------------------------------------------------------------------------- layering
-# Each tuning module may import only the modules listed for it (within glai_kernels), directly or lazily.
+# Each module may import only the modules listed for it (within glai_kernels), directly or lazily; every module
+# of the package is listed, so a new one states its place. ``kernels`` is the Triton kernels' folder.
+LEAVES = {"runtime", "layout", "signature", "fused_table", "dropout", "eager", "fallback", "first_order"}
 LAYERS = {
-    "signature": set(),  # the memo of checked call signatures: a leaf any launch side may use
-    "tuning": {"costs", "layout"},
-    "tuning_cache": {"tuning", "costs", "layout"},
-    "launch_configs": {"tuning", "tuning_cache", "costs", "layout"},
-    "triton_launch": {"launch_configs", "tuning", "tuning_cache", "costs", "layout", "kernels", "signature"},
-    "triton_ops": {
-        "signature",
-        "triton_launch",
-        "launch_configs",
+    **{leaf: set() for leaf in LEAVES},
+    "checks": {"layout"},
+    "costs": {"layout"},
+    "backend": {"runtime"},
+    "dropout_launch": {"dropout", "kernels"},
+    "reference": {"layout", "dropout_launch"},
+    # What a per-layer launch reads: the space and defaults, the cache, the lookup.
+    "tuning": {"costs"},
+    "tuning_cache": {"tuning"},
+    "launch_configs": {"runtime", "tuning", "tuning_cache"},
+    # The per-layer path.
+    "per_layer_launch": {"runtime", "launch_configs", "tuning", "layout", "kernels", "signature"},
+    "per_layer_ops": {
+        "runtime",
+        "per_layer_launch",
         "tuning",
-        "tuning_cache",
-        "costs",
         "layout",
         "kernels",
         "reference",
         "dropout_launch",
+    },
+    "per_layer": {"backend", "reference", "dropout", "eager", "fallback", "first_order", "layout"},
+    # The fused path: its table, configurations, launches, plans and Function.
+    "fused_config": {"fused_table", "runtime"},
+    "fused_launch": {
+        "fused_config",
+        "fused_table",
+        "runtime",
+        "dropout_launch",
+        "kernels",
+        "layout",
+        "signature",
+    },
+    "fused_plan": {"fused_table", "fused_launch"},
+    "fused": {
+        "fused_table",
+        "fused_plan",
+        "reference",
+        "checks",
+        "dropout",
+        "eager",
+        "fallback",
+        "first_order",
+        "layout",
     },  # fmt: skip
-    # In-kernel dropout: the rates and seeds (a leaf), and the launch-side constants and mask helper.
-    "dropout": set(),
-    "dropout_launch": {"dropout", "kernels"},
-    "lowering": {"kernels", "layout", "tuning", "dropout_launch"},
-    "tuner": {
-        "triton_ops",
-        "lowering",
+    # The front door: the rule, then one path.
+    "dispatch": {
+        "backend",
+        "checks",
+        "dropout",
+        "fallback",
+        "fused",
+        "fused_plan",
+        "fused_table",
+        "per_layer",
+        "reference",
+        "runtime",
+        "signature",
+    },  # fmt: skip
+    # The tools, which never run inside a training step.
+    "tools.lowering": {"kernels", "layout", "dropout_launch"},
+    "tools.tuner": {
+        "per_layer_ops",
+        "tools.lowering",
         "launch_configs",
         "tuning",
         "tuning_cache",
         "costs",
         "layout",
         "reference",
-        "kernels",
-        "triton_launch",
     },  # fmt: skip
-    "autotune": {"tuner", "launch_configs", "tuning", "tuning_cache", "costs", "layout", "dispatch_report"},
-    # The fused path's dispatch table is a leaf; its evidence and report read it and the lowering, never a launch.
-    "fused_table": set(),
-    "fused_lowering": {"fused_config", "fused_table", "layout", "lowering", "kernels", "dropout_launch"},
-    "dispatch_evidence": {"fused_config", "fused_table", "fused_lowering", "lowering", "layout", "kernels"},
-    "dispatch_report": {"dispatch_evidence", "fused_table"},
+    "tools.autotune": {"tools.tuner", "tools.dispatch_report", "launch_configs", "tuning", "tuning_cache"},
+    "tools.fused_lowering": {"fused_config", "layout", "tools.lowering", "kernels", "dropout_launch"},
+    "tools.dispatch_evidence": {"fused_table", "tools.fused_lowering", "tools.lowering"},
+    "tools.dispatch_report": {"tools.dispatch_evidence", "fused_table"},
 }
+PER_LAYER = {"per_layer", "per_layer_ops", "per_layer_launch", "launch_configs", "tuning", "tuning_cache"}
+FUSED = {"fused", "fused_plan", "fused_launch", "fused_config", "fused_table"}
+
+
+def _module(path: Path) -> str:
+    """A module's name inside the package (``tools.tuner``), or ``kernels`` for any module of that folder."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return "kernels" if parts[0] == "kernels" else ".".join(parts)
+
+
+def _named(parts: list[str]) -> str:
+    return "kernels" if parts[0] == "kernels" else ".".join(parts[:2] if parts[0] == "tools" else parts[:1])
 
 
 def package_imports(path: Path) -> set[str]:
-    """The glai_kernels modules a file imports (module level or inside functions), by their first name."""
+    """The glai_kernels modules a file imports (module level or inside functions), by their names in the
+    package (``kernels`` for the kernels' folder)."""
+    here = _module(path).split(".")[:-1] if path.parts[-2] != "kernels" else ["kernels"]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            base = here[: len(here) - (node.level - 1)]
             if node.module:
-                found.add(node.module.split(".")[0])
+                found.add(_named(base + node.module.split(".")))
             else:
-                found.update(alias.name for alias in node.names)
+                found.update(_named(base + [alias.name]) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("glai_kernels."):
-            found.add(node.module.split(".")[1])
-    return found
+            found.add(_named(node.module.split(".")[1:]))
+    return found - {_module(path)}
 
 
 def test_tuning_layers_import_one_way():
-    graph = {p.stem: package_imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    graph = {
+        _module(p): package_imports(p)
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py" and p.parts[-2] != "kernels"
+    }
+    assert set(graph) == set(LAYERS), f"modules without a layer: {sorted(set(graph) ^ set(LAYERS))}"
     for module, allowed in LAYERS.items():
         extra = graph[module] - allowed
         assert not extra, f"{module} imports {sorted(extra)}, above its layer"
+    # Neither path imports the other, and nothing on a training step imports the tools.
+    for module in FUSED:
+        assert not graph[module] & PER_LAYER - {"tuning"}, f"{module} (fused) imports the per-layer path"
+    for module in PER_LAYER:
+        assert not graph[module] & FUSED, f"{module} (per-layer) imports the fused path"
+    for module, deps in graph.items():
+        if not module.startswith("tools."):
+            assert not {d for d in deps if d.startswith("tools.")}, f"{module} imports the tools"
     # No cycle anywhere in the package (backend's import of the ops by name is a function call, not an edge).
     state: dict[str, int] = {}
 

@@ -124,8 +124,10 @@ def main(argv=None) -> int:
     if args.json and not args.plan:
         return fail("--json: expected it with --plan, got it alone")
     os.environ["GLAI_STRICT"] = "1"  # a launch that cannot compile raises here: no figure of a fallback path
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if interpreting and not args.dry_run:
+    # glai_kernels.runtime.interpreting() answers the same question, but importing glai_kernels imports torch,
+    # and with it Triton, which fixes the interpreter switch: the variable is read here before any import.
+    interpreter_requested = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if interpreter_requested and not args.dry_run:
         return fail(
             "TRITON_INTERPRET is set: expected it unset for a GPU run (the kernels would run in Triton's CPU "
             "interpreter), got TRITON_INTERPRET="
@@ -180,12 +182,12 @@ def _checks(args, only, journal: Journal, run: Run, info: dict) -> int:
     if problem is None:
         problem = preflight.smoke(info)
     if problem is None:
-        from glai_kernels import backend, reference
+        from glai_kernels import backend, per_layer_launch, reference
 
-        ops, ref = backend.triton_ops(), reference
+        ops, ref = backend.per_layer_ops(), reference
         if ops is None:
             problem = f"the Triton kernels do not import here ({backend._triton_error})"
-        elif args.dry_run and not ops.INTERPRETED:
+        elif args.dry_run and not per_layer_launch.KERNELS_INTERPRETED:
             problem = (
                 "the kernels were imported before TRITON_INTERPRET was set: expected interpreted kernels"
             )
@@ -272,7 +274,7 @@ def count_compiles(args, only) -> int:
     try:
         from glai_kernels import backend, reference
 
-        ops = backend.triton_ops()
+        ops = backend.per_layer_ops()
     except Exception as exc:  # torch or triton missing
         return fail(f"--count-compiles: the kernels do not import here ({type(exc).__name__}: {exc})")
     if ops is None:

@@ -1,6 +1,6 @@
 """Which launch configuration each kernel ran with, and where it came from.
 
-Every launch of a per-layer kernel goes through ``triton_launch.launch(kernel, plan, tma, device, args)``, whose
+Every launch of a per-layer kernel goes through ``per_layer_launch.launch_plan(kernel, plan, tma, device, args)``, whose
 plan holds the configuration and its source, as ``launch_configs.launch_config`` answered it once for the call's
 signature: ``interpreter`` (Triton's interpreter runs one fixed configuration), ``tuned`` (an entry of this
 GPU's tuning cache for the shape's bucket), ``tuned-nearest`` (the nearest tuned bucket's entry),
@@ -9,7 +9,7 @@ architecture) or ``config=`` (a caller's own; the plan never passes one). ``reco
 for the length of a call and keeps each distinct launch: the kernel, its GEMM sizes, the configuration, whether
 the tensor-descriptor (TMA) main loop ran, the weight gradient's batch splits, and the source.
 
-The fused head path has no tuning: each launch of ``fused_launch.launch`` is recorded with its warps, stages
+The fused head path has no tuning: each launch of ``fused_launch.launch_fused`` is recorded with its warps, stages
 and tile sizes, from ``fused default`` (the table of the device's capability) or the ``interpreter``.
 """
 
@@ -51,12 +51,12 @@ def _name(kernel) -> str:
 
 
 def _record_layers(seen: list) -> callable:
-    """Wrap ``triton_launch.launch`` (the per-layer kernels); returns the function that unwraps it."""
+    """Wrap ``per_layer_launch.launch_plan`` (the per-layer kernels); returns the function that unwraps it."""
     try:
-        from glai_kernels import triton_launch
+        from glai_kernels import per_layer_launch
     except Exception:  # no Triton here: nothing launches, nothing to record
         return lambda: None
-    original = triton_launch.launch
+    original = per_layer_launch.launch_plan
     keys = set()
 
     def launch(kernel, plan, tma, device, args, *extra):
@@ -68,10 +68,10 @@ def _record_layers(seen: list) -> callable:
                          "source": plan.source})  # fmt: skip
         return original(kernel, plan, tma, device, args, *extra)
 
-    triton_launch.launch = launch
+    per_layer_launch.launch_plan = launch
 
     def restore():
-        triton_launch.launch = original
+        per_layer_launch.launch_plan = original
 
     return restore
 
@@ -80,13 +80,13 @@ _FUSED_TILES = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "CHUNK", "SPLITS")
 
 
 def _record_fused(seen: list) -> callable:
-    """Wrap ``fused_launch.launch`` so each distinct fused launch configuration lands in ``seen``; returns the
+    """Wrap ``fused_launch.launch_fused`` so each distinct fused launch configuration lands in ``seen``; returns the
     function that unwraps it."""
     try:
-        from glai_kernels import backend, fused_launch
+        from glai_kernels import fused_launch, runtime
     except Exception:  # no fused path in this checkout
         return lambda: None
-    original = fused_launch.launch
+    original = fused_launch.launch_fused
     keys = set()
 
     def launch(kernel, grid, cfg, device, *args, **constexprs):
@@ -96,14 +96,14 @@ def _record_fused(seen: list) -> callable:
         key = (name, tuple(sorted(used.items())))
         if key not in keys:
             keys.add(key)
-            source = "interpreter" if backend.interpreting() else "fused default"
+            source = "interpreter" if runtime.interpreting() else "fused default"
             seen.append({"kernel": name, "config": used, "source": source})
         return original(kernel, grid, cfg, device, *args, **constexprs)
 
-    fused_launch.launch = launch
+    fused_launch.launch_fused = launch
 
     def restore():
-        fused_launch.launch = original
+        fused_launch.launch_fused = original
 
     return restore
 

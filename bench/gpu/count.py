@@ -1,6 +1,6 @@
 """How much a GPU run will compile: the plan replayed on meta tensors with every launch and compile stubbed.
 
-Each Triton launch of the per-layer kernels goes through ``triton_launch.launch(kernel, plan, tma, device,
+Each Triton launch of the per-layer kernels goes through ``per_layer_launch.launch(kernel, plan, tma, device,
 args)``, and each of the fused head path through ``fused_launch.launch(kernel, grid, cfg, device, *args,
 **constexprs)``; both are called directly outside ``torch.compile``, meta tensors included. The replay swaps
 them for recorders and keeps, per launch, what Triton 3.6 specialises a compiled kernel on:
@@ -101,15 +101,17 @@ def stubbed(launches: list):
     cache); the memos of launch plans kept apart from this process's."""
     import torch
 
-    from glai_kernels import backend, fused_config, fused_launch, launch_configs, triton_launch
+    from glai_kernels import backend, fused_config, fused_launch, launch_configs, per_layer_launch, runtime
 
     saved = [
-        (triton_launch, n) for n in ("launch", "sm_count", "hopper_or_interpreter", "PLANS", "check_no_overlap")
-    ] + [(launch_configs, n) for n in ("device_info", "_device_index", "_current_identity", "_memo")] + [
-        (fused_launch, n) for n in ("launch", "_CONFIGS", "_STATIC")
-    ] + [(fused_config, "weight_splits"), (backend, "resolve_backend")]  # fmt: skip
+        (per_layer_launch, n) for n in ("launch_plan", "hopper_or_interpreter", "LAUNCH_PLANS", "check_no_overlap")
+    ] + [(runtime, n) for n in ("device_info", "device_index", "multiprocessor_count")] + [
+        (launch_configs, n) for n in ("_current_identity", "_memo")
+    ] + [(fused_launch, n) for n in ("launch_fused", "_CONFIGS", "_STATIC")] + [
+        (fused_config, "fused_splits"), (backend, "resolve_backend")
+    ]  # fmt: skip
     before = [(owner, name, getattr(owner, name)) for owner, name in saved]
-    fused_splits = fused_config.weight_splits
+    fused_splits = fused_config.fused_splits
     cuda0 = torch.device("cuda", 0)
 
     def record(kernel, plan, tma, device, args):
@@ -118,22 +120,20 @@ def stubbed(launches: list):
     def record_fused(kernel, grid, cfg, device, *args, **constexprs):
         launches.append(specialisation(kernel, cfg, args, constexprs))
 
-    triton_launch.launch = record
-    triton_launch.sm_count = lambda device: SM_COUNT
-    triton_launch.hopper_or_interpreter = lambda device: True
-    triton_launch.PLANS = {}
-    triton_launch.check_no_overlap = lambda op, outs, ins: None  # every meta tensor sits at address 0
-    launch_configs.device_info = lambda index: ((9, 0), SM_COUNT)
-    launch_configs._device_index = lambda device: 0
+    per_layer_launch.launch_plan = record
+    per_layer_launch.hopper_or_interpreter = lambda device: True
+    per_layer_launch.LAUNCH_PLANS = {}
+    per_layer_launch.check_no_overlap = lambda op, outs, ins: None  # every meta tensor sits at address 0
+    runtime.device_info = lambda index: ((9, 0), SM_COUNT)
+    runtime.device_index = lambda device: 0
+    runtime.multiprocessor_count = lambda device: SM_COUNT
     launch_configs._current_identity = lambda index: None
     launch_configs._memo = {}
     # The fused path: the H200's (sm_90) launch table for the meta device, its split rule with 132 SMs.
-    fused_launch.launch = record_fused
-    fused_launch._CONFIGS = {torch.device("meta"): fused_config.defaults_for_capability(90)}
+    fused_launch.launch_fused = record_fused
+    fused_launch._CONFIGS = {torch.device("meta"): fused_config.fused_defaults(90)}
     fused_launch._STATIC = {}
-    had_fused_count = cuda0 in fused_config._SM_COUNT
-    fused_config._SM_COUNT.setdefault(cuda0, SM_COUNT)
-    fused_config.weight_splits = lambda cfg, tiles, rows, device: fused_splits(cfg, tiles, rows, cuda0)
+    fused_config.fused_splits = lambda cfg, tiles, rows, device: fused_splits(cfg, tiles, rows, cuda0)
     backend.resolve_backend = lambda name, device: "triton" if name in ("auto", "triton") else name
     # Autocast knows no meta device: the stack's `autocast(device, enabled=False)` and the structural phase's
     # `is_autocast_enabled(device)` see none there.
@@ -147,8 +147,6 @@ def stubbed(launches: list):
     finally:
         for owner, name, value in before:
             setattr(owner, name, value)
-        if not had_fused_count:
-            fused_config._SM_COUNT.pop(cuda0, None)
         torch.autocast, torch.is_autocast_enabled = autocast, is_enabled
 
 

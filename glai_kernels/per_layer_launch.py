@@ -1,9 +1,11 @@
-"""How a kernel launch is made from host tensors: operands as pointers or tensor descriptors, the grid, the
+"""How a per-layer kernel launch is made from host tensors: operands as pointers or tensor descriptors, the grid, the
 memo of checked call signatures, and the guard against an ``out=`` that overlaps an input.
 
 A call's checks (shapes, dtypes, devices, the pattern words, the configuration) depend only on its signature:
 the operands' shapes, strides, dtypes and devices, the reduction, where its configuration comes from and the
-fp32 matmul precision. ``triton_ops`` runs them once per signature and keeps the result, a :class:`Plan`; a
+fp32 matmul precision. ``per_layer_ops`` runs them once per signature and keeps the result, a :class:`Plan`
+(in :data:`LAUNCH_PLANS`, keyed by one op's operands as a Python tuple: a per-launch memo, where
+``signature.Verdicts`` keys a whole stack call by PyTorch's tensor guards); a
 repeated call (every training step) looks its plan up and launches. What a signature cannot fix is checked
 each call: the base addresses' 16-byte alignment (tensor descriptors need it) and the overlap of ``out=``.
 """
@@ -12,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from . import launch_configs, tuning
+from . import launch_configs, runtime, tuning
 from .kernels.tiles import grouped_tile
 from .layout import WORD_BITS
-from .signature import remember as remember_bounded
+from .signature import remember_bounded
 from .tuning import PARAMS
 
 try:
@@ -27,9 +29,10 @@ try:
 except ImportError:  # a Triton without the interpreter: kernels are always compiled
     InterpretedFunction = ()
 
-# Triton decides at kernel definition (import) time whether kernels are compiled or interpreted.
-INTERPRETED = isinstance(grouped_tile, InterpretedFunction)
-PLANS: dict = {}
+# Triton decides at kernel definition (import) time whether kernels are compiled or interpreted: whether it
+# did is checked by the GPU check's dry run (``runtime.interpreting`` says whether it should have).
+KERNELS_INTERPRETED = isinstance(grouped_tile, InterpretedFunction)
+LAUNCH_PLANS: dict = {}
 
 # The interpreter runs programs one after another: a persistent launch there gets a few programs, so each
 # walks several tiles, as on a GPU.
@@ -73,7 +76,7 @@ def signature(op: str, config, extra, *tensors):
     if type(first) is not torch.Tensor:
         return None
     # fp32 products follow PyTorch's matmul precision setting, which may change between calls.
-    precision = dot_precision(first.dtype) if first.dtype is torch.float32 else None
+    precision = runtime.dot_precision(first.dtype) if first.dtype is torch.float32 else None
     key = (op, extra, precision, launch_configs.generation)
     for t in tensors:
         if t is None:
@@ -153,38 +156,23 @@ def programs(tiles: int, device: torch.device) -> int:
     """Programs of a persistent launch over ``tiles`` work items: one per multiprocessor at most."""
     if device.type != "cuda":
         return min(tiles, _INTERPRETER_PROGRAMS)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return min(tiles, launch_configs.device_info(index)[1])
+    return min(tiles, runtime.multiprocessor_count(device))
 
 
 def hopper_or_interpreter(device: torch.device) -> bool:
     """Whether tensor descriptors can be launched on ``device``: sm_90 and up, or the interpreter."""
     if device.type != "cuda":
         return True
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return launch_configs.device_info(index)[0] >= (9, 0)
+    return runtime.device_info(runtime.device_index(device))[0] >= (9, 0)
 
 
-def sm_count(device: torch.device) -> int | None:
-    if device.type != "cuda":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return launch_configs.device_info(index)[1]
-
-
-def launch(
+def launch_plan(
     kernel, plan: Plan, tma: bool, device: torch.device, args: tuple, extra: dict | None = None
 ) -> None:
     """Launch ``kernel`` as ``plan`` says, with the TMA main loop or not (``extra``: keyword arguments of this
-    call, e.g. the dropout seed). Triton launches on the current device: switch only when the operands live
-    on another one."""
-    run = kernel[plan.grids[tma]]
+    call, e.g. the dropout seed), on ``device`` (:func:`runtime.launch_on`)."""
     kwargs = plan.kwargs[tma] if extra is None else {**plan.kwargs[tma], **extra}
-    if device.type == "cuda" and device.index != torch.cuda.current_device():
-        with torch.cuda.device(device):
-            run(*args, **kwargs)
-    else:
-        run(*args, **kwargs)
+    runtime.launch_on(device, kernel[plan.grids[tma]], args, kwargs)
 
 
 def use_custom_op(*tensors) -> bool:
@@ -200,19 +188,13 @@ def use_custom_op(*tensors) -> bool:
 
 
 # ----------------------------------------------------------------------------- launch policy
-def dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot``'s ``input_precision`` for operands of ``dtype``: TF32 for fp32 only where PyTorch's own
-    matmuls would use it, ``"ieee"`` otherwise (and always under the interpreter, whose operands are fp32)."""
-    return "ieee" if INTERPRETED else tuning.torch_dot_precision(dtype)
-
-
-def check_config(kernel: str, config: dict) -> dict:
+def check_launch_config(kernel: str, config: dict) -> dict:
     """A caller's ``config=`` as a launchable dict, or a ValueError naming what is wrong with it: the rules of
-    ``tuning.check_config`` (which guards the cache too), plus an optional ``SPLIT_K`` and the gate's
+    ``tuning.check_tile_config`` (which guards the cache too), plus an optional ``SPLIT_K`` and the gate's
     whole-word tiles."""
     if not isinstance(config, dict) or any(k not in config for k in PARAMS):
         raise ValueError(f"a launch config for {kernel!r} must be a dict with keys {PARAMS}, got {config!r}")
-    cfg = tuning.check_config({k: v for k, v in config.items() if k in tuning.KEYS})
+    cfg = tuning.check_tile_config({k: v for k, v in config.items() if k in tuning.KEYS})
     split = config.get("SPLIT_K")
     if split is not None:
         if isinstance(split, bool) or not isinstance(split, int) or split < 1:
@@ -229,7 +211,7 @@ def check_config(kernel: str, config: dict) -> dict:
 def choose_config(kernel, M, N, K, dtype, precision, config, device=None) -> tuple[dict, str]:
     """``(configuration, source)`` of a launch: ``config=`` when given, else ``launch_configs``'s answer."""
     if config is not None:
-        return check_config(kernel, config), "config="
+        return check_launch_config(kernel, config), "config="
     found = launch_configs.launch_config(kernel, M, N, K, dtype, precision, device)
     cfg, source = found.config, found.source
     if kernel == "gate" and cfg["BLOCK_N"] % WORD_BITS:
@@ -240,22 +222,22 @@ def choose_config(kernel, M, N, K, dtype, precision, config, device=None) -> tup
 
 
 def new_plan(op, M, N, K, dtype, device, config) -> Plan:
-    precision = dot_precision(dtype)
+    precision = runtime.dot_precision(dtype)
     cfg, source = choose_config(op, M, N, K, dtype, precision, config, device)
     plan = Plan(M, N, K, cfg, source, precision)
-    plan.constexprs = {"UPCAST": INTERPRETED, "PRECISION": precision}
+    plan.constexprs = {"UPCAST": runtime.interpreting(), "PRECISION": precision}
     return plan
 
 
-def remember(key, plan: Plan) -> Plan:
+def remember_plan(key, plan: Plan) -> Plan:
     """Keep ``plan`` for its signature (at most ``signature.MEMO_SIZE``, the oldest forgotten first); plans of
     configurations older than a cache reload are dropped."""
     if key is not None:
         global _generation
         if _generation != launch_configs.generation:
-            PLANS.clear()
+            LAUNCH_PLANS.clear()
             _generation = launch_configs.generation
-        remember_bounded(PLANS, key, plan)
+        remember_bounded(LAUNCH_PLANS, key, plan)
     return plan
 
 

@@ -1,4 +1,4 @@
-"""``glai-autotune`` (also ``python -m glai_kernels.autotune``): tune the kernels for this GPU and persist the
+"""``glai-autotune`` (also ``python -m glai_kernels.tools.autotune``): tune the kernels for this GPU and persist the
 fastest correct configuration per shape bucket in the autotuning cache that ``config_for`` reads.
 
     glai-autotune --list                 the search space, defaults, shape buckets, grid and cache; no GPU needed
@@ -10,7 +10,7 @@ fastest correct configuration per shape bucket in the autotuning cache that ``co
                                          takes on that architecture, and the lowering evidence; --json too
 
 The command line of the tuning code's top layer (see :mod:`glai_kernels.tuning`); the tuning itself is
-:mod:`glai_kernels.tuner`. Every flag and ``GLAI_CACHE_DIR`` are checked before anything runs: a bad value gets
+:mod:`glai_kernels.tools.tuner`. Every flag and ``GLAI_CACHE_DIR`` are checked before anything runs: a bad value gets
 one line naming it, what was expected and what came, and exit status 2.
 """
 
@@ -22,8 +22,9 @@ import sys
 
 import torch
 
-from . import dispatch_report, launch_configs, tuner, tuning
-from . import tuning_cache as cache
+from .. import launch_configs, tuning
+from .. import tuning_cache as cache
+from . import dispatch_report, tuner
 
 DEFAULT_DTYPES = ("bfloat16", "float32")
 QUICK_DTYPES = ("bfloat16",)

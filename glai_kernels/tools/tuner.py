@@ -3,11 +3,11 @@ fastest correct one per shape bucket, and persist it in the autotuning cache.
 
 The third layer of the tuning code (see :mod:`glai_kernels.tuning`): it reads the space and defaults, the cache
 and the kernels' host functions, and registers itself as the tuner that ``GLAI_AUTOTUNE=1`` calls on a miss
-(:func:`launch_configs.set_miss_tuner`). The command line is :mod:`glai_kernels.autotune`.
+(:func:`launch_configs.set_miss_tuner`). The command line is :mod:`glai_kernels.tools.autotune`.
 
 Before any GPU time is spent, each candidate is compiled for this GPU's architecture and dropped when
 ``lowering.refusal`` refuses it (a spill, or more shared memory than the GPU has: the same criterion as the
-lowering tests; ``ptxas -v``, :mod:`glai_kernels.lowering`): a spilling tile is never the fastest, and timing it is
+lowering tests; ``ptxas -v``, :mod:`glai_kernels.tools.lowering`): a spilling tile is never the fastest, and timing it is
 waste. Each remaining candidate is then checked against the PyTorch reference on the same inputs; one that fails
 to compile (e.g. more shared memory than the GPU has) or gives a wrong result is skipped, so the cache only ever
 holds configurations that ran correctly here. The default configuration is always among the candidates, so a
@@ -21,9 +21,9 @@ import math
 
 import torch
 
-from . import costs, launch_configs, reference, tuning
-from . import tuning_cache as cache
-from .layout import pack_patterns
+from .. import costs, launch_configs, reference, tuning
+from .. import tuning_cache as cache
+from ..layout import pack_patterns
 
 DEVICE = "cuda"  # the current CUDA device
 # Relative Frobenius error a candidate may have against the fp32 reference (run at the same fp32 precision), per
@@ -213,7 +213,7 @@ def tune(
 
 def operand_dtype(key: str) -> torch.dtype:
     """The operand dtype of a cache dtype key (``tuning_cache.DTYPE_KEYS``). For the fp32 keys it also sets
-    PyTorch's fp32 matmul precision, which the kernels follow (``triton_ops.dot_precision``), to IEEE or TF32 in
+    PyTorch's fp32 matmul precision, which the kernels follow (``per_layer_ops.dot_precision``), to IEEE or TF32 in
     this process, so the timed products are those the key names."""
     if key not in ("float32", "tf32"):
         return getattr(torch, key)
@@ -228,10 +228,10 @@ def operand_dtype(key: str) -> torch.dtype:
 def kernel_ops():
     """The Triton ops module, or a RuntimeError saying why it cannot be imported."""
     try:
-        from . import triton_ops
+        from .. import per_layer_ops
     except Exception as exc:  # no Triton, a Triton without a driver
         raise RuntimeError(f"the Triton kernels cannot be imported ({type(exc).__name__}: {exc})") from exc
-    return triton_ops
+    return per_layer_ops
 
 
 def gpu_setting() -> dict:

@@ -4,7 +4,7 @@ One row per dtype, dot precision, mode and hidden width of the dispatch table (`
 (``fused``; ``layers``, the per-layer kernels, past the widest fused width), and the worst figures over the fused
 kernels that row launches, as lowered for the architecture (registers a thread, spill bytes, shared memory) next
 to the architecture's shared-memory limit. The figures come from the stored evidence
-(``glai_kernels/dispatch_evidence.json``), so nothing is compiled and no GPU is needed. float64 operands and the
+(``glai_kernels/tools/dispatch_evidence.json``), so nothing is compiled and no GPU is needed. float64 operands and the
 ``torch`` backend take the ``torch`` path whatever the width (one row says so).
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 
+from .. import fused_table
 from . import dispatch_evidence as ev
-from . import fused_table
 
 COLUMNS = ("arch", "dtype", "precision", "mode", "width", "path", "registers", "spill_bytes", "shared_bytes",
            "shared_limit")  # fmt: skip

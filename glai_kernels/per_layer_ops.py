@@ -29,22 +29,23 @@ configuration says ``K_MAJOR`` (Hopper's TF32 tensor-core instructions read K-ma
 products follow PyTorch's own rule for matmuls: TF32 when ``torch.backends.cuda.matmul`` allows it (off by
 default), IEEE fp32 otherwise.
 
-An eager call goes straight to its launch; its checks run once per call signature (``triton_launch``). While
+An eager call goes straight to its launch; its checks run once per call signature (``per_layer_launch``). While
 ``torch.compile`` traces, the ops go through ``torch.library`` custom ops (``torch.ops.glai.*``) with
 shape-only fake implementations, so the compiled graph holds each launch as one opaque node.
 """
 
 import torch
 
-from . import reference
-from . import triton_launch as tl_
+from . import per_layer_launch as launching
+from . import reference, runtime
 from .dropout_launch import constexprs as dropout_constexprs
 from .kernels.gate import gate_kernel
 from .kernels.masked_matmul import masked_matmul_kernel
 from .kernels.weight_grad import weight_grad_kernel
 from .layout import PATTERN_DTYPE, WORD_BITS, words_for
-from .triton_launch import INTERPRETED, check_config, dot_precision  # noqa: F401  (part of this module's API)
-from .tuning import batch_splits
+from .per_layer_launch import check_launch_config  # noqa: F401  (part of this module's API)
+from .runtime import dot_precision  # noqa: F401  (the ops' interface: the tuner keys fp32 entries by it)
+from .tuning import per_layer_splits
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -66,7 +67,7 @@ def _check_operands(op: str, tensors: dict) -> torch.Tensor:
             )
     if first.dtype not in KERNEL_DTYPES + (torch.float64,):
         raise TypeError(f"{op}: operands must be float32, float16, bfloat16 (or float64), got {first.dtype}")
-    if first.device.type != "cuda" and not INTERPRETED and first.device.type != "meta":
+    if first.device.type != "cuda" and not runtime.interpreting() and first.device.type != "meta":
         raise ValueError(
             f"{op}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1, set before import, for "
             f"Triton's CPU interpreter), got tensors on {first.device}; use the 'torch' backend there"
@@ -118,7 +119,7 @@ def _check_out(op: str, name: str, out, shape: tuple, dtype: torch.dtype, device
 
 
 # ----------------------------------------------------------------------------- plans (once per signature)
-def _plan_gate(a, weight, bias, relu_out, config) -> tl_.Plan:
+def _plan_gate(a, weight, bias, relu_out, config) -> launching.Plan:
     op = "gate"
     _check_operands(op, {"a": a, "weight": weight, **({"bias": bias} if bias is not None else {})})
     _check_2d(op, a=a, weight=weight)
@@ -127,16 +128,16 @@ def _plan_gate(a, weight, bias, relu_out, config) -> tl_.Plan:
     if bias is not None:
         _check_shape(op, "bias", bias, (N,))
     if a.dtype == torch.float64:
-        return tl_.Plan(M, N, K, None, "reference", "ieee")
-    plan = tl_.new_plan(op, M, N, K, a.dtype, a.device, config)
+        return launching.Plan(M, N, K, None, "reference", "ieee")
+    plan = launching.new_plan(op, M, N, K, a.dtype, a.device, config)
     plan.constexprs.update(HAS_BIAS=bias is not None, RELU_OUT=relu_out, WORD_BITS=WORD_BITS)
-    tl_.set_tma(plan, a, weight.t(), False)
+    launching.set_tma(plan, a, weight.t(), False)
     # The gate reads W as it lies, [N, K]: a W stored transposed goes through the pointer loop.
     plan.tma = plan.tma and not plan.constexprs.pop("B_KN")
-    return tl_.finish(plan, a.device)
+    return launching.finish(plan, a.device)
 
 
-def _plan_masked(op, a, weight, bias, words, reduction, config, p=0.0) -> tl_.Plan:
+def _plan_masked(op, a, weight, bias, words, reduction, config, p=0.0) -> launching.Plan:
     """``masked_forward`` (``B = W^T``, with a bias) or ``backward_data`` (``B = W``)."""
     a_name = "h" if op == "masked_forward" else "g"
     _check_operands(op, {a_name: a, "weight": weight, **({"bias": bias} if bias is not None else {})})
@@ -151,20 +152,20 @@ def _plan_masked(op, a, weight, bias, words, reduction, config, p=0.0) -> tl_.Pl
         _check_shape(op, "weight", weight, (K, N))
     _check_words(op, words, M, N, reduction, a.device)
     if a.dtype == torch.float64:
-        return tl_.Plan(M, N, K, None, "reference", "ieee")
-    plan = tl_.new_plan(op, M, N, K, a.dtype, a.device, config)
+        return launching.Plan(M, N, K, None, "reference", "ieee")
+    plan = launching.new_plan(op, M, N, K, a.dtype, a.device, config)
     plan.constexprs.update(
         HAS_BIAS=bias is not None, HAS_GATE=words is not None, REDUCTION=reduction, WORD_BITS=WORD_BITS
     )
     if p:
         plan.constexprs.update(dropout_constexprs(p))
     b = weight.t() if op == "masked_forward" else weight
-    plan.copy_b = tl_.wants_k_major(plan) and b.stride(0) != 1
-    tl_.set_tma(plan, a, tl_.k_major(b, plan, probe=True), False)
-    return tl_.finish(plan, a.device)
+    plan.copy_b = launching.wants_k_major(plan) and b.stride(0) != 1
+    launching.set_tma(plan, a, launching.k_major(b, plan, probe=True), False)
+    return launching.finish(plan, a.device)
 
 
-def _plan_weights(g, h, need_bias, config) -> tl_.Plan:
+def _plan_weights(g, h, need_bias, config) -> launching.Plan:
     op = "backward_weights"
     _check_operands(op, {"g": g, "h": h})
     _check_2d(op, g=g, h=h)
@@ -172,25 +173,27 @@ def _plan_weights(g, h, need_bias, config) -> tl_.Plan:
     _check_shape(op, "h", h, (M, K))
     # The GEMM: dW [N, K] = g^T [N, M] h [M, K].
     if g.dtype == torch.float64:
-        return tl_.Plan(N, K, M, None, "reference", "ieee")
-    plan = tl_.new_plan(op, N, K, M, g.dtype, g.device, config)
+        return launching.Plan(N, K, M, None, "reference", "ieee")
+    plan = launching.new_plan(op, N, K, M, g.dtype, g.device, config)
     plan.constexprs["HAS_BIAS"] = need_bias
-    plan.splits, plan.m_split = batch_splits(plan.config, N, K, M, tl_.sm_count(g.device))
-    tl_.set_tma(plan, tl_.k_major(g, plan, probe=True).t(), tl_.k_major(h, plan, probe=True), True)
+    plan.splits, plan.m_split = per_layer_splits(plan.config, N, K, M, runtime.multiprocessor_count(g.device))
+    launching.set_tma(
+        plan, launching.k_major(g, plan, probe=True).t(), launching.k_major(h, plan, probe=True), True
+    )
     plan.tma = plan.tma and M > 0  # a descriptor of an empty batch cannot be made
-    return tl_.finish(plan, g.device)
+    return launching.finish(plan, g.device)
 
 
-def _plan_of(key, make, *args) -> tl_.Plan:
-    plan = tl_.PLANS.get(key) if key is not None else None
-    return plan if plan is not None else tl_.remember(key, make(*args))
+def _plan_of(key, make, *args) -> launching.Plan:
+    plan = launching.LAUNCH_PLANS.get(key) if key is not None else None
+    return plan if plan is not None else launching.remember_plan(key, make(*args))
 
 
 # ----------------------------------------------------------------------------- launchers
 def _gate_impl(a, weight, bias, relu_out=True, config=None, out=None):
     op = "gate"
     relu_out = bool(relu_out)
-    key = tl_.signature(op, config, relu_out, a, weight, bias)
+    key = launching.signature(op, config, relu_out, a, weight, bias)
     plan = _plan_of(key, _plan_gate, a, weight, bias, relu_out, config)
     M, N = plan.M, plan.N
     if out is None:
@@ -201,15 +204,17 @@ def _gate_impl(a, weight, bias, relu_out=True, config=None, out=None):
         relu, words = _out_pair(op, out, what)
         relu = _check_out(op, "out[0]", relu, (M, N), a.dtype, a.device) if relu_out else None
         _check_out(op, "out[1]", words, (M, words_for(N)), PATTERN_DTYPE, a.device)
-        tl_.check_no_overlap(op, {"out[0]": relu, "out[1]": words}, {"a": a, "weight": weight, "bias": bias})
+        launching.check_no_overlap(
+            op, {"out[0]": relu, "out[1]": words}, {"a": a, "weight": weight, "bias": bias}
+        )
     if plan.config is None:  # float64: the reference computes it exactly
         r, w = reference.gate(a, weight, bias)
         return (relu.copy_(r) if relu_out else None), words.copy_(w)
     if M == 0 or N == 0:
         return relu, words
-    da, dw, tma = tl_.operands(plan, a, weight.t()) if plan.tma else (a, weight, False)
+    da, dw, tma = launching.operands(plan, a, weight.t()) if plan.tma else (a, weight, False)
     relu_strides = relu.stride() if relu_out else (0, 0)
-    tl_.launch(
+    launching.launch_plan(
         gate_kernel, plan, tma, a.device,
         (da, dw if tma else weight, bias, relu, words, M, N, plan.K, *a.stride(), *weight.stride(),
          bias.stride(0) if bias is not None else 0, *relu_strides, *words.stride()),
@@ -221,13 +226,13 @@ def _masked_impl(op, a, weight, bias, words, reduction, config, out, dropout=Non
     """``p * (a B + bias)``: the shared launcher of ``masked_forward`` (``B = W^T``) and ``backward_data``
     (``B = W``); ``dropout``: ``(seed, layer, rate)`` of the result's units, or None."""
     rate = dropout[2] if dropout is not None else 0.0
-    key = tl_.signature(op, config, (reduction, rate) if rate else reduction, a, weight, bias, words)
+    key = launching.signature(op, config, (reduction, rate) if rate else reduction, a, weight, bias, words)
     plan = _plan_of(key, _plan_masked, op, a, weight, bias, words, reduction, config, rate)
     M, N = plan.M, plan.N
     if out is not None:
         _check_out(op, "out", out, (M, N), a.dtype, a.device)
         ins = {"h" if op == "masked_forward" else "g": a, "weight": weight, "bias": bias, "words": words}
-        tl_.check_no_overlap(op, {"out": out}, ins)
+        launching.check_no_overlap(op, {"out": out}, ins)
     if plan.config is None:  # float64: the reference computes it exactly
         if op == "masked_forward":
             res = reference.masked_forward(a, weight, bias, words, reduction, dropout if rate else None)
@@ -243,16 +248,16 @@ def _masked_impl(op, a, weight, bias, words, reduction, config, out, dropout=Non
     else:  # B = W
         b, stride_bk, stride_bn = weight, weight.stride(0), weight.stride(1)
     if plan.copy_b:  # a column-major copy of B (K contiguous), made once per call
-        b = tl_.k_major(weight.t() if op == "masked_forward" else weight, plan)
+        b = launching.k_major(weight.t() if op == "masked_forward" else weight, plan)
         stride_bk, stride_bn = b.stride()
     tma = False
     if plan.tma:
-        a, b, tma = tl_.operands(plan, a, b.t() if op == "masked_forward" and not plan.copy_b else b)
+        a, b, tma = launching.operands(plan, a, b.t() if op == "masked_forward" and not plan.copy_b else b)
     w_args = (words, *words.stride()) if words is not None else (None, 0, 0)
     args = (a, b, bias, w_args[0], out, M, N, plan.K, *(a.stride() if not tma else (0, 0)), stride_bk, stride_bn,
             bias.stride(0) if bias is not None else 0, *w_args[1:], *out.stride())  # fmt: skip
     if rate:  # the dropout seed and layer: keywords of the kernel, after its constexprs
-        tl_.launch(
+        launching.launch_plan(
             masked_matmul_kernel,
             plan,
             tma,
@@ -261,7 +266,7 @@ def _masked_impl(op, a, weight, bias, words, reduction, config, out, dropout=Non
             {"seed_ptr": dropout[0], "drop_layer": dropout[1]},
         )
     else:
-        tl_.launch(masked_matmul_kernel, plan, tma, out.device, args)
+        launching.launch_plan(masked_matmul_kernel, plan, tma, out.device, args)
     return out
 
 
@@ -281,7 +286,7 @@ def _dropout_of(seed, layer, p):
 def _backward_weights_impl(g, h, need_bias, config=None, out=None):
     op = "backward_weights"
     need_bias = bool(need_bias)
-    key = tl_.signature(op, config, need_bias, g, h)
+    key = launching.signature(op, config, need_bias, g, h)
     plan = _plan_of(key, _plan_weights, g, h, need_bias, config)
     N, K, M = plan.M, plan.N, plan.K
     if out is None:
@@ -291,7 +296,7 @@ def _backward_weights_impl(g, h, need_bias, config=None, out=None):
         dw, db = _out_pair(op, out, "(dW [N, K], db [N] or None)")
         _check_out(op, "out[0]", dw, (N, K), g.dtype, g.device)
         db = _check_out(op, "out[1]", db, (N,), g.dtype, g.device) if need_bias else None
-        tl_.check_no_overlap(op, {"out[0]": dw, "out[1]": db}, {"g": g, "h": h})
+        launching.check_no_overlap(op, {"out[0]": dw, "out[1]": db}, {"g": g, "h": h})
     if plan.config is None:  # float64: the reference computes it exactly
         rw, rb = reference.backward_weights(g, h, need_bias)
         return dw.copy_(rw), (db.copy_(rb) if need_bias else None)
@@ -309,9 +314,9 @@ def _backward_weights_impl(g, h, need_bias, config=None, out=None):
         dw_out = torch.empty((splits, N, K), dtype=torch.float32, device=g.device)
         db_out = torch.empty((splits, N), dtype=torch.float32, device=g.device) if need_bias else None
     # TF32 on Hopper: column-major copies (the batch contiguous) of operands that are not, made once per call.
-    g, h = tl_.k_major(g, plan), tl_.k_major(h, plan)
-    dg, dh, tma = tl_.operands(plan, g.t(), h) if plan.tma else (g, h, False)
-    tl_.launch(
+    g, h = launching.k_major(g, plan), launching.k_major(h, plan)
+    dg, dh, tma = launching.operands(plan, g.t(), h) if plan.tma else (g, h, False)
+    launching.launch_plan(
         weight_grad_kernel, plan, tma, g.device,
         (dg if tma else g, dh, dw_out, db_out, N, K, M, plan.m_split, *g.stride(), *h.stride(), *dw_out.stride(),
          *(db_out.stride() if need_bias else (0, 0))),
@@ -393,7 +398,7 @@ def gate(a, weight, bias, *, relu_out: bool = True, config: dict | None = None, 
     """``relu(a W^T + b)`` and its packed pattern, as :func:`glai_kernels.reference.gate`; with
     ``relu_out=False`` only the pattern is written (the ReLU output is None): the last layer of a structural
     stack feeds no other gate. ``out``: ``(relu [M, N] or None, words int32 [M, ceil(N / 32)])``."""
-    if config is None and out is None and tl_.use_custom_op(a, weight, bias):
+    if config is None and out is None and launching.use_custom_op(a, weight, bias):
         relu, words = torch.ops.glai.gate(a, weight, bias, bool(relu_out))
         return (relu if relu_out else None), words
     return _gate_impl(a, weight, bias, relu_out, config, out)
@@ -404,7 +409,7 @@ def masked_forward(
 ):
     """``p * (h W^T + b)``, as :func:`glai_kernels.reference.masked_forward` (with its ``dropout``, drawn in
     the kernel's epilogue). ``out``: ``[M, N]``."""
-    if config is None and out is None and tl_.use_custom_op(h, weight, bias, words):
+    if config is None and out is None and launching.use_custom_op(h, weight, bias, words):
         return torch.ops.glai.masked_forward(h, weight, bias, words, reduction, *(dropout or ()))
     return _masked_forward_impl(h, weight, bias, words, reduction, config, out, dropout)
 
@@ -412,7 +417,7 @@ def masked_forward(
 def backward_data(g, weight, words, reduction: int, dropout=None, *, config: dict | None = None, out=None):
     """``(g W) * p_prev``, as :func:`glai_kernels.reference.backward_data` (with its ``dropout``, the
     forward's mask regenerated in the kernel's epilogue). ``out``: ``[M, K]``."""
-    if config is None and out is None and tl_.use_custom_op(g, weight, words):
+    if config is None and out is None and launching.use_custom_op(g, weight, words):
         return torch.ops.glai.backward_data(g, weight, words, reduction, *(dropout or ()))
     return _backward_data_impl(g, weight, words, reduction, config, out, dropout)
 
@@ -420,7 +425,7 @@ def backward_data(g, weight, words, reduction: int, dropout=None, *, config: dic
 def backward_weights(g, h, need_bias: bool, *, config: dict | None = None, out=None):
     """``dW = g^T h`` and ``db = sum_rows g`` (None without bias), as
     :func:`glai_kernels.reference.backward_weights`. ``out``: ``(dW [N, K], db [N] or None)``."""
-    if config is None and out is None and tl_.use_custom_op(g, h):
+    if config is None and out is None and launching.use_custom_op(g, h):
         dw, db = torch.ops.glai.backward_weights(g, h, bool(need_bias))
         return dw, (db if need_bias else None)
     return _backward_weights_impl(g, h, need_bias, config, out)

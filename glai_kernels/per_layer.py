@@ -1,4 +1,5 @@
-"""The quantitative forward and backward of a whole GLAI stack, as one ``torch.autograd.Function``.
+"""The per-layer path: the quantitative forward and backward of a whole GLAI stack as one
+``torch.autograd.Function``, each layer's work one launch of its own.
 
 With the patterns fixed (docs/design.md section 1, ``d`` the upstream gradient):
 
@@ -6,38 +7,32 @@ With the patterns fixed (docs/design.md section 1, ``d`` the upstream gradient):
     dW_l = g_l^T h_{l-1},  db_l = sum_rows g_l,  g_{l-1} = (g_l W_l) * p_{l-1},  g_L = d,  dx = g_1 W_1
 
 The Function saves the layer inputs ``h_{l-1}`` and the packed patterns (one bit a structural unit), never a
-float mask. The per-layer work goes to the backend's ops (``reference`` or ``triton_ops``), which share one
+float mask. The per-layer work goes to the backend's ops (``reference`` or ``per_layer_ops``), which share one
 signature, so the Function runs over either. It is written in the ``setup_context`` style with a ``vmap`` rule,
-so ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) apply to it. :func:`glai_mlp`'s ``"torch"``
-backend takes ``reference.stack`` instead, the same forward in plain differentiable ops: on a CPU its C++
+so ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) apply to it. The front door
+(``glai_kernels.dispatch``) sends a call here on the ``"triton"`` backend only; on ``"torch"`` it takes
+``reference.stack`` instead, the same forward in plain differentiable ops: on a CPU its C++
 backward and a single unpacking of the gates per step make a step cost about what an MLP step does (it keeps
 float gates for the backward, not bits), and torch.func and double backward work there natively.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from . import backend as _backend
-from . import fused as _fused
 from . import reference
-from .checks import check_devices, check_input, check_stack, match_dtypes
-from .dropout import Draw, active, check_rates, draw_seed, refuse_when_compiling, split_draw
+from .dropout import Draw, draw_seed, refuse_when_compiling, split_draw
 from .eager import eager_apply
 from .fallback import fall_back, is_resource_error, stack_case, strict
 from .first_order import first_order
-from .fused_plan import GIVEN, FusedPlan
 from .layout import unit_gates
-
-_NO_OP = contextlib.nullcontext()
 
 _REFUSED: set = set()  # cases whose per-layer backward launch was refused (warned once each)
 
 
 def _ops(name: str):
-    return reference if name == "torch" else _backend.triton_ops()
+    return reference if name == "torch" else _backend.per_layer_ops()
 
 
 def _split(tensors, n: int):
@@ -187,84 +182,22 @@ def _backward_once(ctx, grad_y, grad_hidden):
     return first_order(grads, (grad_y, *grad_hidden, *ctx.saved_tensors))
 
 
-def glai_mlp(
-    x, weights, biases, patterns, *, reduction: int = 1, backend: str = "auto", fused: bool | None = None,
-    dropout=None,
-) -> torch.Tensor:  # fmt: skip
-    """Quantitative forward of a GLAI stack with fixed patterns, differentiable in ``x``, weights and biases.
-
-    Args:
-        x: input ``(*, in_features)``, floating point.
-        weights: ``L`` tensors ``[n_l, n_{l-1}]`` (the last one is the ungated output layer).
-        biases: ``None`` or ``L`` tensors ``[n_l]`` / ``None``.
-        patterns: ``L - 1`` int32 tensors ``(*, ceil(n_l / reduction / 32))`` from :func:`pack_patterns`,
-            at structural width: quantitative unit ``j`` reads bit ``j // reduction``.
-        reduction: structural reduction factor ``r``; must divide every hidden width.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
-        fused: ``None`` runs the whole stack in three launches a step (``glai_kernels.fused``) when the backend
-            resolves to ``"triton"`` and the stack fits that path's limits; ``True`` forces it (a ValueError
-            names the limit where it cannot); ``False`` keeps the per-layer kernels.
-        dropout: None, or inverted dropout on every hidden output ``h_l``, one rate or one per hidden layer
-            (``glai_kernels.dropout``): always applied when given (it is the caller's training mode that
-            decides, as for ``F.dropout(training=True)``). The ``"torch"`` backend draws with ``F.dropout``, the
-            Triton kernels in the kernel from one seed a step.
-
-    Returns ``(*, out_features)``. No gradient flows to ``patterns``.
-    """
+def run(x, weights, biases, patterns, reduction: int, dropout=None) -> torch.Tensor:
+    """The stack's output on 2-d ``x`` through the per-layer Triton kernels, for a call the front door
+    (``glai_kernels.dispatch``) checked and sent here: ``biases`` a list (``None`` entries where absent),
+    ``dropout`` None or the checked rates. Raises what a refused launch raises (the front door falls back)."""
+    tensors = (*weights, *biases, *patterns)
     if dropout is not None:
-        dropout = check_rates(dropout, len(weights) - 1)
-        dropout = dropout if active(dropout) else None
-    verdict, autocast = _fused.verdict(GIVEN, x, weights, biases, patterns, None, reduction, backend, fused)
-    if type(verdict) is FusedPlan:
-        y = _fused.run(verdict, x, weights, biases, patterns, None, autocast, dropout)
-        if y is not None:
-            return y
-        verdict = verdict.down  # the fused launch was refused (glai_kernels.fallback): the path below
-    # The call was checked (once per signature, glai_kernels.signature): the per-layer path on `verdict`.
-    L = len(weights)
-    biases = [None] * L if biases is None else biases
-    if autocast is not None:  # the casts are part of the autograd graph: fp32 master weights get gradients
-        x, weights, biases = match_dtypes(x, list(weights), list(biases))
-    x2, flat = x, patterns
-    if x.dim() != 2:
-        x2 = x.reshape(-1, x.shape[-1])
-        flat = [p.reshape(-1, p.shape[-1]) for p in patterns]
-    # Autocast off inside (the operands are cast already); entering the context costs microseconds of host
-    # time a step, so it is entered only when autocast is on.
-    with torch.autocast(x.device.type, enabled=False) if autocast is not None else _NO_OP:
-        y = None
-        if verdict == "triton":
-            tensors = (*weights, *biases, *flat)
-            if dropout is not None:
-                refuse_when_compiling("per-layer Triton kernels")
-                tensors += (Draw(dropout, draw_seed(x.device)),)
-            try:
-                y = eager_apply(GLAIStackFunction, (x2, verdict, reduction, L), tensors)[0]
-            except Exception as exc:  # a refused launch: this signature takes the torch path from now on
-                if torch.compiler.is_compiling():
-                    raise
-                fall_back(exc, stack_case([w.shape[0] for w in weights], x2.dtype, x2.device, "given"),
-                          "per-layer", "torch")  # fmt: skip
-                _fused.remember_path(GIVEN, x, weights, biases, patterns, None, reduction, backend, fused,
-                                     autocast, "torch")  # fmt: skip
-        if y is None:  # autograd over plain ops: a C++ backward, gates unpacked once
-            y = reference.stack(x2, weights, biases, flat, reduction, dropout)
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+        refuse_when_compiling("per-layer Triton kernels")
+        tensors += (Draw(dropout, draw_seed(x.device)),)
+    return eager_apply(GLAIStackFunction, (x, "triton", reduction, len(weights)), tensors)[0]
 
 
-@torch.no_grad()
-def structural_patterns(x, weights, biases=None, *, backend: str = "auto") -> list[torch.Tensor]:
-    """Packed patterns ``(*, ceil(n_l / 32))`` of every layer of a structural ReLU stack.
-
-    ``weights``/``biases`` are the structural net's hidden layers (the output layer gates nothing).
-    """
-    _backend.check_backend_name(backend)
-    weights, biases = check_stack(weights, biases)
-    check_input(x, weights[0].shape[1])
-    check_devices(x, weights, biases)
+def patterns(x, weights, biases, backend: str) -> list[torch.Tensor]:
+    """Packed patterns ``(*, ceil(n_l / 32))`` of every layer of a structural ReLU stack on checked operands,
+    through ``backend``'s gate (``"torch"``: the reference's, ``"triton"``: the per-layer gate kernel)."""
+    ops = _ops(backend)
     lead = tuple(x.shape[:-1])
-    x, weights, biases = match_dtypes(x, weights, biases)
-    ops = _ops(_backend.resolve_backend(backend, x.device))
     a = x.reshape(-1, x.shape[-1])
     out = []
     with torch.autocast(x.device.type, enabled=False):

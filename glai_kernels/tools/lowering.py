@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .layout import WORD_BITS, words_for
+from ..layout import WORD_BITS, words_for
 
 _TRITON_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "tf32": "fp32"}
 _PTXAS_FIELDS = {
@@ -60,12 +60,12 @@ def ptxas_resources(ptx: str, capability: int) -> dict:
 
 
 def _args(kernel: str, M: int, N: int, K: int, dt: str, precision: str, c: dict, v: dict) -> tuple:
-    """``(jit function, pointer element types, ints, constexprs)`` of a launch as ``triton_ops`` makes it for a
+    """``(jit function, pointer element types, ints, constexprs)`` of a launch as ``per_layer_ops`` makes it for a
     contiguous layer, ``M x N`` the output and ``K`` the reduction (``costs.gemm_dims``)."""
-    from .dropout_launch import constexprs as dropout_constexprs
-    from .kernels.gate import gate_kernel
-    from .kernels.masked_matmul import masked_matmul_kernel
-    from .kernels.weight_grad import weight_grad_kernel
+    from ..dropout_launch import constexprs as dropout_constexprs
+    from ..kernels.gate import gate_kernel
+    from ..kernels.masked_matmul import masked_matmul_kernel
+    from ..kernels.weight_grad import weight_grad_kernel
 
     tile = {k: c[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
     common = dict(UPCAST=False, PRECISION=precision, TMA=bool(c["TMA"]), **tile)

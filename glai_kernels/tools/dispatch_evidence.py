@@ -1,7 +1,7 @@
 """The dispatch table's evidence: every fused kernel the table can pick, lowered for its architecture.
 
-    python -m glai_kernels.dispatch_evidence            regenerate the evidence of the installed Triton
-    python -m glai_kernels.dispatch_evidence --check    exit 1 (naming the entries) if it is stale or refused
+    python -m glai_kernels.tools.dispatch_evidence            regenerate the evidence of the installed Triton
+    python -m glai_kernels.tools.dispatch_evidence --check    exit 1 (naming the entries) if it is stale or refused
 
 For each architecture, dot precision and mode of ``fused_table.TABLE`` the rows are the widest hidden width
 the table allows and the width just past the power of two below it (e.g. 257 when the widest is 512): the
@@ -29,15 +29,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from . import fused_table
+from .. import fused_table
 from .lowering import refusal, shared_limit
 
 EVIDENCE = Path(__file__).with_name("dispatch_evidence.json")
-REGENERATE = "python -m glai_kernels.dispatch_evidence"
+REGENERATE = "python -m glai_kernels.tools.dispatch_evidence"
 # What a fused lowering depends on: the fused kernels and every kernel module they import (followed by
 # :func:`kernel_sources`), and the host modules that lower them. The per-layer kernels are not among them.
 _ROOTS = ("kernels/fused_forward.py", "kernels/fused_backward.py")
-_HOST = ("fused_lowering.py", "lowering.py", "layout.py", "dropout_launch.py", "dropout.py")
+_HOST = ("tools/fused_lowering.py", "tools/lowering.py", "layout.py", "dropout_launch.py", "dropout.py")
 FIELDS = ("registers", "spill_stores", "spill_loads", "shared")
 
 
@@ -50,7 +50,7 @@ def triton_version() -> str:
 def kernel_sources() -> list[str]:
     """The kernel modules a fused lowering compiles: the fused kernels and, transitively, the ``kernels/``
     modules they import (``from .name import ...``), as paths relative to the package."""
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]  # the package
     seen, todo = set(), list(_ROOTS)
     while todo:
         rel = todo.pop()
@@ -65,7 +65,7 @@ def kernel_sources() -> list[str]:
 
 def sources_hash() -> str:
     """sha256 of the sources whose change can change a fused lowering (the kernels, how they are lowered)."""
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]  # the package
     h = hashlib.sha256()
     for rel in [*kernel_sources(), *_HOST]:
         h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")

@@ -1,7 +1,7 @@
 """Compile the fused head kernels for a GPU target without a GPU, at a given width and launch configuration.
 
 The three fused kernels (forward, data-gradient chain, weight gradient) take their layers as tuples, which
-:func:`glai_kernels.lowering.lower`'s flat signatures cannot describe, so the signature is built here: pointers
+:func:`glai_kernels.tools.lowering.lower`'s flat signatures cannot describe, so the signature is built here: pointers
 and ints marked divisible by 16 and ints equal to 1 made constants, element by element, as the JIT specialises
 contiguous operands. The stack lowered is a head: ``IN`` features in, ``depth`` hidden layers of one width,
 ``OUT`` classes, a batch of ``BATCH`` rows (the batch and the outer sizes are runtime ints: they change no code).
@@ -13,9 +13,9 @@ Needs Triton with its NVIDIA backend and no ``TRITON_INTERPRET``.
 
 from __future__ import annotations
 
-from .dropout_launch import fused_constexprs
-from .fused_config import chunk_for, padded
-from .layout import WORD_BITS, words_for
+from ..dropout_launch import fused_constexprs
+from ..fused_config import chunk_for, padded
+from ..layout import WORD_BITS, words_for
 from .lowering import ptxas_resources
 
 BATCH, IN, OUT, DEPTH = 16384, 512, 10, 3  # a head: 512 features in, DEPTH hidden layers, 10 classes
@@ -80,7 +80,7 @@ def _mats(dt, shapes):
 def forward_case(width, dt, prec, cap, cfg, mode=0, r=1, depth=DEPTH, dropout=0.0):
     """The forward kernel in ``mode`` (0 given patterns, 1 structural, 2 from the structure) at ``cfg``, with
     dropout at rate ``dropout`` on every hidden layer (0: the code without it)."""
-    from .kernels.fused_forward import fused_forward_kernel
+    from ..kernels.fused_forward import fused_forward_kernel
 
     hidden = (width,) * depth
     s_n = tuple(n // r for n in hidden)
@@ -114,7 +114,7 @@ def forward_case(width, dt, prec, cap, cfg, mode=0, r=1, depth=DEPTH, dropout=0.
 
 def data_case(width, dt, prec, cap, cfg, r=1, depth=DEPTH, dropout=0.0):
     """The data-gradient chain (down to ``dx``) at ``cfg``, with dropout as :func:`forward_case`."""
-    from .kernels.fused_backward import fused_grad_data_kernel
+    from ..kernels.fused_backward import fused_grad_data_kernel
 
     hidden = (width,) * depth
     dims = (IN, *hidden, OUT)
@@ -139,7 +139,7 @@ def data_case(width, dt, prec, cap, cfg, r=1, depth=DEPTH, dropout=0.0):
 
 def weights_case(width, dt, prec, cap, cfg, splits=8, depth=DEPTH):
     """The grouped weight gradient of every layer at ``cfg`` (``splits`` batch splits)."""
-    from .kernels.fused_backward import fused_grad_weights_kernel
+    from ..kernels.fused_backward import fused_grad_weights_kernel
 
     hidden = (width,) * depth
     dims = (IN, *hidden, OUT)
