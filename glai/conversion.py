@@ -1,5 +1,10 @@
 """Swapping GLAI into existing models: ReLU MLPs to :class:`GLAIMLP` and back.
 
+One block converts with the block's own methods, ``GLAIMLP.from_mlp(mlp)``, ``model.to_mlp()`` and
+``model.to_mlp_class`` (:mod:`glai.convert_mlp`, on the block's side of the imports); :func:`from_mlp`,
+:func:`to_mlp` and :func:`to_mlp_class` here are the same as functions. :func:`convert` (``glai.convert``) finds
+and replaces every convertible block inside a whole model. This module imports :mod:`glai.nn`, never the reverse.
+
 Two shapes of MLP convert:
 
 - an ``nn.Sequential`` (or a subclass that keeps its forward, such as torchvision's ``MLP``) whose layers read
@@ -27,98 +32,24 @@ the quantitative network is ``r`` times wider than the MLP.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from torch import nn
 
 from glai_kernels.backend import check_backend_name
 from glai_kernels.checks import check_reduction
 
-from .convert_chain import CLOSENESS, Chain, Refused, check_plain, fold_batchnorm, read_chain
+from .convert_chain import CLOSENESS, Chain, Refused
+from .convert_mlp import build, read_module
 from .convert_report import Candidate, ConversionReport
 from .convert_scan import check_not_shared, holders, is_candidate
-from .convert_trace import read_block
-from .nn import GLAIMLP, PhaseError, check_glaimlp
+from .nn import GLAIMLP, check_glaimlp
 
 CONVERT_OPTIONS = ("reduction", "backend")
-# A GLAIMLP's plain attribute: (the module it was converted from, its Linear layers, its dropout rates).
-_ORIGIN = "_mlp_origin"
 
 
-def _flatten(seq: nn.Sequential, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """``(position, layer)`` in call order, nested ``nn.Sequential`` read through (positions like ``2][0``)."""
-    for name, child in seq.named_children():
-        position = f"{prefix}][{name}" if prefix else name
-        if type(child).forward is nn.Sequential.forward and isinstance(child, nn.Sequential):
-            check_plain(child, position)
-            yield from _flatten(child, position)
-        else:
-            yield position, child
-
-
-def read_module(module: nn.Module, *, fold_batchnorm: bool = False) -> Chain:
-    """The chain of an ``nn.Sequential`` or attribute-style block, or :class:`Refused` naming what is wrong."""
-    check_plain(module, None)
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-        return read_chain(_flatten(module), fold_batchnorm=fold_batchnorm)
-    if not any(True for _ in module.children()):  # a lone layer (Linear, ReLU...): read as a chain of one
-        return read_chain([("", module)], fold_batchnorm=fold_batchnorm)
-    try:
-        return read_block(module, fold_batchnorm=fold_batchnorm)
-    except Refused as exc:
-        if isinstance(module, nn.Sequential):
-            raise Refused(
-                f"{type(module).__name__} overrides nn.Sequential.forward, and it is no chain of its layers: {exc}",
-                exc.kind,
-            ) from None
-        raise
-
-
-def _build(module: nn.Module, chain: Chain, *, reduction: int, backend: str, cls: type[GLAIMLP]) -> GLAIMLP:
-    """The GLAIMLP over ``chain``'s Parameters (BatchNorm folded first), remembering a class of its own."""
-    for linear, norm in chain.folds:
-        fold_batchnorm(linear, norm)
-    linears = chain.layers
-    first = linears[0].weight
-    # Built on the meta device: nothing is allocated or drawn from the RNG before the Parameters are taken over.
-    model = cls(
-        linears[0].in_features,
-        [layer.out_features * reduction for layer in linears[:-1]],
-        linears[-1].out_features,
-        reduction=reduction,
-        bias=linears[0].bias is not None,
-        backend=backend,
-        device="meta",
-        dtype=first.dtype,
-        dropout=chain.dropout,
-    )
-    for target, source in zip(model.layers, linears):
-        _share(target, source)
-    unset = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if unset:  # a tensor GLAIMLP.__init__ creates that conversion does not know about
-        raise RuntimeError(f"GLAIMLP.from_mlp left {unset} unset on the meta device")
-    if type(module) is not nn.Sequential and not (chain.folds or chain.lead or chain.trail):
-        setattr(model, _ORIGIN, (module, linears, tuple(chain.dropout)))  # a tuple: no submodule registered
-    return model.train(module.training)
-
-
-def _share(target: nn.Linear, source: nn.Linear) -> None:
-    target.weight = source.weight
-    if source.bias is not None:
-        target.bias = source.bias
-
-
-def _check_container(mlp) -> None:
-    if not isinstance(mlp, nn.Module) or type(mlp).forward is nn.Module.forward or isinstance(mlp, GLAIMLP):
-        raise TypeError(
-            "GLAIMLP.from_mlp expects an nn.Sequential of Linear and ReLU layers, got "
-            f"{type(mlp).__name__}"
-            + (" (it is one already)" if isinstance(mlp, GLAIMLP) else "")
-            + ("" if isinstance(mlp, GLAIMLP) else " (or a module whose forward chains its Linear and ReLU)")
-        )
-
-
+# The conversion API is the block's own: GLAIMLP.from_mlp, .to_mlp(), .to_mlp_class (glai.convert_mlp). These
+# are the same as functions, for code that maps a conversion over modules.
 def from_mlp(
     mlp,
     *,
@@ -127,71 +58,20 @@ def from_mlp(
     fold_batchnorm: bool = False,
     cls: type[GLAIMLP] = GLAIMLP,
 ) -> GLAIMLP:
-    """``GLAIMLP.from_mlp``: a structural-phase block that computes what ``mlp`` computes (module docstring)."""
-    check_reduction(reduction, ())
-    check_backend_name(backend)
-    _check_container(mlp)
-    chain = read_module(mlp, fold_batchnorm=fold_batchnorm)
-    outside = chain.lead + chain.trail
-    if outside:
-        where = "before the first Linear" if chain.lead else "after the last Linear"
-        raise Refused(
-            f"{outside[0]!r} {where} acts on the block's {'input' if chain.lead else 'output'}, not on hidden "
-            "units, so it stays outside a GLAIMLP: glai.convert(parent) keeps it beside the block "
-            "(nn.Sequential(Dropout, GLAIMLP)); or convert the layers without it"
-        )
-    return _build(mlp, chain, reduction=reduction, backend=backend, cls=cls)
-
-
-def to_mlp_class(model: GLAIMLP) -> type[nn.Module]:
-    """The class ``to_mlp`` returns: the converted block's own class, or ``nn.Sequential``."""
-    return type(_origin(model)[0]) if _origin(model) else nn.Sequential
-
-
-def _origin(model: GLAIMLP) -> tuple[nn.Module, list[nn.Linear]] | None:
-    """The module ``model`` was converted from, while a deep copy of it can still hold the same function: the
-    structural phase with the same layer shapes and dropout rates."""
-    origin = getattr(model, _ORIGIN, None)
-    if origin is None:
-        return None
-    module, linears, rates = origin
-    shapes = [m.weight.shape for m in model.layers] == [m.weight.shape for m in linears]
-    biases = [m.bias is None for m in model.layers] == [m.bias is None for m in linears]
-    return (module, linears) if shapes and biases and tuple(model.dropout) == rates else None
+    """``cls.from_mlp(mlp, ...)``: an alias of :meth:`GLAIMLP.from_mlp`."""
+    return cls.from_mlp(mlp, reduction=reduction, backend=backend, fold_batchnorm=fold_batchnorm)
 
 
 def to_mlp(model: GLAIMLP) -> nn.Module:
-    """``GLAIMLP.to_mlp``: the structural-phase network, sharing the model's Parameters.
-
-    For a GLAIMLP converted from a module of its own class (timm's ``Mlp``, an ``nn.Sequential`` subclass) a deep
-    copy of that module, same class and attribute names, its Linear layers holding the model's Parameters;
-    otherwise ``nn.Sequential(Linear, ReLU, (Dropout), ..., Linear)``. :func:`to_mlp_class` says which.
-    """
+    """``model.to_mlp()``, after checking that ``model`` is a GLAIMLP: an alias of :meth:`GLAIMLP.to_mlp`."""
     check_glaimlp(model, "to_mlp")
-    if model.phase != "structural":
-        raise PhaseError(
-            "to_mlp() needs the structural phase: after freeze() the block is gated by frozen patterns and is no "
-            "longer a ReLU MLP"
-        )
-    origin = _origin(model)
-    if origin is not None:
-        module, linears = origin
-        memo = {}
-        for old, new in zip(linears, model.layers):
-            memo[id(old.weight)] = new.weight
-            if old.bias is not None:
-                memo[id(old.bias)] = new.bias
-        return copy.deepcopy(module, memo).train(model.training)
-    layers: list[nn.Module] = []
-    rates = model.dropout
-    for i, source in enumerate(model.layers):
-        w = source.weight
-        linear = nn.Linear(w.shape[1], w.shape[0], bias=source.bias is not None, device="meta", dtype=w.dtype)
-        _share(linear, source)
-        layers.append(linear)
-        if i < len(model.layers) - 1:
-            layers += [nn.ReLU()] + ([nn.Dropout(rates[i])] if rates[i] else [])
-    return nn.Sequential(*layers).train(model.training)
+    return model.to_mlp()
+
+
+def to_mlp_class(model: GLAIMLP) -> type[nn.Module]:
+    """``model.to_mlp_class``, after checking that ``model`` is a GLAIMLP."""
+    check_glaimlp(model, "to_mlp_class")
+    return model.to_mlp_class
 
 
 def convert(
@@ -304,7 +184,7 @@ def _candidate(module, name, predicate, owners, report, fold, kwargs) -> nn.Modu
             ) from None
         report.add(Candidate(name, kind, False, str(exc), _closeness(exc)))
         return None
-    new = _build(module, chain, cls=GLAIMLP, **{"reduction": 1, "backend": "auto", **kwargs})
+    new = build(module, chain, GLAIMLP, **{"reduction": 1, "backend": "auto", **kwargs})
     notes = [f"GLAIMLP {new.in_features}-{list(new.hidden_features)}-{new.out_features}"]
     if any(chain.dropout):
         notes.append(f"dropout {chain.dropout}")

@@ -35,14 +35,11 @@ from glai_kernels.dispatch import (
 from glai_kernels.dropout import active, check_rates
 
 from . import resize, widen
+from .convert_mlp import MLPConversion
+from .phases import PHASES, PhaseError
 
-PHASES = ("structural", "quantitative")
 # How Q starts at an r > 1 freeze when freeze() is not told: see freeze() and bench/results/experiments.
 DEFAULT_INIT = "widen"
-
-
-class PhaseError(RuntimeError, ValueError):
-    """An operation that the model's current phase does not allow (e.g. ``freeze()`` twice)."""
 
 
 def check_glaimlp(model, what: str) -> None:
@@ -107,7 +104,7 @@ class FrozenStructure(nn.Module):
         return f"widths={list(self.widths)}"
 
 
-class GLAIMLP(nn.Module):
+class GLAIMLP(MLPConversion, nn.Module):
     """A GLAI block: ``in_features -> hidden_features -> out_features`` with ReLU patterns that freeze.
 
     Args:
@@ -130,6 +127,9 @@ class GLAIMLP(nn.Module):
             default) draws nothing and runs exactly the code without dropout.
 
     Shape: input ``(*, in_features)``, output ``(*, out_features)``; patterns ``(*, ceil(n_l / r / 32))`` int32.
+
+    From and to a plain ReLU MLP: ``GLAIMLP.from_mlp(mlp)``, ``model.to_mlp()`` and ``model.to_mlp_class``, defined
+    in :class:`glai.convert_mlp.MLPConversion`.
     """
 
     # Class defaults: a model pickled whole before dropout existed unpickles without these attributes.
@@ -164,36 +164,6 @@ class GLAIMLP(nn.Module):
         self.dropout = check_rates(dropout, len(self.hidden_features))
         self.layers = self._make_layers(self.structural_widths, device=device, dtype=dtype)
         self.register_module("structure", None)  # the frozen structure once frozen: it alone says the phase
-
-    # ----------------------------------------------------------------- conversion (glai.conversion)
-    @classmethod
-    def from_mlp(
-        cls, mlp: nn.Module, *, reduction: int = 1, backend: str = "auto", fold_batchnorm: bool = False
-    ) -> GLAIMLP:
-        """A structural-phase GLAIMLP computing what ``mlp`` computes: an ``nn.Sequential`` of ``Linear`` and
-        ``ReLU`` (``nn.Dropout`` after a hidden layer becomes its rate, identities skipped), or a module whose
-        ``forward`` chains its own such layers (timm's ``Mlp``). It takes over ``mlp``'s Parameters (no copy);
-        with ``reduction=r`` the MLP is the structural net and the hidden widths are ``r`` times its widths;
-        ``fold_batchnorm=True`` folds an eval-mode ``BatchNorm1d`` into the Linear before it. Anything else
-        raises an error naming the layer and its position. See :mod:`glai.conversion`."""
-        from .conversion import from_mlp
-
-        return from_mlp(mlp, reduction=reduction, backend=backend, fold_batchnorm=fold_batchnorm, cls=cls)
-
-    def to_mlp(self) -> nn.Module:
-        """The structural-phase network, sharing this block's Parameters: a deep copy of the module it was
-        converted from when that had a class of its own (same class and attribute names), else
-        ``nn.Sequential(Linear, ReLU, (Dropout), ..., Linear)``; ``to_mlp_class`` says which."""
-        from .conversion import to_mlp
-
-        return to_mlp(self)
-
-    @property
-    def to_mlp_class(self) -> type[nn.Module]:
-        """The class ``to_mlp()`` returns: the converted module's own class, or ``nn.Sequential``."""
-        from .conversion import to_mlp_class
-
-        return to_mlp_class(self)
 
     # ----------------------------------------------------------------- shape bookkeeping
     @property

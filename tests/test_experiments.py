@@ -12,8 +12,9 @@ pytest.importorskip("mnist1d")
 pytest.importorskip("matplotlib")
 
 from glai.experiments import main  # noqa: E402
-from glai.experiments.common import MLP, Record  # noqa: E402
+from glai.experiments.common import Record  # noqa: E402
 from glai.experiments.stats import sign_test, summarize, wilcoxon_p  # noqa: E402
+from glai.experiments.variants import MLP  # noqa: E402
 from glai.train import RunResult  # noqa: E402
 
 
@@ -108,8 +109,8 @@ def test_summarize_pairs_by_seed_and_counts_never_as_a_loss():
 
 
 def test_tuning_gives_every_variant_the_same_rates_and_budget():
-    from glai.experiments.common import MLP_AGAIN, Plain
-    from glai.experiments.tuning import tune
+    from glai.experiments.hyper_search import tune
+    from glai.experiments.variants import MLP_AGAIN, Plain
     from glai.train import FreezePolicy
 
     seen = []
@@ -128,8 +129,8 @@ def test_tuning_gives_every_variant_the_same_rates_and_budget():
 
 
 def test_a_diverging_trial_loses_and_the_tuning_goes_on():
-    from glai.experiments.common import Plain
-    from glai.experiments.tuning import tune
+    from glai.experiments.hyper_search import tune
+    from glai.experiments.variants import Plain
     from glai.monitor import NonFiniteError
 
     def score(variant, spec, hyper):  # the largest rate diverges; otherwise larger is better
@@ -143,8 +144,8 @@ def test_a_diverging_trial_loses_and_the_tuning_goes_on():
 
 
 def test_timing_noise_and_verdict():
-    from glai.experiments.common import MLP_AGAIN
     from glai.experiments.stats import verdict
+    from glai.experiments.variants import MLP_AGAIN
 
     records = []
     for seed in range(5):  # the repeat reaches the target 10 % later on seed 2, 4 % on the others

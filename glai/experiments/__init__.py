@@ -1,7 +1,8 @@
 """The MLP-vs-GLAI time-to-accuracy study (``glai-experiment``, ``python -m glai.experiments``).
 
 One module per setting (``scratch``, ``backbone``, ``simclr``, ``fewshot``), with the shared runner and presets in
-``common``, the paired statistics in ``stats`` and the output files in ``report``. :func:`compare` (``--data``)
+``common``, the variants compared in ``variants``, the learning-rate search in ``hyper_search``, the paired
+statistics in ``stats`` and the output files in ``report``. :func:`compare` (``--data``)
 runs the same protocol on a user's own features (``compare``, ``userdata``, ``task``, ``compare_report``).
 """
 

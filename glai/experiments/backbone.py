@@ -16,8 +16,9 @@ from torch import nn
 
 from ..data import NUM_CLASSES, Split, mnist1d
 from ..train import cosine_lr
-from .common import Preset, Record, policy_variants, run_heads, runs_per_seed_and_tuning, select
-from .tuning import validation_split
+from .common import Preset, Record, run_heads, runs_per_seed_and_tuning
+from .hyper_search import validation_split
+from .variants import policy_variants, select
 
 NAME = "backbone"
 

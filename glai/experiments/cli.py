@@ -13,9 +13,10 @@ from ..cli_checks import ArgumentParser, check_environment, check_output_folder,
 from ..demo import int_at_least, pick_device, set_threads
 from ..monitor import NonFiniteError
 from . import backbone, cli_data, fewshot, scratch, simclr
-from .common import MLP, PRESETS, environment
+from .common import PRESETS, environment
 from .report import load_records, merge_results, write_all
 from .stats import summarize
+from .variants import MLP
 
 MODULES = {"scratch": scratch, "backbone": backbone, "simclr": simclr, "few-shot": fewshot}
 SETTINGS = tuple(MODULES)

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from ..demo import int_at_least
-from .common import MLP
 from .compare import compare, seconds, variants_for
 from .examples import KINDS, make_example
 from .userdata import TASKS, DataError, load, prepare
+from .variants import MLP
 
 DATA_FLAGS = ("target", "task", "no_standardize", "hidden", "epochs", "batch_size", "test_fraction")
 

@@ -2,13 +2,12 @@
 
 A setting hands :func:`run_heads` a fixed problem (raw MNIST-1D or frozen features, or a user's data through
 :mod:`.compare`), its :class:`~.task.Task` (loss, test score, target tolerance; MNIST-1D's ten classes by
-default) and a set of variants: plain MLPs (:class:`Plain`) and GLAI heads (freeze policies). For every seed
+default) and a set of variants (:mod:`.variants`): plain MLPs and GLAI heads (freeze policies). For every seed
 each variant starts from the same seed, sees the same batches and uses the same optimizer and schedule; with
 reduction 1 the MLP and GLAI are even the same network until the freeze, so any difference comes from the freeze
-itself. Each variant trains with
-its own learning rate, tuned beforehand on a validation split with the same budget for every variant
-(:mod:`.tuning`); the MLP is also run a second time (``MLP again``), whose time against the first run's measures
-the timing noise of identical work in the same study.
+itself. Each variant trains with its own learning rate, tuned beforehand on a validation split with the same
+budget for every variant (:mod:`.hyper_search`); the MLP is also run a second time (``MLP again``), whose time
+against the first run's measures the timing noise of identical work in the same study.
 """
 
 from __future__ import annotations
@@ -24,16 +23,9 @@ import torch
 
 from ..data import Split
 from ..train import FreezePolicy, RunResult, make_head, train_classifier
+from .hyper_search import Hyper, trial_count, tune
 from .task import CLASSIFY, Task
-
-MLP = "MLP"
-MLP_AGAIN = (
-    "MLP again"  # the MLP once more, same hyper-parameters: identical work, so its time ratio is noise
-)
-# The flip-rate rule every reduction / cache variant is built on, spelled out rather than taken from the
-# FreezeMonitor defaults, so that the results keep their meaning if the defaults change.
-BASE_RULE = {"threshold": 0.01, "patience": 2}
-BASE = "flip<0.01/p2"
+from .variants import Plain
 
 
 @dataclass(frozen=True)
@@ -57,7 +49,8 @@ class Preset:
     simclr_batch: int
     policy_grid: str  # "small", "medium" or "full": how many freeze policies the scratch setting compares
     backbone_grid: str  # the same for the frozen-backbone setting, whose epochs cost about twice as much
-    # Learning rates every variant tries on a validation split, then two refinements (.tuning); empty: all use lr.
+    # Learning rates every variant tries on a validation split, then two refinements (.hyper_search); empty:
+    # all use lr.
     tune_grid: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
@@ -191,26 +184,6 @@ class Record:
         }
 
 
-@dataclass(frozen=True)
-class Plain:
-    """A plain ReLU MLP variant: the preset's hidden widths divided by ``divisor`` (``2``: the width of an r = 2
-    structural net, trained alone). ``again``: a repeat of the reference MLP with its hyper-parameters."""
-
-    divisor: int = 1
-    again: bool = False
-
-    def hidden(self, widths) -> tuple[int, ...]:
-        return tuple(n // self.divisor for n in widths)
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """The learning rate of a variant, and for GLAI the factor on it in the quantitative phase."""
-
-    lr: float
-    lr_scale: float = 1.0
-
-
 def train_variant(
     variant: str,
     spec,
@@ -256,8 +229,6 @@ def tune_heads(
 ) -> tuple[dict[str, Hyper], dict[str, list]]:
     """Hyper-parameters of every variant, tuned on ``tune_data`` (training samples with a held-out test part)
     when the preset asks for it, else the preset's learning rate for all."""
-    from .tuning import tune
-
     if not preset.tune_grid or tune_data is None:
         return {v: Hyper(preset.lr) for v in variants}, {v: [] for v in variants}
 
@@ -300,47 +271,6 @@ def run_heads(
     return records
 
 
-def select(variants: dict, only: set[str] | None) -> dict:
-    """The variants named in ``only`` (all when ``None``), always with the MLP they are paired with and its repeat
-    (the measure of timing noise)."""
-    if only is None:
-        return variants
-    return {k: v for k, v in variants.items() if k in (MLP, MLP_AGAIN) or k in only}
-
-
 def runs_per_seed_and_tuning(variants: dict, preset: Preset) -> tuple[int, int]:
     """``(runs per seed, tuning runs)`` of a set of variants, for the progress bar."""
-    from .tuning import trial_count
-
     return len(variants), trial_count(variants, preset.tune_grid)
-
-
-def policy_variants(grid: str, epochs: int) -> dict[str, FreezePolicy | Plain]:
-    """The MLPs and the GLAI variants compared: reduction 1, 2 and 4, each with the default flip-rate rule and an
-    early fixed freeze; widening against the random start; the narrow MLP of an r = 2 structural net."""
-
-    def at(fraction: float) -> int:
-        return max(1, round(epochs * fraction))
-
-    early = at(0.1)
-    variants: dict[str, FreezePolicy | Plain] = {MLP: Plain(), MLP_AGAIN: Plain(again=True)}
-    variants[BASE] = FreezePolicy(**BASE_RULE)
-    variants[f"freeze@{early}"] = FreezePolicy(kind="epoch", epoch=early)
-    variants["r=2"] = FreezePolicy(**BASE_RULE, reduction=2, init="widen")
-    variants[f"freeze@{early} r=2"] = FreezePolicy(kind="epoch", epoch=early, reduction=2, init="widen")
-    if grid == "small":
-        return variants
-    variants["MLP n/2"] = Plain(divisor=2)
-    variants["r=4"] = FreezePolicy(**BASE_RULE, reduction=4, init="widen")
-    variants[f"freeze@{early} r=4"] = FreezePolicy(kind="epoch", epoch=early, reduction=4, init="widen")
-    # The old start of an r > 1 quantitative net, a fresh random initialisation, against the widening.
-    variants[f"freeze@{early} r=2 random"] = FreezePolicy(
-        kind="epoch", epoch=early, reduction=2, init="random"
-    )
-    if grid == "medium":
-        return variants
-    variants[f"freeze@{early} r=4 random"] = FreezePolicy(
-        kind="epoch", epoch=early, reduction=4, init="random"
-    )
-    variants["r=2 random"] = FreezePolicy(**BASE_RULE, reduction=2, init="random")
-    return variants

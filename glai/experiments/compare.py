@@ -24,9 +24,10 @@ import torch
 
 from ..cli_checks import folder_problem
 from ..train import FreezePolicy, make_head, make_optimizer
-from .common import BASE_RULE, MLP, MLP_AGAIN, PRESETS, Plain, Preset, Record, environment, run_heads, select
-from .tuning import trial_count, validation_split
+from .common import PRESETS, Preset, Record, environment, run_heads
+from .hyper_search import trial_count, validation_split
 from .userdata import DataError, Prepared, prepare
+from .variants import BASE_RULE, MLP, MLP_AGAIN, Plain, select
 
 SETTING = "your data"
 # The study's flip-rate rule (BASE) at reduction 1 and 2, named for a reader who has not seen the study.

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import MLP, MLP_AGAIN, Record
+from .common import Record
 from .report import _lr, _num, write_csv, write_json
+from .variants import MLP, MLP_AGAIN
 
 
 def _score(value, unit: str) -> str:

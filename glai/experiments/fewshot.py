@@ -17,19 +17,8 @@ from torch import nn
 from ..data import Split, few_shot_indices, mnist1d
 from ..train import FreezePolicy
 from .backbone import feature_split
-from .common import (
-    BASE,
-    BASE_RULE,
-    MLP,
-    MLP_AGAIN,
-    Plain,
-    Preset,
-    Record,
-    run_heads,
-    runs_per_seed_and_tuning,
-    select,
-    tune_heads,
-)
+from .common import Preset, Record, run_heads, runs_per_seed_and_tuning, tune_heads
+from .variants import BASE, BASE_RULE, MLP, MLP_AGAIN, Plain, select
 
 NAME = "few-shot"
 

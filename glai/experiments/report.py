@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ..demo import plot_runs
 from ..train import RunResult
-from .common import MLP, MLP_AGAIN, Record
+from .common import Record
 from .stats import MIN_SEEDS_FOR_P, TOLERANCE
+from .variants import MLP, MLP_AGAIN
 
 DERIVED = ("setting", "variant", "seed", "best_acc", "best_epoch", "total_time", "epochs")
 RUN_COLUMNS = (

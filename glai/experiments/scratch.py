@@ -7,8 +7,9 @@ carries the full variant grid (reduction 1, 2, 4; rule-based and early freezes; 
 from __future__ import annotations
 
 from ..data import mnist1d
-from .common import Preset, Record, policy_variants, run_heads, runs_per_seed_and_tuning, select
-from .tuning import validation_split
+from .common import Preset, Record, run_heads, runs_per_seed_and_tuning
+from .hyper_search import validation_split
+from .variants import policy_variants, select
 
 NAME = "scratch"
 

@@ -18,19 +18,9 @@ import torch.nn.functional as F
 from ..data import NUM_CLASSES, Split, mnist1d
 from ..train import FreezePolicy, RunResult, cosine_lr, count_parameters, make_head, make_optimizer
 from .backbone import ConvEncoder, features
-from .common import (
-    BASE,
-    BASE_RULE,
-    MLP,
-    MLP_AGAIN,
-    Hyper,
-    Plain,
-    Preset,
-    Record,
-    runs_per_seed_and_tuning,
-    select,
-)
-from .tuning import tune, validation_split
+from .common import Preset, Record, runs_per_seed_and_tuning
+from .hyper_search import Hyper, tune, validation_split
+from .variants import BASE, BASE_RULE, MLP, MLP_AGAIN, Plain, select
 
 NAME = "simclr"
 PROJECTION = 64

@@ -23,8 +23,9 @@ import math
 import statistics
 from collections import defaultdict
 
-from .common import MLP, MLP_AGAIN, Record
+from .common import Record
 from .task import ACCURACY_TOLERANCE
+from .variants import MLP, MLP_AGAIN
 
 TOLERANCE = ACCURACY_TOLERANCE  # accuracy points under the MLP's best that count as "reached"
 MIN_SEEDS_FOR_P = 5  # fewer paired seeds give no p-value: the smallest possible one is then 0.125 or more

@@ -1,4 +1,4 @@
-"""Learning rates tuned for every variant on a validation split, with the same budget for each.
+"""Hyper-parameter search: learning rates tuned for every variant on a validation split, the same budget for each.
 
 A variant gets ``len(grid) + 2`` trial runs (seed 0, the setting's epochs, trained on the training samples less a
 held-out fifth and scored by the best accuracy on that fifth); the best trial's hyper-parameters are used for
@@ -17,15 +17,24 @@ and the study goes on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..data import Split
 from ..monitor import NonFiniteError
 from ..train import FreezePolicy
-from .common import MLP, Hyper, Plain
+from .variants import MLP, Plain
 
 REFINE = (0.5, 2.0)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The learning rate of a variant, and for GLAI the factor on it in the quantitative phase."""
+
+    lr: float
+    lr_scale: float = 1.0
 
 
 def validation_split(data: Split, fraction: float = 0.2, seed: int = 0) -> Split:
