@@ -59,7 +59,7 @@ def pytest_generate_tests(metafunc):
         from bench import heads
 
         params = []
-        for case in heads.head_cases(_grid(metafunc.config).get("heads", heads.NO_HEADS)):
+        for case in heads.head_cases(_grid(metafunc.config).get("heads", ())):
             reason = heads.skip_reason(case, device)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             params.append(pytest.param(case, id=case.id, marks=marks))
@@ -67,7 +67,7 @@ def pytest_generate_tests(metafunc):
     if "head_copy" in metafunc.fixturenames:
         from bench import heads
 
-        dtypes = heads.copy_dtypes(_grid(metafunc.config).get("heads", heads.NO_HEADS))
+        dtypes = heads.copy_dtypes(_grid(metafunc.config).get("heads", ()))
         metafunc.parametrize("head_copy", dtypes)
     if "memory_case" in metafunc.fixturenames:
         skip = (

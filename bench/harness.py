@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
+from bench import head_step
 from glai_kernels import costs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OPS_CSV = "microbench.csv"
 MEMORY_CSV = "memory.csv"
+HEAD_CSV = "head_steps.csv"  # training steps of a head, CPU benchmarks and GPU check alike
 COLUMNS = (
     "op", "provider", "shape", "batch", "in_features", "out_features", "r", "dtype",
     "median", "p20", "p80", "unit", "tflops", "pct_gemm", "gbps", "pct_mem",
@@ -49,22 +51,9 @@ GRIDS = {
         "dtypes": ("bfloat16", "float32"),
     },
     "quick": {"shapes": [(4096, 1024, 1024), (16384, 4096, 4096)], "r": (1, 4), "dtypes": ("bfloat16",)},
-    # Head-sized training steps (bench/heads.py): the product below in bfloat16, plus one float16 and one TF32
-    # case; a copy of each dtype gives the memory rate of the same run.
-    "head": {
-        "shapes": [],
-        "r": (1,),
-        "dtypes": (),
-        "heads": {
-            "batches": (1024, 16384, 131072),
-            "in": (64, 512),
-            "widths": (32, 64, 128, 256),
-            "depths": (2, 3),
-            "out": (10, 128),
-            "dtype": "bfloat16",
-            "extra": [("float16", (16384, 512, 128, 2, 10)), ("tf32", (16384, 512, 128, 2, 10))],
-        },
-    },
+    # Head-sized training steps (bench/heads.py): every head of the grid of bench/head_step.py (the GPU check's
+    # "full" grid); a copy of each dtype gives the memory rate of the same run.
+    "head": {"shapes": [], "r": (1,), "dtypes": (), "heads": head_step.grid_points()},
 }
 _ROTATION_BYTES = {"cuda": 512 << 20, "cpu": 32 << 20}
 
@@ -207,15 +196,16 @@ def _best(rows, device: str, field: str, op: str, dtype: str | None = None) -> f
     )
 
 
-def _fill_percentages(rows: list[dict]) -> None:
+def _fill_percentages(rows: list[dict], refs: list[dict]) -> None:
     """``pct_gemm``: TFLOP/s over the best ``F.linear`` rate of the same device and dtype; ``pct_mem``: GB/s over
-    the best copy rate of the device. Both references come from the same file, hence the latest run."""
+    the best copy rate of the device. Both references come from ``refs``, the rows of ``microbench.csv``
+    (hence the latest run's)."""
     for row in rows:
         if row.get("tflops"):
-            ref = _best(rows, row["device"], "tflops", "gemm", row["dtype"])
+            ref = _best(refs, row["device"], "tflops", "gemm", row["dtype"])
             row["pct_gemm"] = f"{100 * float(row['tflops']) / ref:.1f}" if ref else ""
         if row.get("gbps"):
-            ref = _best(rows, row["device"], "gbps", "copy")
+            ref = _best(refs, row["device"], "gbps", "copy")
             row["pct_mem"] = f"{100 * float(row['gbps']) / ref:.1f}" if ref else ""
 
 
@@ -227,9 +217,10 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def write_results(folder: Path = RESULTS) -> list[Path]:
-    """Merge this session's rows into the CSV files (same key: the new row wins), written atomically."""
+    """Merge this session's rows into the CSV files (same key: the new row wins), written atomically.
+    ``microbench.csv`` first: the percentages of ``head_steps.csv`` refer to its copy and GEMM rates."""
     written = []
-    for name in sorted({file for file, _ in _rows}):
+    for name in sorted({file for file, _ in _rows}, key=lambda n: (n != OPS_CSV, n)):
         path = folder / name
         merged = {tuple(r.get(k, "") for k in KEY): r for r in read_csv(path)}
         for file, row in _rows:
@@ -238,8 +229,8 @@ def write_results(folder: Path = RESULTS) -> list[Path]:
         rows = sorted(
             merged.values(), key=lambda r: (r["device"], r["op"], r["dtype"], r["provider"], _size(r))
         )
-        if name == OPS_CSV:
-            _fill_percentages(rows)
+        if name in (OPS_CSV, HEAD_CSV):
+            _fill_percentages(rows, rows if name == OPS_CSV else read_csv(folder / OPS_CSV))
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "w", newline="") as f:

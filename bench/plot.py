@@ -7,6 +7,12 @@ Per device and dtype in ``bench/results/microbench.csv``:
   the same shapes, the rate the percentages in the CSV refer to;
 - ``<device>-<dtype>-time.png``: the same panels in milliseconds, with the 20-80 percentile band;
 - ``<device>-<dtype>-memory.png`` from ``memory.csv`` (CUDA runs): peak and saved memory of a training step.
+
+Per device in ``head_steps.csv`` (the CPU benchmarks' head grid and the GPU report's training steps alike):
+
+- ``<device>-head-steps.png``: every head on one chart, each variant's time over the eager MLP's.
+
+``bench.gpu_report`` draws a GPU run's plots with these same functions.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from bench.harness import MEMORY_CSV, OPS_CSV, RESULTS, op_bytes, read_csv
+from bench.harness import HEAD_CSV, MEMORY_CSV, OPS_CSV, RESULTS, op_bytes, read_csv
 from glai_kernels import costs
 
 OP_ORDER = (
@@ -54,12 +60,27 @@ def _style(label: str) -> dict:
     return {"color": colors.get(provider, "C7"), "linestyle": "--" if " r=" in label else "-", "marker": "o"}
 
 
-def plot_ops(rows, device: str, dtype: str, metric: str, out: Path) -> Path:
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (no display on the machines that plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_ops(rows, device: str, dtype: str, metric: str, out: Path) -> Path:
     import matplotlib.ticker
+
+    plt = _pyplot()
 
     by_op = defaultdict(list)
     for row in rows:
@@ -108,19 +129,11 @@ def plot_ops(rows, device: str, dtype: str, metric: str, out: Path) -> Path:
     note = "\nCPU figures: the PyTorch providers only; the Triton kernels are timed on CUDA" if cpu else ""
     what = "rate" if metric == "rate" else "time"
     fig.suptitle(f"{device}, {dtype}: {what} per op (torch/triton {sorted(versions)}){note}")
-    fig.tight_layout()
-    path = out / f"{slug(device)}-{dtype}-{metric}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"{slug(device)}-{dtype}-{metric}.png")
 
 
 def plot_memory(rows, device: str, dtype: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     shapes = sorted({r["shape"] for r in rows}, key=lambda s: [int(v) for v in re.findall(r"\d+", s)])
     providers = sorted({r["provider"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -137,16 +150,43 @@ def plot_memory(rows, device: str, dtype: str, out: Path) -> Path:
         ax.set_title(op.replace("_", " "))
         ax.legend(fontsize=8)
     fig.suptitle(f"{device}, {dtype}: device memory of a training step")
-    fig.tight_layout()
-    path = out / f"{slug(device)}-{dtype}-memory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"{slug(device)}-{dtype}-memory.png")
+
+
+def plot_heads(rows, device: str, out: Path) -> Path | None:
+    """Every head of ``head_steps.csv`` rows on one chart: each variant's time over the eager MLP's at the same
+    head and dtype (below 1: faster), against the eager MLP's time; None without a variant to compare."""
+    eager, series = {}, defaultdict(list)
+    for row in rows:
+        key = (row["shape"], row["dtype"])
+        if row["provider"] == "eager":
+            eager[key] = float(row["median"])
+        else:
+            series[row["provider"]].append((key, float(row["median"])))
+    points = {v: [(eager[k], ms / eager[k]) for k, ms in pts if k in eager] for v, pts in series.items()}
+    if not any(points.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (variant, pts) in enumerate(sorted(points.items())):
+        if pts:
+            ax.scatter(*zip(*pts), label=variant, color=f"C{i}", s=18)
+    ax.axhline(1.0, color="0.4", linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eager MLP step, ms")
+    ax.set_ylabel("variant time / eager MLP time (below 1: faster)")
+    ax.set_title(f"{device}\ntraining steps of a head (forward, backward, Adam)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out / f"{slug(device)}-head-steps.png")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results", default=str(RESULTS), help="folder of microbench.csv and memory.csv")
+    ap.add_argument(
+        "--results", default=str(RESULTS), help="folder of microbench.csv, memory.csv and head_steps.csv"
+    )
     ap.add_argument("--out", help="folder of the PNG files (default: <results>/plots)")
     ap.add_argument("--device", default="", help="only devices whose name contains this text")
     ap.add_argument("--metric", choices=("rate", "time", "both"), default="both")
@@ -162,7 +202,11 @@ def main(argv=None) -> int:
     for row in read_csv(results / MEMORY_CSV):
         if args.device.lower() in row["device"].lower():
             memory[(row["device"], row["dtype"])].append(row)
-    if not groups and not memory:
+    heads = defaultdict(list)
+    for row in read_csv(results / HEAD_CSV):
+        if args.device.lower() in row["device"].lower():
+            heads[row["device"]].append(row)
+    if not groups and not memory and not heads:
         print(f"no results under {results} (run `pytest bench/ --benchmark-only` first)")
         return 1
     metrics = ("rate", "time") if args.metric == "both" else (args.metric,)
@@ -171,6 +215,10 @@ def main(argv=None) -> int:
             print(plot_ops(rows, device, dtype, metric, out))
     for (device, dtype), rows in sorted(memory.items()):
         print(plot_memory(rows, device, dtype, out))
+    for device, rows in sorted(heads.items()):
+        path = plot_heads(rows, device, out)
+        if path:
+            print(path)
     return 0
 
 

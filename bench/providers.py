@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench import head_step
 from glai_kernels import backend, costs, reference
 from glai_kernels.layout import pack_patterns
 
@@ -148,15 +149,6 @@ def build(case: Case, device: torch.device):
     raise ValueError(f"no benchmark for op {op!r}")
 
 
-def plain_mlp(widths, device, dtype) -> torch.nn.Sequential:
-    layers = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers += [torch.nn.Linear(a, b, device=device, dtype=dtype)] + (
-            [torch.nn.ReLU()] if i < len(widths) - 2 else []
-        )
-    return torch.nn.Sequential(*layers)
-
-
 def glai_model(widths, r: int, backend_name: str, device, dtype):
     from glai.nn import GLAIMLP
 
@@ -177,7 +169,7 @@ def _train_step(case: Case, device: torch.device, dtype: torch.dtype):
     widths = costs.mlp_widths(case.in_f, case.out_f)
     B = case.batch
     if case.provider.startswith("baseline"):
-        model = plain_mlp(widths, device, dtype)
+        model = head_step.mlp(widths, device, dtype)
         forward = torch.compile(model) if case.provider == "baseline_compiled" else model
         uses_patterns = False
     else:
@@ -211,7 +203,7 @@ def step_memory(case: Case, device: torch.device):
     dtype = getattr(torch, case.dtype)
     widths = costs.mlp_widths(case.in_f, case.out_f)
     if case.provider == "baseline":
-        model, name = plain_mlp(widths, device, dtype), "baseline"
+        model, name = head_step.mlp(widths, device, dtype), "baseline"
     else:
         model = glai_model(widths, case.r, "auto", device, dtype)
         name = backend.resolve_backend("auto", device) + (

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import torch
 
 from bench import harness, providers
+from bench.dtypes import precision
 
 
 class Rounds:
@@ -88,23 +89,10 @@ def main(argv=None) -> int:
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
             torch.manual_seed(0)
-            with heads.precision(case.dtype):
+            with precision(case.point.dtype):
                 step, make = heads.build(case, device)
                 times = harness.measure(Rounds(), step, harness.input_sets(make, device), device)
-            row = harness.record(
-                "head_step",
-                case.variant,
-                case.batch,
-                case.in_f,
-                case.out_f,
-                1,
-                case.dtype,
-                times,
-                device,
-                shape=case.shape,
-                flops=heads.step_flops(case),
-                nbytes=heads.step_bytes(case),
-            )
+            row = heads.record(case, times, device)
             print(f"{case.id:60s} {times[0]:10.4f} ms  {row['gbps']} GB/s", flush=True)
     if device.type == "cuda" and not args.no_memory:
         for case in providers.memory_cases(grid):

@@ -4,6 +4,7 @@ with (see ``bench/heads.py``)."""
 import torch
 
 from bench import harness, heads
+from bench.dtypes import precision
 
 
 def test_head_copy_rate(benchmark, head_copy, device):
@@ -22,12 +23,9 @@ def test_head_copy_rate(benchmark, head_copy, device):
 
 def test_head_step(benchmark, head_case, device):
     case = head_case
-    benchmark.group = f"head step {case.shape} {case.dtype}"
-    with heads.precision(case.dtype):
+    benchmark.group = f"head step {case.point.shape} {case.point.dtype}"
+    with precision(case.point.dtype):
         step, make = heads.build(case, device)
         times = harness.measure(benchmark, step, harness.input_sets(make, device), device)
-    row = harness.record(
-        "head_step", case.variant, case.batch, case.in_f, case.out_f, 1, case.dtype, times, device,
-        shape=case.shape, flops=heads.step_flops(case), nbytes=heads.step_bytes(case),
-    )  # fmt: skip
+    row = heads.record(case, times, device)
     benchmark.extra_info.update({k: row[k] for k in ("median", "tflops", "gbps")})

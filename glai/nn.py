@@ -117,7 +117,7 @@ class GLAIMLP(MLPConversion, nn.Module):
         bias: whether every layer has a bias.
         backend: ``"auto"`` (Triton on CUDA when available, else PyTorch), ``"torch"`` or ``"triton"``.
         fused: ``None`` trains both phases through the fused head path (a whole step in three launches) when
-            the backend resolves to ``"triton"`` and the widths fit (``glai_kernels.fused``), and through the
+            the backend resolves to ``"triton"`` and the widths fit (``glai_kernels.dispatch``), and through the
             per-layer path (``nn.Linear`` + ReLU in the structural phase) otherwise; ``True`` forces it (a
             ValueError names the limit where it cannot); ``False`` never takes it.
         dropout: inverted dropout on the hidden activations, one rate or one per hidden layer, in ``[0, 1)``:

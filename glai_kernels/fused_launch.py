@@ -1,6 +1,6 @@
 """Host side of the fused kernels: allocate the outputs, pick the launch, launch. One launch a function.
 
-Shapes are trusted here (``glai_kernels.fused`` validates them once per signature); strides are honoured,
+Shapes are trusted here (``glai_kernels.dispatch`` validates them once per signature); strides are honoured,
 operands are read in place. ``config`` overrides the dispatch table's configuration (:func:`resolved_config`); ``out`` passes
 preallocated outputs (tests fill them with NaN first, so an element a kernel forgets to write fails).
 

@@ -1,7 +1,7 @@
 """What the fused path keeps per call signature: the verdict that it runs there, and its launches.
 
-``glai_kernels.fused`` checks a call in full once per signature and keeps a :class:`FusedPlan`. The plan builds
-each launch (``fused_launch.Forward``, ``GradData``, ``GradWeights``) from the tensors of the first step that
+The front door (``glai_kernels.dispatch``) checks a call in full once per signature and keeps a
+:class:`FusedPlan`. The plan builds each launch (``fused_launch.Forward``, ``GradData``, ``GradWeights``) from the tensors of the first step that
 runs it, and keeps it. That is sound because the signature fixes the shape and strides of every operand a launch
 sees: the casts under autocast and the flattening of leading dimensions give the same layout for the same
 signature, and the outputs a launch allocates are row-major every time. Later steps allocate the outputs and

@@ -1,5 +1,5 @@
 """The dispatch table of the fused head path: per architecture, dot precision and mode, the widest hidden layer
-the fused kernels take and the chain configuration they run with. The dispatcher (``glai_kernels.fused``), the
+the fused kernels take and the chain configuration they run with. The dispatcher (``glai_kernels.dispatch``), the
 build-time check of ``glai.GLAIMLP``, the launches (``fused_launch``), the lowering test and
 ``glai-autotune --dispatch`` all read this one table, so what runs and what is proven cannot drift apart.
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from _gpu_check_run import ROOT, SCRIPT, _env, _lines, _run, per_layer_ops
 
-from bench import gpu_report
-from bench.gpu import cli, count, headline, journal, plan, report, steps
+from bench import gpu_report, harness, head_step
+from bench.gpu import cli, count, headline, journal, plan, steps, tables
 from bench.gpu.target import Replay
 
 
@@ -117,7 +117,7 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
     assert lines[-1]["complete"] and lines[-1]["exit_status"] == 0
     planned = [c for s in lines[1]["sections"] for c in s["cases"]]
     body = lines[2:-1]
-    assert {r["case"] for r in body} == set(planned) and not report.missing(lines)
+    assert {r["case"] for r in body} == set(planned) and not tables.missing(lines)
     order = [plan.SECTIONS.index(r["section"]) for r in body]
     assert order == sorted(order), "sections ran out of order"
     for r in body:
@@ -158,7 +158,7 @@ def test_dry_run_writes_every_planned_case_in_order(dry_run):
 
     fused_missing = "fused" not in inspect.signature(GLAIMLP).parameters
     top = headline.points(plan.DRY)
-    for variant in steps.VARIANTS:
+    for variant in head_step.VARIANTS:
         mine = [r for r in body if r["what"] == variant.name]
         heads = set(plan.head_points("dry")) | (set(top) if variant.short in headline.VARIANTS else set())
         assert sorted(r["shape"] + r["dtype"] for r in mine) == sorted(p.label + p.dtype for p in heads)
@@ -219,8 +219,8 @@ def test_stdout_of_a_full_gpu_run_stays_small():
             elif section.name in ("headline", "steps", "compiled"):
                 rec.update(kind="step", value=123.456, floor_ms=12.345)
             records.append(rec)
-    table = report.terminal(records) + report.headline(records, "headline")
-    table += report.headline(records, "headline-kernels")
+    table = tables.terminal(records) + tables.headline(records, "headline")
+    table += tables.headline(records, "headline-kernels")
     others = 4 * 160 + len(plan.SECTIONS) * 90 + 200  # preflight lines, section lines, the closing line
     assert len(table) + others < 6000, f"{len(table)} characters of table"
 
@@ -269,9 +269,9 @@ def test_killed_run_keeps_every_line_written_before(tmp_path):
             assert rc == 128 + signal.SIGTERM, proc.stderr.read()
             assert lines[-1]["kind"] == "summary" and lines[-1]["complete"] is False
             assert lines[-1]["signal"] == signal.SIGTERM
-        status = "\n".join(report.status_lines(lines))
+        status = "\n".join(tables.status_lines(lines))
         assert "INCOMPLETE" in status and "missing from" in status
-        assert sum(len(v) for v in report.missing(lines).values()) == planned - len(
+        assert sum(len(v) for v in tables.missing(lines).values()) == planned - len(
             {r.get("case") for r in lines[2:] if r.get("case")}
         )
 
@@ -351,9 +351,9 @@ def test_fused_variants_run_once_glaimlp_takes_fused(ops, monkeypatch):
     for refuse in (False, True):
         WithFused.refuse, asked[:] = refuse, []
         lines = []
-        for variant in steps.VARIANTS:
+        for variant in head_step.VARIANTS:
             if variant.model == "glai":
-                assert steps.unavailable(variant) is None
+                assert head_step.unavailable(variant) is None
                 case = steps.step_case(Dry(), variant, point, {"memory_gbps": 1.0})
                 case.fn(lambda kind="check", ok=True, **f: lines.append({"kind": kind, "ok": ok, **f}))
         assert asked == [False, False, False, True, True, True, True]  # the last: the compiled fused head
@@ -383,7 +383,7 @@ def test_count_compiles_replays_the_gpu_plan():
     out = res.stdout
     # the MLP baselines at every compiled head, and the two GLAI models compiled against themselves eager
     heads = set(plan.compiled_points("subset")) | set(headline.points(plan.GPU))
-    compiled = len(heads) * sum(1 for v in steps.VARIANTS if v.compile) + 3
+    compiled = len(heads) * sum(1 for v in head_step.VARIANTS if v.compile) + 3
     assert f"{compiled} torch.compile builds" in out, out
     for kernel in ("gate_kernel", "masked_matmul_kernel", "weight_grad_kernel", "fused_forward_kernel",
                    "fused_grad_data_kernel", "fused_grad_weights_kernel"):  # fmt: skip
@@ -401,7 +401,7 @@ def test_report_of_a_dry_run(dry_run, tmp_path, capsys):
     assert gpu_report.main([str(path), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "## Kernels against cuBLAS" in out and "## Training steps of a head" in out
-    rows = gpu_report.harness.read_csv(tmp_path / "microbench.csv")
+    rows = harness.read_csv(tmp_path / "microbench.csv")
     device = _lines(path)[0]["gpu"]
     assert {r["provider"] for r in rows} == {"triton", "cublas", "torch"} and {r["device"] for r in rows} == {
         device
@@ -414,7 +414,7 @@ def test_report_of_a_dry_run(dry_run, tmp_path, capsys):
         "gemm",
         "copy",
     }
-    heads = gpu_report.harness.read_csv(tmp_path / gpu_report.HEAD_CSV)
+    heads = harness.read_csv(tmp_path / harness.HEAD_CSV)
     assert {r["provider"] for r in heads} == {r["variant"] for r in _lines(path) if r.get("kind") == "step"}
     assert {"eager", "q-cache", "q-struct", "struct", "c-dflt", "c-ro"} <= {r["provider"] for r in heads}
     assert len(list((tmp_path / "plots").glob("*.png"))) == 2 * 3 + 1

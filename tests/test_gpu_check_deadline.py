@@ -13,7 +13,7 @@ import pytest
 import torch
 from _gpu_check_run import ROOT, SCRIPT, _env, _lines, _run, per_layer_ops
 
-from bench.gpu import cli, failures, headline, journal, plan, preflight, report
+from bench.gpu import cli, failures, headline, journal, plan, preflight, tables
 from glai_kernels import fused_table
 
 
@@ -46,7 +46,7 @@ def test_plan_starts_every_headline_case_in_the_first_third_of_the_budget():
     assert all(p.batch >= 16384 for p in headline.points(plan.GPU))
     default = [c["case"] for c in cases if c["section"] == "default-path"]
     assert any(f"float32 B16384 512-{fp32}x2" in c for c in default), default
-    text = report.plan_text(cases, got["budget_s"], plan.DEFAULT_DEADLINE_S, plan.PREFLIGHT_S, [])
+    text = tables.plan_text(cases, got["budget_s"], plan.DEFAULT_DEADLINE_S, plan.PREFLIGHT_S, [])
     assert all(c["case"] in text for c in top) and "steps:" in text and len(text) < 6000
 
 
@@ -180,7 +180,7 @@ def test_driver_version_without_torch_internals(monkeypatch):
 def test_precision_sets_tf32_through_the_api_torch_reads():
     """After the new ``fp32_precision`` API was used (the tuner does), the legacy flag may not be read: the
     switch uses the new API where it exists, and the kernels' own reading follows it."""
-    from bench.gpu.kernels import precision
+    from bench.dtypes import precision
     from glai_kernels.runtime import torch_dot_precision
 
     matmul = torch.backends.cuda.matmul

@@ -205,7 +205,7 @@ def _checks(args, only, journal: Journal, run: Run, info: dict) -> int:
         echo(f"{PROG}: preflight done in {run.elapsed():.1f} s; budget {run.budget_s:.0f} s from now, deadline "
              f"{args.deadline_s:g} s from the start; results: {journal.path}")  # fmt: skip
     run.start_budget()
-    from bench.gpu import report
+    from bench.gpu import tables
     from bench.gpu import target as targets
 
     target = targets.make("dry" if args.dry_run else "cuda")
@@ -224,7 +224,7 @@ def _checks(args, only, journal: Journal, run: Run, info: dict) -> int:
         for section in sections:
             run.run_section(section)
             if section.name in plan.HEADLINE_SECTIONS[1:]:  # printed now: a run cut short still shows it
-                _echo_table(lambda: report.headline(journal.lines, section.name))
+                _echo_table(lambda: tables.headline(journal.lines, section.name))
     except Interrupted as exc:
         stopped = exc.signum
         echo(f"\n{PROG}: stopped by signal {stopped}; every line before this one is in {journal.path}")
@@ -238,7 +238,7 @@ def _checks(args, only, journal: Journal, run: Run, info: dict) -> int:
             deadline_s=args.deadline_s)))  # fmt: skip
         run.finished = True
         echo()
-        _echo_table(lambda: report.terminal(journal.lines))
+        _echo_table(lambda: tables.terminal(journal.lines))
         _closing(run, journal, args, table=False)
     return status
 
@@ -254,10 +254,10 @@ def _echo_table(make) -> None:
 
 def _closing(run, journal, args, table: bool = True) -> None:
     """The last lines: the status lines (the watchdog prints them; a whole run prints the full table first)."""
-    from bench.gpu import report
+    from bench.gpu import tables
 
     if table:
-        _echo_table(lambda: "\n".join(report.status_lines(journal.lines)))
+        _echo_table(lambda: "\n".join(tables.status_lines(journal.lines)))
     results = " --results DIR" if args.dry_run else ""  # a dry run's rows never go to bench/results unasked
     echo(f"{PROG}: {journal.path}; tables, CSV, plots: python -m bench.gpu_report {journal.path}{results}")
 
@@ -268,7 +268,7 @@ def _raise(signum, frame):
 
 def count_compiles(args, only) -> int:
     start = time.perf_counter()
-    from bench.gpu import count, report
+    from bench.gpu import count, tables
     from bench.gpu import target as targets
 
     try:
@@ -290,7 +290,7 @@ def count_compiles(args, only) -> int:
             echo(json.dumps({"budget_s": round(budget, 1), "deadline_s": args.deadline_s,
                              "preflight_s": plan.PREFLIGHT_S, "cases": rows, "crashes": crashes}))  # fmt: skip
         else:
-            echo(report.plan_text(rows, budget, args.deadline_s, plan.PREFLIGHT_S, crashes))
+            echo(tables.plan_text(rows, budget, args.deadline_s, plan.PREFLIGHT_S, crashes))
         return 1 if crashes else 0
     result = count.replay(sections, target)
     echo(count.render(result, args.grid))

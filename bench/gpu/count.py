@@ -1,7 +1,7 @@
 """How much a GPU run will compile: the plan replayed on meta tensors with every launch and compile stubbed.
 
-Each Triton launch of the per-layer kernels goes through ``per_layer_launch.launch(kernel, plan, tma, device,
-args)``, and each of the fused head path through ``fused_launch.launch(kernel, grid, cfg, device, *args,
+Each Triton launch of the per-layer kernels goes through ``per_layer_launch.launch_plan(kernel, plan, tma, device,
+args)``, and each of the fused head path through ``fused_launch.launch_fused(kernel, grid, cfg, device, *args,
 **constexprs)``; both are called directly outside ``torch.compile``, meta tensors included. The replay swaps
 them for recorders and keeps, per launch, what Triton 3.6 specialises a compiled kernel on:
 

@@ -20,9 +20,10 @@ import copy
 
 import torch
 
+from bench.dtypes import DTYPES, precision
 from bench.gpu import configs
 from bench.gpu.journal import Case
-from bench.gpu.kernels import DTYPES, TOL, precision
+from bench.gpu.kernels import TOL
 
 PHASES = ("structural", "structure", "cache")  # structural phase; frozen, patterns from S; frozen, given
 # Heads checked: a narrow odd one (every width, input and output padded, several output tiles) and a wide one

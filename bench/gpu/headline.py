@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from bench.gpu import fused, kernels, steps
 from bench.gpu.journal import Case
+from bench.head_step import VARIANTS as STEP_VARIANTS
+from bench.head_step import Point
 
 # The headline's columns, in this order: the eager MLP is the baseline of the others' speedups.
 VARIANTS = ("eager", "f-qcache", "c-dflt", "c-ro", "c-glai")
@@ -33,10 +35,7 @@ def widest_fused_width(dtype: str) -> int:
 def points(sizes) -> list:
     """The headline heads: ``sizes.headline`` with a width of None read as the widest fused width (bf16)."""
     batch, in_f, widths, depth, out_f = sizes.headline
-    return [
-        steps.Point("bfloat16", batch, in_f, w or widest_fused_width("bfloat16"), depth, out_f)
-        for w in widths
-    ]
+    return [Point("bfloat16", batch, in_f, w or widest_fused_width("bfloat16"), depth, out_f) for w in widths]
 
 
 def default_path_cases(target, sizes, first: bool = True) -> list[Case]:
@@ -57,7 +56,7 @@ def default_path_cases(target, sizes, first: bool = True) -> list[Case]:
 
 def step_cases(target, sizes, state: dict) -> list[Case]:
     """The memory rate (the steps' floors), then every headline variant at every headline head."""
-    by_short = {v.short: v for v in steps.VARIANTS}
+    by_short = {v.short: v for v in STEP_VARIANTS}
     cases = [kernels.memory_rate_case(target, sizes.copy_elements, state)]
     for point in points(sizes):
         cases += [steps.step_case(target, by_short[s], point, state) for s in VARIANTS]

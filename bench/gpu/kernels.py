@@ -10,46 +10,22 @@ weight gradient), medians of ``do_bench``, in TFLOP/s of :mod:`glai_kernels.cost
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 
+from bench.dtypes import DTYPES, precision
 from bench.gpu import configs
 from bench.gpu.journal import Case
 
 KERNELS = ("gate", "masked_forward", "masked_forward_ungated", "backward_data", "backward_weights")
 TIMED = ("gate", "masked_forward", "backward_data", "backward_weights")
 TOL = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 1e-2}
-DTYPES = {
-    "float32": torch.float32,
-    "tf32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 CUBLAS = {
     "gate": "F.linear(x, W)",
     "masked_forward": "F.linear(x, W)",
     "backward_data": "g @ W",
     "backward_weights": "g^T @ h",
 }
-
-
-@contextmanager
-def precision(label: str):
-    """fp32 products under TF32 for ``label == "tf32"`` (PyTorch's switch, which the kernels follow too).
-
-    torch >= 2.9 has ``fp32_precision``; its legacy ``allow_tf32`` raises when read once the new API was used
-    (the tuner uses it), so the new one is set where it exists and the legacy one only on older torch."""
-    matmul = torch.backends.cuda.matmul
-    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
-    prev = getattr(matmul, name)
-    tf32 = label == "tf32"
-    setattr(matmul, name, ("tf32" if tf32 else "ieee") if name == "fp32_precision" else tf32)
-    try:
-        yield
-    finally:
-        setattr(matmul, name, prev)
 
 
 class Operands:

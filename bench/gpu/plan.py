@@ -14,10 +14,9 @@
 
 ``--plan`` prints this order with each case's estimated start (``bench/gpu/count.py``'s per-unit times); a
 test holds every headline case to the first third of the default budget. Sizes differ between the GPU and the
-dry run; the plan does not. The head grid of the training steps:
+dry run; the plan does not. The heads of the training steps, all from the grid of ``bench/head_step.py``:
 
-- ``full``: widths 32, 64, 128, 256 x depth 2, 3 x in_features 64, 512 x out_features 10, 128 x batch 1024,
-  16384, 131072 in bf16 (96 heads), plus one fp16 and one TF32 head; every variant at every head. Its
+- ``full``: that whole grid (96 bf16 heads, plus one fp16 and one TF32 head); every variant at every head. Its
   compiled baselines alone are about 300 ``torch.compile`` builds, most of an hour (``--count-compiles --grid
   full``).
 - ``subset`` (the default): the eager and GLAI variants at every width and batch for one input and output
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 
 from bench.gpu.fused import DRY_HEADS, DRY_STEP_HEAD, GPU_HEADS, GPU_STEP_HEAD
 from bench.gpu.journal import Section
+from bench.head_step import OTHER_DTYPES, VARIANTS, Point, grid_points
 
 SECTIONS = ("default-path", "headline", "headline-kernels", "correctness", "determinism", "kernels", "steps",
             "compiled")  # fmt: skip
@@ -101,24 +101,14 @@ KERNEL_DTYPES = ("bfloat16", "float16", "tf32")
 
 
 def head_points(grid: str) -> list:
-    from bench.gpu.steps import Point
-
     if grid == "dry":
         return [
             Point("bfloat16", 19, 24, 16, 2, 10),
             Point("float16", 19, 24, 16, 3, 10),
             Point("tf32", 19, 24, 16, 2, 10),
         ]
-    odd = [Point("float16", 16384, 512, 128, 2, 10), Point("tf32", 16384, 512, 128, 2, 10)]
     if grid == "full":
-        return [
-            Point("bfloat16", b, i, w, d, o)
-            for w in (32, 64, 128, 256)
-            for d in (2, 3)
-            for i in (64, 512)
-            for o in (10, 128)
-            for b in (1024, 16384, 131072)
-        ] + odd
+        return grid_points()
     if grid != "subset":
         raise ValueError(f"unknown head grid {grid!r}; expected one of {GRIDS}")
     corners = [
@@ -126,12 +116,10 @@ def head_points(grid: str) -> list:
         Point("bfloat16", 16384, 64, 128, 2, 10),
         Point("bfloat16", 16384, 512, 128, 2, 128),
     ]
-    return _main_subset() + corners + odd
+    return _main_subset() + corners + list(OTHER_DTYPES)
 
 
 def _main_subset() -> list:
-    from bench.gpu.steps import Point
-
     return [Point("bfloat16", b, 512, w, 2, 10) for w in (32, 64, 128, 256) for b in (1024, 16384, 131072)]
 
 
@@ -149,8 +137,6 @@ def variants_at(point, grid: str, variants) -> list:
 
 
 def compiled_points(grid: str) -> list:
-    from bench.gpu.steps import Point
-
     if grid == "full":
         return head_points("full")
     if grid == "dry":
@@ -168,8 +154,8 @@ def build(target, ops, ref, sizes: Sizes, grid: str, state: dict, only=SECTIONS,
     kept in the plan but recorded as skipped."""
     from bench.gpu import fused, headline, kernels, steps
 
-    eager = [v for v in steps.VARIANTS if not v.compile]
-    compiled = [v for v in steps.VARIANTS if v.compile]
+    eager = [v for v in VARIANTS if not v.compile]
+    compiled = [v for v in VARIANTS if v.compile]
     width, batch = sizes.model
     make = {
         "default-path": lambda: headline.default_path_cases(target, sizes),

@@ -1,170 +1,40 @@
-"""Training steps of a classification head: the plain MLP (eager and compiled) against the GLAI variants.
+"""The GPU check's training-step cases: the head step of :mod:`bench.head_step` timed on the run's target.
 
-A step is the whole step a user runs: ``zero_grad``, forward, cross-entropy, backward, ``Adam(foreach=True)``
-(the same optimizer for every variant). A variant is one entry of :data:`VARIANTS`; an entry that needs a
-keyword ``GLAIMLP`` does not take (the fused head path's ``fused=``) is recorded as skipped, never run.
-
-Bytes: ``min_bytes`` is the least a step can move through device memory whatever the implementation: the
-input and the labels read once, every parameter and both Adam moments read and written once, plus what the
-variant needs besides (the cached pattern words, or the frozen structure's weights). Activations and gradients
-are not counted: a fused step could keep them on chip. ``floor_ms`` is that over the copy rate measured in
-the same run; ``pct_of_floor`` how close the step comes to it.
+The step, its variants, optimizer (Adam), byte floor and FLOPs are :mod:`bench.head_step`'s, shared with the
+CPU benchmarks. A variant that needs a keyword ``GLAIMLP`` does not take (the fused head path's ``fused=``) is
+recorded as skipped, never run. ``floor_ms`` is the step's byte floor over the copy rate measured in the same
+run; ``pct_of_floor`` how close the step comes to it.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from bench import head_step
+from bench.dtypes import DTYPES, precision
 from bench.gpu import configs
 from bench.gpu.journal import Case
-from bench.gpu.kernels import DTYPES, precision
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way to run a training step. ``model``: "mlp" or "glai"; GLAI: ``phase`` "structural" or
-    "quantitative", ``patterns`` "cached" (computed once, passed in) or "structure" (each step), ``fused``
-    False for the per-layer kernels and True for the fused head path; ``compile``: a torch.compile mode."""
-
-    name: str  # as recorded in the JSONL
-    short: str  # a table column and a CSV provider
-    model: str
-    phase: str | None = None
-    patterns: str | None = None
-    fused: bool | None = None
-    compile: str | None = None
-
-
-# fmt: off
-VARIANTS = (
-    Variant("mlp eager", "eager", "mlp"),
-    Variant("glai per-layer, quantitative, cached patterns", "q-cache", "glai", "quantitative", "cached",
-            False),
-    Variant("glai per-layer, quantitative, patterns from structure", "q-struct", "glai", "quantitative",
-            "structure", False),
-    # The structural phase without the fused path is the ReLU MLP S in PyTorch: the MLP step, plus the model.
-    Variant("glai structural, not fused", "struct", "glai", "structural", None, False),
-    Variant("glai fused, structural", "f-struct", "glai", "structural", None, True),
-    Variant("glai fused, quantitative, cached patterns", "f-qcache", "glai", "quantitative", "cached", True),
-    Variant("glai fused, quantitative, patterns from structure", "f-qstruct", "glai", "quantitative",
-            "structure", True),
-    # The eager MLP timed again after the others: the ratio of the two is the timing noise of that head.
-    Variant("mlp eager, timed again", "eager2", "mlp"),
-    Variant("mlp torch.compile default", "c-dflt", "mlp", compile="default"),
-    Variant("mlp torch.compile reduce-overhead", "c-ro", "mlp", compile="reduce-overhead"),
-    Variant("glai fused, quantitative, cached patterns, torch.compile default", "c-glai", "glai",
-            "quantitative", "cached", True, compile="default"),
-)
-# fmt: on
-
-
-@dataclass(frozen=True)
-class Point:
-    """A head ``in_f -> width x depth -> out_f`` at ``batch`` rows in ``dtype`` ("tf32": fp32 under TF32)."""
-
-    dtype: str
-    batch: int
-    in_f: int
-    width: int
-    depth: int
-    out_f: int
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return (self.in_f, *(self.width,) * self.depth, self.out_f)
-
-    @property
-    def label(self) -> str:
-        return f"B{self.batch} {self.in_f}-{self.width}x{self.depth}-{self.out_f}"
-
-
-def unavailable(variant: Variant) -> str | None:
-    """Why the variant cannot run with this GLAIMLP, or None. Decided from the signature alone."""
-    if variant.fused:
-        from glai.nn import GLAIMLP
-
-        if "fused" not in inspect.signature(GLAIMLP).parameters:
-            return "unavailable: GLAIMLP takes no fused= keyword (no fused head path in this checkout)"
-    return None
-
-
-def _glai_kwargs(variant: Variant) -> dict:
-    from glai.nn import GLAIMLP
-
-    if "fused" in inspect.signature(GLAIMLP).parameters:
-        return {"fused": bool(variant.fused)}
-    return {}
-
-
-def mlp(widths, device, dtype) -> torch.nn.Sequential:
-    layers = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(torch.nn.Linear(a, b, device=device, dtype=dtype))
-        if i < len(widths) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers)
-
-
-def min_bytes(point: Point, variant: Variant) -> int:
-    from glai_kernels.layout import words_for
-
-    size = DTYPES[point.dtype].itemsize
-    layers = list(zip(point.widths[:-1], point.widths[1:]))
-    params = sum(a * b + b for a, b in layers)
-    total = point.batch * point.in_f * size + point.batch * 8 + 6 * params * size
-    if variant.model == "glai" and variant.phase == "quantitative":
-        if variant.patterns == "cached":
-            total += point.batch * sum(words_for(point.width) for _ in range(point.depth)) * 4
-        else:
-            total += sum(a * b + b for a, b in layers[:-1]) * size
-    return total
+from bench.head_step import VARIANTS, Point, Variant
 
 
 def build(target, variant: Variant, point: Point, seed: int = 0):
-    """``(step, model)``: one training step of ``variant`` at ``point``, ready to call."""
-    dtype, dev = DTYPES[point.dtype], target.device
+    """``(step, model)``: one training step of ``variant`` at ``point`` on ``target``, ready to call."""
     gen = target.generator(seed)
-    x = target.randn(point.batch, point.in_f, dtype=dtype, gen=gen)
+    x = target.randn(point.batch, point.in_f, dtype=DTYPES[point.dtype], gen=gen)
     y = target.randint(point.out_f, point.batch, gen=gen)
     torch.manual_seed(seed)
-    if variant.model == "mlp":
-        model = mlp(point.widths, dev, dtype)
-    else:
-        from glai.nn import GLAIMLP
-
-        model = GLAIMLP(point.in_f, point.width, point.out_f, depth=point.depth, backend=target.backend,
-                        device=dev, dtype=dtype, **_glai_kwargs(variant))  # fmt: skip
-        if variant.phase == "quantitative":
-            model.freeze()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-    cached = model.patterns(x) if variant.patterns == "cached" else None
-
-    def loss(a, b):
-        return F.cross_entropy(model(a) if cached is None else model(a, cached), b)
-
-    if variant.compile:
-        loss = target.compile(
-            loss, variant.compile, key=(variant.model, point.widths, point.dtype, point.batch)
-        )
-    graphs = variant.compile == "reduce-overhead" and target.kind == "cuda"
-
-    def step():
-        if graphs:  # a new step: CUDA-graph outputs of the previous one may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
-        opt.zero_grad(set_to_none=True)
-        loss(x, y).backward()
-        opt.step()
-
-    return step, model
+    model = head_step.model(variant, point, target.device, target.backend)
+    cached = head_step.patterns(model, variant, x)
+    key = (variant.model, point.widths, point.dtype, point.batch)
+    run = head_step.make_step(
+        model, variant, compile=lambda fn, mode: target.compile(fn, mode, key=key),
+        graphs=variant.compile == "reduce-overhead" and target.kind == "cuda",
+    )  # fmt: skip
+    return (lambda: run(x, y, cached)), model
 
 
 def step_case(target, variant: Variant, point: Point, state: dict) -> Case:
-    from glai_kernels import costs
-
     def measure(emit):
         with precision(point.dtype):
             try:
@@ -181,10 +51,10 @@ def step_case(target, variant: Variant, point: Point, state: dict) -> Case:
                 step()
             target.sync()
             ms = target.time_loop(step)
-        nbytes = min_bytes(point, variant)
+        nbytes = head_step.min_bytes(point, variant)
         gbps = state.get("memory_gbps")
         floor = nbytes / (gbps * 1e6) if gbps else None
-        flops = costs.train_step_flops(point.batch, point.widths)
+        flops = head_step.flops(point)
         config, source = configs.summary(seen)
         emit("step", value=ms[0], unit="ms", p20=ms[1], p80=ms[2], first_call_s=first,
              tflops=flops / ms[0] / 1e9, min_bytes=nbytes, floor_ms=floor,
@@ -202,7 +72,9 @@ def step_case(target, variant: Variant, point: Point, state: dict) -> Case:
             target.release()
 
     base = {"what": variant.name, "shape": point.label, "dtype": point.dtype}
-    return Case(f"step {variant.short} {point.dtype} {point.label}", run, base, unavailable(variant))
+    return Case(
+        f"step {variant.short} {point.dtype} {point.label}", run, base, head_step.unavailable(variant)
+    )
 
 
 def gradient_determinism_case(target, width: int, batch: int) -> Case:
