@@ -1,8 +1,9 @@
-"""Backend choice, in one function.
+"""The backend names, and which one a device resolves to (the front door, ``glai_kernels.dispatch``, asks).
 
-``"torch"`` is the PyTorch reference (any device, any float dtype). ``"triton"`` runs the fused kernels on CUDA
-tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``). ``"auto"`` takes Triton for CUDA
-tensors when its kernels import, and the reference otherwise.
+``"torch"`` is the PyTorch reference (any device, any float dtype). ``"triton"`` runs the Triton kernels (the
+fused path where the front door's rule allows, else the per-layer one) on CUDA tensors, or on CPU tensors under
+Triton's interpreter (``TRITON_INTERPRET=1``). ``"auto"`` takes Triton for CUDA tensors when its kernels import,
+and the reference otherwise.
 """
 
 from __future__ import annotations

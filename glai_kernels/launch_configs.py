@@ -1,8 +1,9 @@
 """Which launch configuration each kernel launch uses, and where it came from: ``config_for`` and
 ``launch_config``.
 
-Part of the second layer of the tuning code (see :mod:`glai_kernels.tuning`): it reads the space and defaults
-and the persistent cache (:mod:`.tuning_cache`), and nothing above them. It answers from an in-memory memo:
+The last of the three tuning modules a launch reads (see :mod:`glai_kernels.tuning`): it reads the space and
+defaults and the persistent cache (:mod:`.tuning_cache`), and the runtime facts (:mod:`.runtime`). The lookup
+order, described here and only here, answered from an in-memory memo:
 
 1. under Triton's interpreter, one small fixed configuration;
 2. the configuration ``glai-autotune`` measured on this GPU for the shape bucket of ``(M, N, K)``, from the

@@ -1,4 +1,5 @@
-"""The ``"triton"`` backend: host side of the kernels in ``glai_kernels.kernels``.
+"""The per-layer path's Triton ops (the ``"triton"`` backend of ``per_layer.GLAIStackFunction``): host side of
+the per-layer kernels in ``glai_kernels.kernels``.
 
 ``gate``, ``masked_forward``, ``backward_data`` and ``backward_weights`` have the signatures and semantics of
 their twins in ``glai_kernels.reference`` (read their docstrings), plus two keywords:

@@ -7,14 +7,17 @@ A leaf: it imports neither Triton nor any other module of the package, so every 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
 
+@functools.cache
 def interpreting() -> bool:
-    """True when Triton's CPU interpreter is switched on for this process (``TRITON_INTERPRET``). Triton reads
-    the same variable when a kernel is defined, so it must be set before ``glai_kernels`` imports its kernels."""
+    """True when Triton's CPU interpreter is switched on for this process (``TRITON_INTERPRET``). Read once, at
+    the first question: Triton reads the same variable when it defines a kernel, so a later change would not
+    take effect anyway (and reading the environment costs a microsecond, asked at every launch)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -1,7 +1,7 @@
 """The persistent autotuning cache: tuned launch configurations per GPU, Triton version and kernel source.
 
-Part of the second layer of the tuning code (see :mod:`glai_kernels.tuning`) with :mod:`.launch_configs`, which
-reads it; it reads only the first layer.
+What a launch reads, second of the three tuning modules (see :mod:`glai_kernels.tuning`): it imports only
+``tuning``, and :mod:`.launch_configs` reads it; ``tools.tuner`` writes it.
 
 One JSON file per GPU model and Triton version, ``<root>/autotune/<gpu>--triton-<version>.json``, where
 ``<root>`` is ``$GLAI_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/glai``, else ``~/.cache/glai``::
