@@ -56,7 +56,7 @@ def _config(device: torch.device, dtype: torch.dtype) -> dict:
     where set, overrides it for every dtype)."""
     cfg = _CONFIGS.get(device)
     if cfg is None:
-        key = (device, dtype, runtime.dot_precision(dtype))
+        key = (device, dtype, runtime.launch_precision(dtype))
         cfg = _CONFIGS.get(key)
         if cfg is None:
             cfg = _CONFIGS[key] = fused_config.fused_defaults(runtime.capability_key(device), dtype, key[2])
@@ -99,7 +99,7 @@ def _memo(key, config, build):
     caller's ``config`` is never remembered."""
     if config is not None:
         return build()
-    key = (*key, runtime.dot_precision(torch.float32))  # float32's configuration follows the TF32 setting
+    key = (*key, runtime.launch_precision(torch.float32))  # float32's configuration follows the TF32 setting
     found = _STATIC.get(key)
     if found is None:
         found = remember_bounded(_STATIC, key, build())
@@ -169,7 +169,7 @@ class Forward:
             fused_forward_kernel, self.grid, self.cfg, self.device,
             x, y, *self.sizes, *y_strides, tuple(weights), *self.w_strides, b_ptrs, self.b_strides,
             tuple(hidden), *h_strides, tuple(words), *p_strides, tuple(s_w), *self.sw_strides, sb_ptrs,
-            self.sb_strides, staging, *self.st_strides, PRECISION=runtime.dot_precision(self.dtype), seed_ptr=seed,
+            self.sb_strides, staging, *self.st_strides, PRECISION=runtime.launch_precision(self.dtype), seed_ptr=seed,
             **self.constexprs,
         )  # fmt: skip
         return y, hidden, words
@@ -197,7 +197,7 @@ def _forward_static(key, config) -> dict:
     constexprs = dict(
         HIDDEN=hidden_n, PAD=pad, HAS_B=tuple(not n for n in no_bias), S_HIDDEN=s_n, S_PAD=s_pad,
         S_HAS_B=tuple(not n for n in s_no_bias), MODE=mode, REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=chunk, WORD_BITS=WORD_BITS, UPCAST=runtime.interpreting(),
+        BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=chunk, WORD_BITS=WORD_BITS, UPCAST=runtime.kernels_interpreted(),
         **drop_constexprs(rates, len(hidden_n)),
     )  # fmt: skip
     staging = tuple(n if mode == FROM_STRUCTURE and padded(n) > chunk else 0 for n in s_n)
@@ -242,7 +242,7 @@ class GradData:
         launch_fused(
             fused_grad_data_kernel, self.grid, self.cfg, self.device,
             dy, dx if need_dx else dy, *self.sizes, *dy.stride(), *dx_strides, tuple(weights), *self.w_strides,
-            tuple(words), *self.p_strides, tuple(g), *g_strides, PRECISION=runtime.dot_precision(self.dtype),
+            tuple(words), *self.p_strides, tuple(g), *g_strides, PRECISION=runtime.launch_precision(self.dtype),
             seed_ptr=seed, **self.constexprs,
         )  # fmt: skip
         return grads, dx
@@ -264,7 +264,7 @@ def _grad_data_static(key, config) -> dict:
     constexprs = dict(
         HIDDEN=hidden_n, PAD=pad, LOWEST=lowest, NEED_DX=need_dx, REDUCTION=reduction, BLOCK_M=cfg["BLOCK_M"],
         BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"], CHUNK=fused_config.chunk_for(cfg, pad),
-        WORD_BITS=WORD_BITS, UPCAST=runtime.interpreting(), **drop_constexprs(rates, len(hidden_n)),
+        WORD_BITS=WORD_BITS, UPCAST=runtime.kernels_interpreted(), **drop_constexprs(rates, len(hidden_n)),
     )  # fmt: skip
     return dict(cfg=cfg, constexprs=constexprs)
 
@@ -324,7 +324,7 @@ class GradWeights:
         launch_fused(
             fused_grad_weights_kernel, self.grid, self.cfg, self.device,
             g, *g_strides, tuple(inputs), *self.a_strides, dw, *dw_strides, db, db_strides, *self.sizes, ws,
-            self.st["ws_split"], counters, PRECISION=runtime.dot_precision(self.dtype), **self.constexprs,
+            self.st["ws_split"], counters, PRECISION=runtime.launch_precision(self.dtype), **self.constexprs,
         )  # fmt: skip
         return dws, dbs
 
@@ -353,7 +353,7 @@ def _grad_weights_static(key, config) -> dict:
         size += Ns[i] if i >= first and has_bias[i] else 0
     constexprs = dict(
         TILE_START=tuple(start), TILES_K=tiles_k, HAS_B=tuple(bool(has_bias[i]) and i >= first for i in range(L)),
-        SPLITS=splits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], UPCAST=runtime.interpreting(),
+        SPLITS=splits, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], UPCAST=runtime.kernels_interpreted(),
     )  # fmt: skip
     return dict(
         cfg=cfg, constexprs=constexprs, grid=(start[-1], splits), m_split=m_split, ws_dw=tuple(ws_dw),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from . import launch_configs, runtime, tuning
-from .kernels.tiles import grouped_tile
 from .layout import WORD_BITS
 from .signature import remember_bounded
 from .tuning import PARAMS
@@ -24,14 +23,6 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # a Triton before 3.4: the pointer main loop only
     TensorDescriptor = None
-try:
-    from triton.runtime.interpreter import InterpretedFunction
-except ImportError:  # a Triton without the interpreter: kernels are always compiled
-    InterpretedFunction = ()
-
-# Triton decides at kernel definition (import) time whether kernels are compiled or interpreted: whether it
-# did is checked by the GPU check's dry run (``runtime.interpreting`` says whether it should have).
-KERNELS_INTERPRETED = isinstance(grouped_tile, InterpretedFunction)
 LAUNCH_PLANS: dict = {}
 
 # The interpreter runs programs one after another: a persistent launch there gets a few programs, so each
@@ -76,7 +67,7 @@ def signature(op: str, config, extra, *tensors):
     if type(first) is not torch.Tensor:
         return None
     # fp32 products follow PyTorch's matmul precision setting, which may change between calls.
-    precision = runtime.dot_precision(first.dtype) if first.dtype is torch.float32 else None
+    precision = runtime.launch_precision(first.dtype) if first.dtype is torch.float32 else None
     key = (op, extra, precision, launch_configs.generation)
     for t in tensors:
         if t is None:
@@ -222,10 +213,10 @@ def choose_config(kernel, M, N, K, dtype, precision, config, device=None) -> tup
 
 
 def new_plan(op, M, N, K, dtype, device, config) -> Plan:
-    precision = runtime.dot_precision(dtype)
+    precision = runtime.launch_precision(dtype)
     cfg, source = choose_config(op, M, N, K, dtype, precision, config, device)
     plan = Plan(M, N, K, cfg, source, precision)
-    plan.constexprs = {"UPCAST": runtime.interpreting(), "PRECISION": precision}
+    plan.constexprs = {"UPCAST": runtime.kernels_interpreted(), "PRECISION": precision}
     return plan
 
 

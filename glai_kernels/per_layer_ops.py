@@ -45,7 +45,7 @@ from .kernels.masked_matmul import masked_matmul_kernel
 from .kernels.weight_grad import weight_grad_kernel
 from .layout import PATTERN_DTYPE, WORD_BITS, words_for
 from .per_layer_launch import check_launch_config  # noqa: F401  (part of this module's API)
-from .runtime import dot_precision  # noqa: F401  (the ops' interface: the tuner keys fp32 entries by it)
+from .runtime import launch_precision as dot_precision  # noqa: F401  (the ops' interface: the tuner keys fp32 entries by it)
 from .tuning import per_layer_splits
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -68,7 +68,7 @@ def _check_operands(op: str, tensors: dict) -> torch.Tensor:
             )
     if first.dtype not in KERNEL_DTYPES + (torch.float64,):
         raise TypeError(f"{op}: operands must be float32, float16, bfloat16 (or float64), got {first.dtype}")
-    if first.device.type != "cuda" and not runtime.interpreting() and first.device.type != "meta":
+    if first.device.type != "cuda" and not runtime.kernels_interpreted() and first.device.type != "meta":
         raise ValueError(
             f"{op}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1, set before import, for "
             f"Triton's CPU interpreter), got tensors on {first.device}; use the 'torch' backend there"

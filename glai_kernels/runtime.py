@@ -1,8 +1,9 @@
-"""Facts about where this process runs, one answer each: whether Triton's interpreter is on, ``tl.dot``'s
-precision for a dtype, a CUDA device's compute capability and multiprocessor count, and how a launch runs on the
-device its operands live on.
+"""Facts about where this process runs, one answer each: whether Triton's interpreter is asked for and whether
+our kernels were defined for it, ``tl.dot``'s precision for a dtype, a CUDA device's compute capability and
+multiprocessor count, and how a launch runs on the device its operands live on.
 
-A leaf: it imports neither Triton nor any other module of the package, so every layer can ask it.
+A leaf: it imports no other module of the package at import time (only :func:`kernels_interpreted` looks at a
+kernel, when first asked), and never Triton, so every layer can ask it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,24 @@ import os
 import torch
 
 
-@functools.cache
 def interpreting() -> bool:
-    """True when Triton's CPU interpreter is switched on for this process (``TRITON_INTERPRET``). Read once, at
-    the first question: Triton reads the same variable when it defines a kernel, so a later change would not
-    take effect anyway (and reading the environment costs a microsecond, asked at every launch)."""
+    """True when Triton's CPU interpreter is asked for (``TRITON_INTERPRET``), read now: whether CPU tensors may
+    take the Triton backend. Triton reads the same variable once, when it defines a kernel
+    (:func:`kernels_interpreted`), so it must be set before the kernels are imported."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def kernels_interpreted() -> bool:
+    """Whether Triton defined our kernels for its interpreter (fixed when they were imported; imports them): what
+    a launch's arguments must follow (fp32 operands and IEEE products there). False without Triton."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        from .kernels.tiles import grouped_tile
+    except ImportError:
+        return False
+    return isinstance(grouped_tile, InterpretedFunction)
 
 
 def torch_dot_precision(dtype: torch.dtype) -> str:
@@ -43,9 +56,17 @@ _allow_tf32 = getattr(torch._C, "_get_cublas_allow_tf32", None)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot``'s ``input_precision`` a launch uses for operands of ``dtype``: PyTorch's setting
-    (:func:`torch_dot_precision`), and ``"ieee"`` under the interpreter, whose operands are fp32."""
+    """``tl.dot``'s ``input_precision`` for operands of ``dtype`` as the dispatch rule and the lookup read it
+    before any kernel is imported: PyTorch's setting (:func:`torch_dot_precision`), and ``"ieee"`` when the
+    interpreter is asked for (:func:`interpreting`), whose operands are fp32."""
     return "ieee" if interpreting() else torch_dot_precision(dtype)
+
+
+def launch_precision(dtype: torch.dtype) -> str:
+    """:func:`dot_precision` as a launch passes it: the interpreter's ``"ieee"`` follows how the kernels were
+    defined (:func:`kernels_interpreted`, a constant once known, where the environment costs a microsecond a
+    read). The two agree unless ``TRITON_INTERPRET`` changed after the kernels were imported."""
+    return "ieee" if kernels_interpreted() else torch_dot_precision(dtype)
 
 
 _DEVICES: dict[int, tuple[tuple[int, int], int]] = {}

@@ -362,7 +362,7 @@ def test_ops_ask_config_for_with_their_dot_precision(monkeypatch):
         return real(kernel, M, N, K, dtype, precision, device)
 
     monkeypatch.setattr(launch_configs, "launch_config", spy)
-    monkeypatch.setattr(runtime, "dot_precision", lambda dtype: "tf32")
+    monkeypatch.setattr(runtime, "launch_precision", lambda dtype: "tf32")
     per_layer_launch.LAUNCH_PLANS.clear()  # plans made before are memoised with their own precision
     _run_all(seed=41)
     assert sorted(asked) == [

@@ -131,9 +131,10 @@ def test_batch_splits():
 # ----------------------------------------------------------------------------- layering
 # Each module may import only the modules listed for it (within glai_kernels), directly or lazily; every module
 # of the package is listed, so a new one states its place. ``kernels`` is the Triton kernels' folder.
-LEAVES = {"runtime", "layout", "signature", "fused_table", "dropout", "eager", "fallback", "first_order"}
+LEAVES = {"layout", "signature", "fused_table", "dropout", "eager", "fallback", "first_order"}
 LAYERS = {
     **{leaf: set() for leaf in LEAVES},
+    "runtime": {"kernels"},  # only to ask, once, whether Triton defined the kernels for its interpreter
     "checks": {"layout"},
     "costs": {"layout"},
     "backend": {"runtime"},

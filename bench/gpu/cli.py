@@ -182,12 +182,12 @@ def _checks(args, only, journal: Journal, run: Run, info: dict) -> int:
     if problem is None:
         problem = preflight.smoke(info)
     if problem is None:
-        from glai_kernels import backend, per_layer_launch, reference
+        from glai_kernels import backend, reference, runtime
 
         ops, ref = backend.per_layer_ops(), reference
         if ops is None:
             problem = f"the Triton kernels do not import here ({backend._triton_error})"
-        elif args.dry_run and not per_layer_launch.KERNELS_INTERPRETED:
+        elif args.dry_run and not runtime.kernels_interpreted():
             problem = (
                 "the kernels were imported before TRITON_INTERPRET was set: expected interpreted kernels"
             )
