@@ -3,7 +3,7 @@
 
 The last of the three tuning modules a launch reads (see :mod:`glai_kernels.tuning`): it reads the space and
 defaults and the persistent cache (:mod:`.tuning_cache`), and the runtime facts (:mod:`.runtime`). The lookup
-order, described here and only here, answered from an in-memory memo:
+order (CONTRIBUTING's autotuning section repeats it for users), answered from an in-memory memo:
 
 1. under Triton's interpreter, one small fixed configuration;
 2. the configuration ``glai-autotune`` measured on this GPU for the shape bucket of ``(M, N, K)``, from the
