@@ -24,6 +24,9 @@ try:
 except ImportError:  # a Triton before 3.4: the pointer main loop only
     TensorDescriptor = None
 LAUNCH_PLANS: dict = {}
+# A Parameter is a plain tensor to a launch: the weights of every training step are Parameters. Any other type
+# is a tensor subclass of some tracing mode (fake, functional), which goes through the custom op.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # The interpreter runs programs one after another: a persistent launch there gets a few programs, so each
 # walks several tiles, as on a GPU.
@@ -64,7 +67,7 @@ def signature(op: str, config, extra, *tensors):
     """The memo key of a call, or None when it has none (a non-tensor argument, an unhashable ``config``):
     such a call is checked in full and raises where it is wrong."""
     first = tensors[0]
-    if type(first) is not torch.Tensor:
+    if type(first) not in _PLAIN:
         return None
     # fp32 products follow PyTorch's matmul precision setting, which may change between calls.
     precision = runtime.launch_precision(first.dtype) if first.dtype is torch.float32 else None
@@ -72,7 +75,7 @@ def signature(op: str, config, extra, *tensors):
     for t in tensors:
         if t is None:
             key += (None,)
-        elif type(t) is torch.Tensor:
+        elif type(t) in _PLAIN:
             key += (t.shape, t.stride(), t.dtype, t.device)
         else:
             return None
@@ -169,11 +172,12 @@ def launch_plan(
 def use_custom_op(*tensors) -> bool:
     """Whether a call goes through its ``torch.ops.glai`` custom op: while ``torch.compile`` or ``export``
     traces (the graph then holds one opaque node per launch), or when an operand is a tensor subclass (a fake
-    or functional tensor of some tracing mode). A plain eager call goes straight to the launch."""
+    or functional tensor of some tracing mode). A plain eager call (Parameters included) goes straight to the
+    launch."""
     if torch.compiler.is_compiling():
         return True
     for t in tensors:
-        if t is not None and type(t) is not torch.Tensor:
+        if t is not None and type(t) not in _PLAIN:
             return True
     return False
 

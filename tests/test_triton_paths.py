@@ -263,3 +263,23 @@ def test_eager_calls_skip_the_dispatcher_and_compile_keeps_the_custom_ops(monkey
         through = per_layer_ops.masked_forward(x, w, None, None, 1)
     assert any("glai.masked_forward" in op for op in rec.ops), rec.ops
     assert torch.equal(direct, through)
+
+
+def test_a_training_step_with_parameters_plans_every_launch_once(monkeypatch):
+    """The weights of a training step are Parameters: a repeated step finds every launch's plan in the memo and
+    launches directly, never through the custom op (which is for tracing modes) or a new plan."""
+    from glai import GLAIMLP
+    from glai_kernels import per_layer_launch
+
+    made = []
+    new_plan = per_layer_launch.new_plan
+    monkeypatch.setattr(per_layer_launch, "new_plan", lambda op, *a: made.append(op) or new_plan(op, *a))
+    model = GLAIMLP(13, [40, 33], 5, backend="triton", fused=False).to(DEVICE).freeze()
+    x = torch.randn(31, 13, device=DEVICE)
+    model(x).square().sum().backward()
+    assert {"masked_forward", "backward_data", "backward_weights"} <= set(made)
+    made.clear()
+    model(x).square().sum().backward()
+    assert made == [], f"a repeated step planned {made} again"
+    weight = next(model.parameters())
+    assert type(weight) is torch.nn.Parameter and not per_layer_launch.use_custom_op(x, weight)
